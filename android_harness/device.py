@@ -1,0 +1,59 @@
+"""The Device interface every measuring backend implements, and the errors it raises.
+
+A device knows its facts and runs batches of runner plan lines, yielding result lines
+(the runner contract in ARCHITECTURE.md) as they arrive.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Iterable, Iterator
+
+
+class DeviceError(Exception):
+    """A problem with a device, phrased as one sentence for the user."""
+
+
+class DeviceNotFound(DeviceError):
+    """No device answers at the given address or serial."""
+
+
+class DeviceDisconnected(DeviceError):
+    """The connection dropped; the run may be resumed after reconnecting."""
+
+
+class RunnerCrashed(DeviceError):
+    """The runner process died before reporting every plan line of a batch."""
+
+
+class Device(abc.ABC):
+    """One place where convbench runs: this machine, a USB phone or a TCP phone."""
+
+    #: Stable user-facing address: "local", "usb:<serial>" or "tcp:<host>:<port>".
+    address: str
+
+    @abc.abstractmethod
+    def facts(self) -> dict[str, Any]:
+        """Device facts (CPU, cores, frequencies, and for phones props, thermals, battery)."""
+
+    @abc.abstractmethod
+    def runner_info(self) -> dict[str, Any]:
+        """The runner's header object (the value of the first line's "runner" key)."""
+
+    @abc.abstractmethod
+    def run_batch(self, plan_lines: Iterable[dict[str, Any]],
+                  runner_args: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
+        """Run plan lines; yield each result line as soon as the runner reports it.
+
+        The header line is not yielded. When the runner dies mid-batch the results
+        already yielded stand, and RunnerCrashed (or DeviceDisconnected) is raised
+        so the caller can re-run only the unreported lines.
+        """
+
+    def close(self) -> None:
+        """Release the connection and any temporary files."""
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

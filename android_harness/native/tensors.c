@@ -1,0 +1,158 @@
+/* Operand generation, layout transforms, im2col and the reference convolution. */
+#include "tensors.h"
+
+#include <math.h>
+#include <string.h>
+
+void rng_seed(struct rng* r, uint64_t seed) { r->state = seed; }
+
+uint64_t rng_next(struct rng* r) { /* splitmix64 */
+  uint64_t z = (r->state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+double rng_uniform(struct rng* r) { return (double) (rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
+
+static float nonzero_value(struct rng* r) {
+  /* Magnitudes in [0.05, 1): never zero, so the operator sees exactly the drawn count. */
+  double magnitude = 0.05 + 0.95 * rng_uniform(r);
+  return (float) ((rng_next(r) & 1) ? magnitude : -magnitude);
+}
+
+void fill_sparse_weights(struct rng* r, float* weights, size_t count, size_t nonzeros) {
+  /* Selection sampling (Knuth's algorithm S): each of the C(count, nonzeros) position sets
+   * is equally likely and the count is exact. */
+  size_t needed = nonzeros;
+  for (size_t i = 0; i < count; i++) {
+    size_t left = count - i;
+    if ((double) needed > rng_uniform(r) * (double) left) {
+      weights[i] = nonzero_value(r);
+      needed--;
+    } else {
+      weights[i] = 0.0f;
+    }
+  }
+}
+
+void fill_uniform(struct rng* r, float* data, size_t count) {
+  for (size_t i = 0; i < count; i++) data[i] = (float) (2.0 * rng_uniform(r) - 1.0);
+}
+
+void oihw_to_ohwi(const float* src, float* dst, size_t cout, size_t cin_g, size_t k) {
+  for (size_t o = 0; o < cout; o++)
+    for (size_t i = 0; i < cin_g; i++)
+      for (size_t t = 0; t < k * k; t++)
+        dst[(o * k * k + t) * cin_g + i] = src[(o * cin_g + i) * k * k + t];
+}
+
+void nchw_to_nhwc(const float* src, float* dst, size_t c, size_t hw) {
+  for (size_t ch = 0; ch < c; ch++)
+    for (size_t p = 0; p < hw; p++) dst[p * c + ch] = src[ch * hw + p];
+}
+
+void nhwc_to_nchw(const float* src, float* dst, size_t c, size_t hw) {
+  for (size_t p = 0; p < hw; p++)
+    for (size_t ch = 0; ch < c; ch++) dst[ch * hw + p] = src[p * c + ch];
+}
+
+struct im2col_context {
+  const struct plan_line* line;
+  const float* input;
+  float* columns;
+};
+
+static void im2col_row(void* opaque, size_t row) {
+  const struct im2col_context* ctx = opaque;
+  const struct plan_line* L = ctx->line;
+  const int64_t k = L->k, s = L->stride, pad = L->pad, h = L->h, w = L->w;
+  const int64_t oh = L->out_h, ow = L->out_w;
+  const int64_t c = (int64_t) row / (k * k), ky = ((int64_t) row / k) % k, kx = (int64_t) row % k;
+  const float* plane = ctx->input + c * h * w;
+  float* dst = ctx->columns + (int64_t) row * oh * ow;
+  /* Output columns whose input column ix = ox*s - pad + kx lies inside [0, w). */
+  int64_t lo = pad - kx > 0 ? (pad - kx + s - 1) / s : 0;
+  int64_t hi = w + pad - kx > 0 ? (w + pad - kx + s - 1) / s : 0;
+  if (lo > ow) lo = ow;
+  if (hi > ow) hi = ow;
+  if (hi < lo) hi = lo;
+  for (int64_t oy = 0; oy < oh; oy++, dst += ow) {
+    const int64_t iy = oy * s - pad + ky;
+    if (iy < 0 || iy >= h) {
+      memset(dst, 0, (size_t) ow * sizeof(float));
+      continue;
+    }
+    const float* src = plane + iy * w + (lo * s - pad + kx);
+    memset(dst, 0, (size_t) lo * sizeof(float));
+    if (s == 1) {
+      memcpy(dst + lo, src, (size_t) (hi - lo) * sizeof(float));
+    } else {
+      for (int64_t ox = lo; ox < hi; ox++, src += s) dst[ox] = *src;
+    }
+    memset(dst + hi, 0, (size_t) (ow - hi) * sizeof(float));
+  }
+}
+
+void im2col(const struct plan_line* line, const float* input, float* columns, pthreadpool_t pool) {
+  struct im2col_context ctx = { line, input, columns };
+  pthreadpool_parallelize_1d(pool, im2col_row, &ctx, (size_t) (line->cin * line->k * line->k), 0);
+}
+
+static void check_one(const struct plan_line* L, const float* input, const float* weights,
+                      const float* output, int output_nhwc, int64_t co, int64_t oy, int64_t ox,
+                      struct reference_check* res) {
+  const int64_t k = L->k, cin_g = L->cin_per_group;
+  const int64_t cout_g = L->cout / L->groups, g = co / cout_g;
+  double sum = 0.0, magnitude = 0.0;
+  for (int64_t ci = 0; ci < cin_g; ci++) {
+    const float* plane = input + (g * cin_g + ci) * L->h * L->w;
+    const float* wk = weights + (co * cin_g + ci) * k * k;
+    for (int64_t ky = 0; ky < k; ky++) {
+      const int64_t iy = oy * L->stride - L->pad + ky;
+      if (iy < 0 || iy >= L->h) continue;
+      for (int64_t kx = 0; kx < k; kx++) {
+        const int64_t ix = ox * L->stride - L->pad + kx;
+        if (ix < 0 || ix >= L->w) continue;
+        const double term = (double) wk[ky * k + kx] * (double) plane[iy * L->w + ix];
+        sum += term;
+        magnitude += fabs(term);
+      }
+    }
+  }
+  const int64_t pixel = oy * L->out_w + ox;
+  const float got = output_nhwc ? output[pixel * L->cout + co] : output[co * L->out_h * L->out_w + pixel];
+  if (!isfinite(got)) {
+    res->non_finite = 1;
+    res->worst_channel = co; res->worst_y = oy; res->worst_x = ox;
+    return;
+  }
+  const double err = fabs((double) got - sum);
+  const double ratio = err == 0.0 ? 0.0 : (magnitude > 0.0 ? err / magnitude : INFINITY);
+  if (err > res->max_abs_err) res->max_abs_err = err;
+  if (ratio > res->worst_ratio) {
+    res->worst_ratio = ratio;
+    res->worst_channel = co; res->worst_y = oy; res->worst_x = ox;
+  }
+}
+
+void reference_check(const struct plan_line* line, const float* input, const float* weights,
+                     const float* output, int output_nhwc, int samples, uint64_t seed,
+                     struct reference_check* res) {
+  struct rng r;
+  const int64_t oh = line->out_h, ow = line->out_w;
+  memset(res, 0, sizeof *res);
+  rng_seed(&r, seed ^ 0x5DEECE66Dull);
+  /* Corners first: they are where padding and im2col edge handling go wrong. */
+  const int64_t corners[4][2] = { { 0, 0 }, { 0, ow - 1 }, { oh - 1, 0 }, { oh - 1, ow - 1 } };
+  for (int i = 0; i < 4; i++) {
+    const int64_t co = (int64_t) (rng_next(&r) % (uint64_t) line->cout);
+    check_one(line, input, weights, output, output_nhwc, co, corners[i][0], corners[i][1], res);
+  }
+  for (int i = 0; i < samples; i++) {
+    const int64_t co = (int64_t) (rng_next(&r) % (uint64_t) line->cout);
+    const int64_t oy = (int64_t) (rng_next(&r) % (uint64_t) oh);
+    const int64_t ox = (int64_t) (rng_next(&r) % (uint64_t) ow);
+    check_one(line, input, weights, output, output_nhwc, co, oy, ox, res);
+  }
+}

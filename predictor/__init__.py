@@ -1,0 +1,1 @@
+"""Latency predictors learned from a profile: features, models, evaluation, baselines, saved predictors."""
