@@ -60,7 +60,7 @@ class DeviceDirNotWritable(DeviceError):
     def __init__(self, address: str, path: str):
         super().__init__(
             f"{path} on the device at {address} is not writable, so the runner cannot be "
-            f"installed there; free the directory or check its permissions with `adb shell ls -ld {path}`.")
+            f"installed there; check its permissions with `adb shell ls -ld {path}`.")
 
 
 class DeviceDiskFull(DeviceError):

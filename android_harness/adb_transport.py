@@ -20,7 +20,7 @@ from adb_shell.transport.base_transport import BaseTransport
 from adb_shell.transport.tcp_transport import TcpTransport
 
 from android_harness.adb_errors import (ConnectionLost, DeviceDiskFull, DeviceDirNotWritable,
-                                        DeviceTimeout, disconnected, is_connection_loss,
+                                        is_connection_loss,
                                         message_says_disk_full, message_says_not_writable,
                                         translate_connect_error)
 from android_harness.device import DeviceError
@@ -238,6 +238,12 @@ class AdbTransport:
 
     # -- errors ----------------------------------------------------------------------------
     def _runtime_error(self, exc: BaseException, what: str, limit: float) -> Exception:
+        error = self._classify(exc, what, limit)
+        if isinstance(error, ConnectionLost):
+            self.close()  # the link's state is unknown now; the next user must reconnect
+        return error
+
+    def _classify(self, exc: BaseException, what: str, limit: float) -> Exception:
         if isinstance(exc, (DeviceError, ConnectionLost)):
             return exc
         if isinstance(exc, (adb_exc.TcpTimeoutException, adb_exc.AdbTimeoutError)):
@@ -249,5 +255,3 @@ class AdbTransport:
                            f"({type(exc).__name__}: {str(exc)[:160]}).")
 
 
-__all__ = ["AdbTransport", "ShellStream", "TcpLink", "Timeouts", "tcp_transport_factory",
-           "usb_transport_factory", "DeviceTimeout", "disconnected"]

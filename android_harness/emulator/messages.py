@@ -7,6 +7,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+try:
+    import numpy as _np
+except ImportError:  # numpy is a project dependency; the pure-Python sum is the fallback
+    _np = None
+
 A_SYNC = 0x434E5953
 A_CNXN = 0x4E584E43
 A_AUTH = 0x48545541
@@ -42,7 +47,10 @@ class ProtocolError(Exception):
 
 def checksum(data: bytes) -> int:
     """ADB's 'crc': the plain sum of payload bytes, modulo 2**32."""
-    return sum(data) & 0xFFFFFFFF
+    if len(data) < 4096 or _np is None:
+        return sum(data) & 0xFFFFFFFF
+    # Why numpy: sum() over a 1 MiB payload costs ~10 ms, a tenth of a loopback push's time budget.
+    return int(_np.frombuffer(data, dtype=_np.uint8).sum(dtype=_np.uint64)) & 0xFFFFFFFF
 
 
 def command_name(command: int) -> str:

@@ -90,6 +90,7 @@ static int parse_string(struct cursor* c, char* dst, size_t cap) {
               c->p += 6;
             }
           }
+          if (cp >= 0xD800 && cp < 0xE000) cp = 0xFFFD; /* a lone surrogate is no character */
           len = put_utf8(buf, cp);
           break;
         }

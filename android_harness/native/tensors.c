@@ -16,22 +16,33 @@ uint64_t rng_next(struct rng* r) { /* splitmix64 */
 double rng_uniform(struct rng* r) { return (double) (rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
 
 static float nonzero_value(struct rng* r) {
-  /* Magnitudes in [0.05, 1): never zero, so the operator sees exactly the drawn count. */
-  double magnitude = 0.05 + 0.95 * rng_uniform(r);
-  return (float) ((rng_next(r) & 1) ? magnitude : -magnitude);
+  /* Magnitudes in [0.05, 1): never zero, so the operator sees exactly the drawn count.
+   * One draw: the top 53 bits give the magnitude, the lowest bit the sign. */
+  const uint64_t bits = rng_next(r);
+  const double magnitude = 0.05 + 0.95 * ((double) (bits >> 11) * (1.0 / 9007199254740992.0));
+  return (float) ((bits & 1) ? magnitude : -magnitude);
+}
+
+static size_t random_index(struct rng* r, size_t count) {
+  return (size_t) (((unsigned __int128) rng_next(r) * count) >> 64);
 }
 
 void fill_sparse_weights(struct rng* r, float* weights, size_t count, size_t nonzeros) {
-  /* Selection sampling (Knuth's algorithm S): each of the C(count, nonzeros) position sets
-   * is equally likely and the count is exact. */
-  size_t needed = nonzeros;
-  for (size_t i = 0; i < count; i++) {
-    size_t left = count - i;
-    if ((double) needed > rng_uniform(r) * (double) left) {
-      weights[i] = nonzero_value(r);
-      needed--;
-    } else {
-      weights[i] = 0.0f;
+  /* Distinct positions drawn by rejection form a uniformly random subset. Draw whichever of
+   * the non-zeros or the zeros is the smaller set (a uniform subset's complement is uniform),
+   * so it costs at most ~1.4 draws per drawn position; the array itself marks what is taken. */
+  if (nonzeros > count) nonzeros = count;
+  if (nonzeros <= count / 2) {
+    memset(weights, 0, count * sizeof(float));
+    for (size_t placed = 0; placed < nonzeros;) {
+      const size_t i = random_index(r, count);
+      if (weights[i] == 0.0f) { weights[i] = nonzero_value(r); placed++; }
+    }
+  } else {
+    for (size_t i = 0; i < count; i++) weights[i] = nonzero_value(r);
+    for (size_t cleared = 0; cleared < count - nonzeros;) {
+      const size_t i = random_index(r, count);
+      if (weights[i] != 0.0f) { weights[i] = 0.0f; cleared++; }
     }
   }
 }

@@ -1,0 +1,162 @@
+"""`jcw train` and `jcw predict`: the predictor stage's subcommands, registered on the `jcw` dispatcher.
+
+Each handler returns an exit status; bad input raises PredictorError (one sentence, no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from predictor.errors import PredictorError
+from predictor.models import MODEL_KINDS
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated layer counts, got {text!r}") from None
+    if not values or any(v < 8 for v in values):
+        raise argparse.ArgumentTypeError(f"every budget must be at least 8 layers, got {text!r}")
+    return sorted(set(values))
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train", help="learn a latency predictor from a profile and report its accuracy",
+        description="Fit per-layer latency models (dense and sparse kernels) on a profile's training layers, "
+                    "pick the model family by grouped cross-validation, score it and the baselines "
+                    "(MACs-proportional, nn-Meter-style forest, JCW-style interpolation) on a random split, an "
+                    "unseen-shape split and the profile's held-out real-network layers, and save the predictor "
+                    "with card.json and report.md.")
+    train.add_argument("--profile", required=True, metavar="DIR", help="profile directory from `jcw profile`")
+    train.add_argument("--out", required=True, metavar="DIR", help="predictor directory to write, e.g. predictors/x")
+    train.add_argument("--model", default="auto", choices=("auto", *MODEL_KINDS),
+                       help="model family (default auto: chosen by grouped cross-validation)")
+    train.add_argument("--threads", type=_positive, default=None,
+                       help="use the measurements at this runner thread count (needed if the profile has several)")
+    train.add_argument("--seed", type=_non_negative, default=0, help="seed of splits and models (default 0)")
+    train.add_argument("--curve", action="store_true",
+                       help="also compute the sample-efficiency curve (random vs adaptive; takes minutes)")
+    train.add_argument("--curve-budgets", type=_budgets, default=None, metavar="N,N,...",
+                       help="layer counts of the curve (default 100,200,400,800,1600, those the profile holds)")
+    train.set_defaults(handler=cmd_train)
+
+    predict = subparsers.add_parser(
+        "predict", help="predict dense, sparse and best latency for layers",
+        description="Predict each layer's latency with the dense and the sparse kernel and pick the faster. "
+                    "One JSON line per layer with --json: {id, dense_ms, sparse_ms (null for dwconv), "
+                    "best_impl, best_ms}; the id is the line's \"id\" or its line number.")
+    predict.add_argument("--predictor", required=True, metavar="DIR", help="predictor directory from `jcw train`")
+    predict.add_argument("--layers", required=True, metavar="FILE", help="layer specs, one JSON object per line")
+    predict.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    predict.set_defaults(handler=cmd_predict)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from predictor import efficiency, pipeline, report
+
+    console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("reading the profile", total=None)
+        result = pipeline.train(args.profile, args.out, model=args.model, threads=args.threads, seed=args.seed,
+                                curve=args.curve, curve_budgets=args.curve_budgets or efficiency.DEFAULT_BUDGETS,
+                                progress=lambda message: progress.update(task, description=message))
+    out = Console()
+    table = Table(title=f"held-out accuracy (model: {result['model']})")
+    for column in report.METRIC_HEADER:
+        table.add_column(column, justify="left" if column in ("held-out set", "model") else "right")
+    for row in report.metrics_rows(result["sets"]):
+        table.add_row(*row, style="dim" if row[1].startswith("noise") else None)
+    out.print(table)
+    if result["network"]:
+        net = Table(title="network level (sum of faster kernel per layer)")
+        for column in report.NETWORK_HEADER:
+            net.add_column(column, justify="left" if column == "model" else "right")
+        for row in report.network_rows(result["network"], result["best_impl"]):
+            net.add_row(*row)
+        out.print(net)
+    if result["curve"]:
+        curve = Table(title="sample efficiency (real-network holdout)")
+        for column in ("layers", "arm", "configurations", "model", "±10%", "RMSPE"):
+            curve.add_column(column)
+        for row in efficiency.as_table(result["curve"]):
+            curve.add_row(*row)
+        out.print(curve)
+    summary = Table(show_header=False, title="summary")
+    summary.add_row("training / held-out configurations", f"{result['training_rows']} / {result['holdout_rows']}")
+    summary.add_row("model (grouped-CV MAPE)", f"{result['model']} (" + ", ".join(
+        f"{k} {_pct(v)}" for k, v in result["cv_scores"].items()) + ")")
+    summary.add_row("predictor", result["out_dir"])
+    summary.add_row("report", f"{result['out_dir']}/report.md")
+    summary.add_row("time", f"{result['seconds']:.1f} s")
+    out.print(summary)
+    return 0
+
+
+def _number(value: float) -> float | None:
+    return None if not math.isfinite(value) else round(float(value), 6)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import predictor
+    from profiler.layerspec import read_jsonl, to_columns
+
+    model = predictor.load(args.predictor)
+    entries = read_jsonl(args.layers)
+    ids, number = [], 0
+    for obj, _ in entries:
+        number += 1
+        ids.append(str(obj["id"]) if isinstance(obj, dict) and "id" in obj else str(number))
+    out = model.predict(to_columns([spec for _, spec in entries]))
+    records: list[dict[str, Any]] = [
+        {"id": ids[i], "dense_ms": _number(out["dense_ms"][i]), "sparse_ms": _number(out["sparse_ms"][i]),
+         "best_impl": out["best_impl"][i], "best_ms": _number(out["best_ms"][i])} for i in range(len(ids))]
+    if args.json:
+        for record in records:
+            sys.stdout.write(json.dumps(record) + "\n")
+        return 0
+    table = Table(title=f"predicted latency ({args.predictor}, model {model.card.get('model')})")
+    for column in ("id", "dense ms", "sparse ms", "best", "best ms"):
+        table.add_column(column, justify="left" if column in ("id", "best") else "right")
+    for r in records:
+        table.add_row(r["id"], f"{r['dense_ms']:.4f}", "-" if r["sparse_ms"] is None else f"{r['sparse_ms']:.4f}",
+                      r["best_impl"], f"{r['best_ms']:.4f}")
+    console = Console()
+    console.print(table)
+    total = sum(r["best_ms"] for r in records)
+    console.print(f"{len(records)} layers, total {total:.3f} ms with the faster kernel per layer "
+                  f"({sum(r['best_impl'] == 'sparse' for r in records)} sparse)")
+    return 0
+
+
+__all__ = ["register", "PredictorError"]

@@ -1,0 +1,99 @@
+"""The sample-efficiency curve: held-out accuracy against the number of profiled layers, random vs adaptive.
+
+Both arms are simulated on one large profile by revealing subsets of its training layers, so
+every point is measured on the same held-out real-network layers with the same runner.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from predictor import adaptive
+from predictor.evaluation import latencies, layer_key, metrics, predict_rows
+from predictor.models import LatencyPredictor
+
+DEFAULT_BUDGETS = (100, 200, 400, 800, 1600)
+ADAPTIVE_STEPS = 4
+
+Row = Mapping[str, Any]
+
+
+def _by_layer(rows: Sequence[Row]) -> dict[tuple, list[Row]]:
+    layers: dict[tuple, list[Row]] = defaultdict(list)
+    for row in rows:
+        layers[layer_key(row)].append(row)
+    return layers
+
+
+def _flatten(layers: dict[tuple, list[Row]], keys: Sequence[tuple]) -> list[Row]:
+    return [row for key in keys for row in layers[key]]
+
+
+def adaptive_subset(layers: dict[tuple, list[Row]], budget: int, seed: int,
+                    chooser: Callable = adaptive.choose) -> list[tuple]:
+    """Half the budget at random, the rest in ADAPTIVE_STEPS steps chosen by `chooser` among the
+    not-yet-revealed configurations of the pool (as `jcw profile --adaptive` does among fresh ones)."""
+    keys = sorted(layers, key=repr)
+    rng = random.Random(seed)
+    rng.shuffle(keys)
+    chosen = keys[:budget - budget // 2]
+    configs_per_layer = sum(len(layers[k]) for k in chosen) / max(1, len(chosen))
+    target_layers = budget // 2
+    step = max(1, -(-target_layers // ADAPTIVE_STEPS))
+    while len(chosen) < budget:
+        taken = set(chosen)
+        pool = [row for key in keys if key not in taken for row in layers[key]]
+        if not pool:
+            break
+        n_configs = max(1, int(round(min(step, budget - len(chosen)) * configs_per_layer)))
+        picked = chooser(pool, _flatten(layers, chosen), n_configs, seed + len(chosen))
+        # A chosen configuration reveals its whole layer (the other kernel is measured alongside).
+        new = list(dict.fromkeys(layer_key(pool[i]) for i in picked))[:budget - len(chosen)]
+        if not new:
+            break
+        chosen.extend(new)
+    return chosen
+
+
+def sample_efficiency(training: Sequence[Row], holdout: Sequence[Row], budgets: Sequence[int] = DEFAULT_BUDGETS,
+                      *, seed: int = 0, model: str = "auto", with_adaptive: bool = True,
+                      progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """One entry per (budget, arm) that the pool can support: metrics on the held-out rows.
+
+    The adaptive arm needs unrevealed layers to choose from, so it runs only while the budget is
+    at most half the pool.
+    """
+    layers = _by_layer(training)
+    keys = sorted(layers, key=repr)
+    truth = latencies(holdout)
+    out = []
+    for budget in budgets:
+        if budget > len(keys):
+            continue
+        arms = {"random": lambda: random.Random(seed).sample(keys, budget)}
+        if with_adaptive and budget * 2 <= len(keys):
+            arms["adaptive"] = lambda: adaptive_subset(layers, budget, seed)
+        for arm, draw in arms.items():
+            if progress:
+                progress(f"sample efficiency: {arm} {budget} layers")
+            rows = _flatten(layers, draw())
+            fitted = LatencyPredictor(model, random_state=seed).fit(rows)
+            scores = metrics(predict_rows(fitted, holdout), truth)
+            out.append({"budget": budget, "arm": arm, "configurations": len(rows), "model": fitted.kind_,
+                        **{k: scores[k] for k in ("rmspe", "mape", "within5", "within10", "within15")}})
+    return out
+
+
+def first_budget_reaching(curve: Sequence[Mapping[str, Any]], share: float = 0.95, arm: str = "random"
+                          ) -> int | None:
+    """Smallest budget whose held-out share within ±10 % reaches `share` (None if none does)."""
+    hits = [p["budget"] for p in curve if p["arm"] == arm and p["within10"] >= share]
+    return min(hits) if hits else None
+
+
+def as_table(curve: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    return [[str(p["budget"]), p["arm"], str(p["configurations"]), p["model"], f"{100 * p['within10']:.1f}",
+             f"{100 * p['rmspe']:.1f}"] for p in curve]

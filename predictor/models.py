@@ -1,0 +1,290 @@
+"""The latency estimator: log-latency regressors per implementation, chosen by grouped cross-validation.
+
+Owns the physical (roofline-like, non-negative linear) model, the tree models on top of it or
+alone, `LatencyPredictor.fit(rows)` / `.predict(layers)` and the model's serialisable state.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import nnls
+from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+from threadpoolctl import threadpool_limits
+
+from predictor.errors import PredictorError
+from predictor.features import (FEATURE_NAMES, MONOTONE, as_columns, feature_matrix, impl_quantities, physical,
+                                rows_to_columns)
+from profiler.layerspec import IMPLS, LayerSpec
+
+MODEL_KINDS = ("hybrid", "gbm", "rf", "linear")
+#: (op, impl) pairs the runner can measure; dwconv has no sparse kernel.
+GROUPS = (("conv", "dense"), ("conv", "sparse"), ("dwconv", "dense"))
+_PHYSICAL_TERMS = ("work", "io_bytes", "weight_bytes", "im2col_bytes")
+_MIN_GROUP_ROWS = 6
+
+
+class PhysicalModel:
+    """latency ≈ a·work + b·io_bytes + c·weight_bytes + d·im2col_bytes + e per (op, impl), all ≥ 0.
+
+    Fitted by non-negative least squares on relative error, so it is monotone in every size
+    quantity and extrapolates sensibly to shapes far from the training data.
+    """
+
+    def __init__(self) -> None:
+        self.coef_: dict[str, list[float]] = {}
+
+    @staticmethod
+    def design(columns: Mapping[str, np.ndarray], impl: str, phys: Mapping[str, np.ndarray] | None = None
+               ) -> np.ndarray:
+        q = impl_quantities(physical(columns) if phys is None else phys, impl)
+        n = len(columns["op"])
+        return np.column_stack([q[t] for t in _PHYSICAL_TERMS] + [np.ones(n)])
+
+    def fit(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, latency: np.ndarray) -> "PhysicalModel":
+        phys = physical(columns)
+        design = {name: self.design(columns, name, phys) for name in IMPLS}
+        rows = np.zeros((len(latency), len(_PHYSICAL_TERMS) + 1))
+        for name in IMPLS:
+            rows[impl == name] = design[name][impl == name]
+        pooled = self._solve(rows, latency)
+        self.coef_ = {}
+        for op, name in GROUPS:
+            mask = (columns["op"] == op) & (impl == name)
+            same_impl = impl == name
+            if mask.sum() >= _MIN_GROUP_ROWS:
+                self.coef_[f"{op}/{name}"] = self._solve(rows[mask], latency[mask])
+            elif same_impl.sum() >= _MIN_GROUP_ROWS:
+                self.coef_[f"{op}/{name}"] = self._solve(rows[same_impl], latency[same_impl])
+            else:
+                self.coef_[f"{op}/{name}"] = pooled
+        return self
+
+    @staticmethod
+    def _solve(rows: np.ndarray, latency: np.ndarray) -> list[float]:
+        # Scale columns so NNLS is well conditioned, and divide by latency for relative error.
+        scale = np.maximum(np.abs(rows).max(axis=0), 1e-30)
+        coef, _ = nnls(rows / scale / latency[:, None], np.ones(len(latency)), maxiter=2000)
+        return list(coef / scale)
+
+    def predict(self, columns: Mapping[str, np.ndarray], impl: str, phys: Mapping[str, np.ndarray] | None = None
+                ) -> np.ndarray:
+        design = self.design(columns, impl, phys)
+        out = np.empty(len(design))
+        for op in ("conv", "dwconv"):
+            mask = columns["op"] == op
+            key = f"{op}/{impl}" if f"{op}/{impl}" in self.coef_ else f"conv/{impl}"
+            out[mask] = design[mask] @ np.asarray(self.coef_[key])
+        # A layer never takes less than the smallest per-call overhead seen; keeps logs finite.
+        return np.maximum(out, 1e-3)
+
+
+def _check_param(name: str, value: Any, kind: type, low: float, high: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind if kind is not float else (int, float)):
+        raise PredictorError(f"parameter '{name}' must be a {kind.__name__}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise PredictorError(f"parameter '{name}' must be {bound}, got {value!r}")
+
+
+class LatencyPredictor:
+    """Per-layer latency of the dense and the sparse kernel, and the faster of the two.
+
+    Parameters are validated in `fit`: `model` is "auto" (pick by grouped cross-validation among
+    `candidates`) or one of MODEL_KINDS; the tree settings are shared by the tree models.
+    """
+
+    def __init__(self, model: str = "auto", *, candidates: Sequence[str] = MODEL_KINDS, n_estimators: int = 100,
+                 max_leaf_nodes: int = 15, learning_rate: float = 0.15, min_samples_leaf: int = 4,
+                 loss: str = "absolute_error", cv_folds: int = 3, random_state: int = 0) -> None:
+        self.model = model
+        self.candidates = tuple(candidates)
+        self.n_estimators = n_estimators
+        self.max_leaf_nodes = max_leaf_nodes
+        self.learning_rate = learning_rate
+        self.min_samples_leaf = min_samples_leaf
+        self.loss = loss
+        self.cv_folds = cv_folds
+        self.random_state = random_state
+
+    # ---- parameters ----------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        return {"model": self.model, "candidates": list(self.candidates), "n_estimators": self.n_estimators,
+                "max_leaf_nodes": self.max_leaf_nodes, "learning_rate": self.learning_rate,
+                "min_samples_leaf": self.min_samples_leaf, "loss": self.loss, "cv_folds": self.cv_folds,
+                "random_state": self.random_state}
+
+    def _validate_params(self) -> None:
+        if self.model != "auto" and self.model not in MODEL_KINDS:
+            raise PredictorError(f"parameter 'model' must be auto or one of {', '.join(MODEL_KINDS)}, "
+                                 f"got {self.model!r}")
+        unknown = [c for c in self.candidates if c not in MODEL_KINDS]
+        if unknown or not self.candidates:
+            raise PredictorError(f"parameter 'candidates' must name some of {', '.join(MODEL_KINDS)}, "
+                                 f"got {list(self.candidates)!r}")
+        _check_param("n_estimators", self.n_estimators, int, 1, 5000)
+        _check_param("max_leaf_nodes", self.max_leaf_nodes, int, 2, 1024)
+        _check_param("learning_rate", self.learning_rate, float, 1e-4, 1.0)
+        _check_param("min_samples_leaf", self.min_samples_leaf, int, 1)
+        if self.loss not in ("squared_error", "absolute_error"):
+            raise PredictorError(f"parameter 'loss' must be squared_error or absolute_error, got {self.loss!r}")
+        _check_param("cv_folds", self.cv_folds, int, 2, 20)
+        _check_param("random_state", self.random_state, int, 0)
+
+    # ---- training ------------------------------------------------------------------------
+    def fit(self, rows: Sequence[Mapping[str, Any]]) -> "LatencyPredictor":
+        """Learn from profile rows (spec fields, `impl`, `latency_us`), e.g. `ProfileStore.measurements()`."""
+        self._validate_params()
+        columns, impl, latency = training_arrays(rows)
+        if len(latency) < 8:
+            raise PredictorError(f"a predictor needs at least 8 measured configurations, got {len(latency)}")
+        self.cv_scores_: dict[str, float] = {}
+        kind = self.model
+        if kind == "auto":
+            if len(self.candidates) == 1:
+                kind = self.candidates[0]
+            else:
+                from predictor.evaluation import grouped_cv_score  # evaluation imports this module
+                self.cv_scores_ = {c: grouped_cv_score(self._with_kind(c), rows, self.cv_folds, self.random_state)
+                                   for c in self.candidates}
+                kind = min(self.cv_scores_, key=self.cv_scores_.get)
+        self.kind_ = kind
+        self._fit_kind(columns, impl, latency)
+        self.n_training_rows_ = len(latency)
+        return self
+
+    def _with_kind(self, kind: str) -> "LatencyPredictor":
+        params = self.get_params()
+        params.pop("model")
+        return LatencyPredictor(kind, **params)
+
+    def _fit_kind(self, columns: dict[str, np.ndarray], impl: np.ndarray, latency: np.ndarray) -> None:
+        self.physical_ = PhysicalModel().fit(columns, impl, latency)
+        self.estimator_ = None
+        if self.kind_ == "linear":
+            return
+        x = _stacked_features(columns, impl)
+        target = np.log(latency)
+        if self.kind_ == "hybrid":
+            target = target - np.log(self._physical_stacked(columns, impl))
+        with _one_thread():
+            self.estimator_ = self._make_estimator(len(latency)).fit(x, target)
+
+    def _make_estimator(self, n_rows: int):
+        leaf = min(self.min_samples_leaf, max(1, n_rows // 20))
+        if self.kind_ == "rf":
+            return RandomForestRegressor(n_estimators=self.n_estimators // 2 or 1, min_samples_leaf=leaf,
+                                         max_features=0.5, max_depth=12, n_jobs=1,
+                                         random_state=self.random_state)
+        # Plain gbm models log-latency itself, where "bigger is never faster" holds; the hybrid's
+        # residual may legitimately fall with size (overheads amortise), so it is unconstrained.
+        monotone = list(MONOTONE) if self.kind_ == "gbm" else None
+        return HistGradientBoostingRegressor(
+            loss=self.loss, max_iter=self.n_estimators, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=leaf, l2_regularization=1.0, monotonic_cst=monotone, early_stopping=False,
+            random_state=self.random_state)
+
+    def _physical_stacked(self, columns: dict[str, np.ndarray], impl: np.ndarray) -> np.ndarray:
+        out = np.empty(len(impl))
+        for name in IMPLS:
+            mask = impl == name
+            if mask.any():
+                out[mask] = self.physical_.predict(_subset(columns, mask), name)
+        return out
+
+    # ---- prediction ----------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "kind_"):
+            raise PredictorError("this LatencyPredictor is not fitted yet; call fit(rows) first")
+
+    def predict_impl(self, columns: Mapping[str, np.ndarray], impl: str,
+                     phys: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Latency in microseconds of one implementation for every layer of validated columns."""
+        self._check_fitted()
+        phys = physical(columns) if phys is None else phys
+        if self.kind_ == "linear":
+            return self.physical_.predict(columns, impl, phys)
+        with _one_thread():
+            raw = self.estimator_.predict(feature_matrix(columns, impl, phys))
+        if self.kind_ == "hybrid":
+            return self.physical_.predict(columns, impl, phys) * np.exp(raw)
+        return np.exp(raw)
+
+    def predict(self, layers: Iterable[LayerSpec] | Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Milliseconds per layer: dense_ms, sparse_ms (NaN for dwconv), best_ms, best_impl."""
+        self._check_fitted()
+        columns = as_columns(layers)
+        n = len(columns["op"])
+        dense = np.empty(n)
+        sparse = np.full(n, np.nan)
+        if n:
+            phys = physical(columns)
+            dense = self.predict_impl(columns, "dense", phys) / 1000.0
+            conv = columns["op"] == "conv"
+            if conv.all():
+                sparse = self.predict_impl(columns, "sparse", phys) / 1000.0
+            elif conv.any():
+                sub = _subset(columns, conv)
+                sparse[conv] = self.predict_impl(sub, "sparse", {k: v[conv] for k, v in phys.items()}) / 1000.0
+        use_sparse = sparse < dense  # NaN compares False: dwconv stays dense
+        return {"dense_ms": dense, "sparse_ms": sparse, "best_ms": np.where(use_sparse, sparse, dense),
+                "best_impl": np.where(use_sparse, "sparse", "dense").astype(object)}
+
+    # ---- state for persistence -----------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """JSON-able description of everything but the tree estimator (stored separately)."""
+        self._check_fitted()
+        return {"params": self.get_params(), "kind": self.kind_, "physical": self.physical_.coef_,
+                "cv_scores": self.cv_scores_, "n_training_rows": self.n_training_rows_,
+                "features": list(FEATURE_NAMES)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], estimator: Any) -> "LatencyPredictor":
+        params = dict(state["params"])
+        model = params.pop("model")
+        predictor = cls(model, **params)
+        predictor.kind_ = state["kind"]
+        predictor.physical_ = PhysicalModel()
+        predictor.physical_.coef_ = {k: [float(v) for v in c] for k, c in state["physical"].items()}
+        predictor.cv_scores_ = dict(state.get("cv_scores", {}))
+        predictor.n_training_rows_ = int(state["n_training_rows"])
+        predictor.estimator_ = estimator
+        return predictor
+
+
+def _one_thread():
+    # OpenMP worker threads spin against other tenants of a shared machine: a fit that takes 1.5 s
+    # on one thread took 30 s on two busy cores. Predictions are measured on one core too.
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
+def _subset(columns: Mapping[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[mask] for k, v in columns.items()}
+
+
+def _stacked_features(columns: dict[str, np.ndarray], impl: np.ndarray) -> np.ndarray:
+    x = np.empty((len(impl), len(FEATURE_NAMES)))
+    for name in IMPLS:
+        mask = impl == name
+        if mask.any():
+            x[mask] = feature_matrix(_subset(columns, mask), name)
+    return x
+
+
+def training_arrays(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Profile rows → (columns, impl array, latency_us array), rejecting what the runner cannot measure."""
+    if not rows:
+        raise PredictorError("there are no measurements to learn from")
+    try:
+        columns = as_columns(rows_to_columns(list(rows)))
+        impl = np.array([r["impl"] for r in rows], dtype=object)
+        latency = np.array([r["latency_us"] for r in rows], dtype=np.float64)
+    except KeyError as exc:
+        raise PredictorError(f"a measurement row lacks the field {exc.args[0]!r}") from None
+    if not np.isin(impl, IMPLS).all():
+        raise PredictorError(f"measurement rows must have impl dense or sparse, got {impl[~np.isin(impl, IMPLS)][0]!r}")
+    if np.any((columns["op"] == "dwconv") & (impl == "sparse")):
+        raise PredictorError("a measurement row has impl sparse for a dwconv, which no runner measures")
+    if not np.all(np.isfinite(latency) & (latency > 0)):
+        raise PredictorError("every measurement row needs a positive latency_us")
+    return columns, impl, latency

@@ -1,0 +1,135 @@
+"""Layer lists of real networks (ResNet-18/50, MobileNetV1/V2 at 224x224), read as data.
+
+The profiler samples its *prior* plan and its held-out set from these layers; it reads them
+from `profiler/data/networks.json` and never imports a model library. `python -m
+profiler.networks` regenerates that file from the compact architecture tables below.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from profiler.layerspec import LayerSpec
+
+DATA_PATH = Path(__file__).with_name("data") / "networks.json"
+NETWORKS = ("resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2")
+NUM_CLASSES = 1000
+INPUT_CHANNELS = 3
+
+
+def _layer(name: str, op: str, cin: int, cout: int, k: int, stride: int, h: int) -> dict[str, Any]:
+    return {"name": name, "op": op, "cin": cin, "cout": cout, "k": k, "stride": stride, "h": h, "w": h}
+
+
+def _down(h: int, stride: int) -> int:
+    # 'same'-style padding (k // 2) with odd kernels: out = ceil(h / stride)
+    return (h + stride - 1) // stride
+
+
+def _resnet(name: str, blocks: tuple[int, ...], bottleneck: bool) -> list[dict[str, Any]]:
+    layers = [_layer("conv1", "conv", INPUT_CHANNELS, 64, 7, 2, 224)]
+    h, cin = 56, 64  # after the stride-2 stem and the 3x3 stride-2 max-pool
+    expansion = 4 if bottleneck else 1
+    for stage, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+        for block in range(count):
+            stride = 2 if stage > 1 and block == 0 else 1
+            prefix = f"layer{stage}.{block}"
+            out = width * expansion
+            if bottleneck:  # torchvision v1.5: the stride sits on the 3x3
+                layers.append(_layer(f"{prefix}.conv1", "conv", cin, width, 1, 1, h))
+                layers.append(_layer(f"{prefix}.conv2", "conv", width, width, 3, stride, h))
+                layers.append(_layer(f"{prefix}.conv3", "conv", width, out, 1, 1, _down(h, stride)))
+            else:
+                layers.append(_layer(f"{prefix}.conv1", "conv", cin, width, 3, stride, h))
+                layers.append(_layer(f"{prefix}.conv2", "conv", width, width, 3, 1, _down(h, stride)))
+            if stride != 1 or cin != out:
+                layers.append(_layer(f"{prefix}.downsample", "conv", cin, out, 1, stride, h))
+            cin, h = out, _down(h, stride)
+    layers.append(_layer("fc", "conv", cin, NUM_CLASSES, 1, 1, 1))
+    return layers
+
+
+def _mobilenet_v1() -> list[dict[str, Any]]:
+    layers = [_layer("conv1", "conv", INPUT_CHANNELS, 32, 3, 2, 224)]
+    h, cin = 112, 32
+    blocks = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+    for index, (cout, stride) in enumerate(blocks, start=1):
+        layers.append(_layer(f"block{index}.dw", "dwconv", cin, cin, 3, stride, h))
+        h = _down(h, stride)
+        layers.append(_layer(f"block{index}.pw", "conv", cin, cout, 1, 1, h))
+        cin = cout
+    layers.append(_layer("fc", "conv", cin, NUM_CLASSES, 1, 1, 1))
+    return layers
+
+
+def _mobilenet_v2() -> list[dict[str, Any]]:
+    layers = [_layer("conv1", "conv", INPUT_CHANNELS, 32, 3, 2, 224)]
+    h, cin = 112, 32
+    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1)]
+    index = 0
+    for expand, cout, count, first_stride in settings:
+        for repeat in range(count):
+            stride = first_stride if repeat == 0 else 1
+            hidden = cin * expand
+            prefix = f"block{index}"
+            if expand != 1:
+                layers.append(_layer(f"{prefix}.expand", "conv", cin, hidden, 1, 1, h))
+            layers.append(_layer(f"{prefix}.dw", "dwconv", hidden, hidden, 3, stride, h))
+            h = _down(h, stride)
+            layers.append(_layer(f"{prefix}.project", "conv", hidden, cout, 1, 1, h))
+            cin, index = cout, index + 1
+    layers.append(_layer("conv_last", "conv", cin, 1280, 1, 1, h))
+    layers.append(_layer("fc", "conv", 1280, NUM_CLASSES, 1, 1, 1))
+    return layers
+
+
+def generate() -> dict[str, list[dict[str, Any]]]:
+    """The layer lists, built from the architecture tables (the source of networks.json)."""
+    return {"resnet18": _resnet("resnet18", (2, 2, 2, 2), bottleneck=False),
+            "resnet50": _resnet("resnet50", (3, 4, 6, 3), bottleneck=True),
+            "mobilenet_v1": _mobilenet_v1(),
+            "mobilenet_v2": _mobilenet_v2()}
+
+
+@lru_cache(maxsize=1)
+def _load() -> dict[str, list[dict[str, Any]]]:
+    with open(DATA_PATH, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def network_layers(name: str) -> list[dict[str, Any]]:
+    """Layers of one network as dicts (name, op, cin, cout, k, stride, h, w), in forward order."""
+    data = _load()
+    if name not in data:
+        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {name!r}")
+    return [dict(layer) for layer in data[name]]
+
+
+def real_layers(networks: tuple[str, ...] = NETWORKS) -> list[dict[str, Any]]:
+    """Every layer of the given networks, each tagged with its network under 'net'."""
+    return [{"net": net, **layer} for net in networks for layer in network_layers(net)]
+
+
+def is_fixed_input(layer: dict[str, Any]) -> bool:
+    """The network input's channels cannot be pruned."""
+    return layer["cin"] == INPUT_CHANNELS and layer["op"] == "conv" and layer["h"] == 224
+
+
+def is_classifier(layer: dict[str, Any]) -> bool:
+    """The classifier's outputs cannot be pruned."""
+    return layer["name"] == "fc"
+
+
+def to_spec(layer: dict[str, Any], **changes: Any) -> LayerSpec:
+    data = {k: layer[k] for k in ("op", "cin", "cout", "k", "stride", "h", "w")}
+    data.update(changes)
+    return LayerSpec.from_dict(data)
+
+
+if __name__ == "__main__":
+    DATA_PATH.parent.mkdir(exist_ok=True)
+    DATA_PATH.write_text(json.dumps(generate(), indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {DATA_PATH}: " + ", ".join(f"{n} {len(v)} layers" for n, v in generate().items()))

@@ -1,0 +1,214 @@
+"""Objectives of the search, vectorized over a population: predicted latency (per layer the faster of
+dense and sparse, summed; one predictor call per population) and pluggable accuracy estimators —
+a data-free weight-magnitude proxy, a real evaluator on held-out data, or a user `module:function`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import SearchError
+from .genome import SearchSpace
+from .prune import apply_genome, channel_order, recalibrate_batchnorm
+from .zoo import load_callable
+
+
+class LatencyModel:
+    """Predicted latency of genomes; counts predictor calls and layer rows (the search's cost)."""
+
+    def __init__(self, predictor, space: SearchSpace) -> None:
+        if not hasattr(predictor, "predict"):
+            raise SearchError("the latency predictor must have a predict(layers) method")
+        self.predictor, self.space = predictor, space
+        self.calls = self.rows = 0
+
+    def per_layer(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(n, n_layers) best latency in ms and (n, n_layers) bool: the sparse kernel is the faster one."""
+        X = np.atleast_2d(X)
+        out = self.predictor.predict(self.space.columns(X))
+        self.calls += 1
+        self.rows += X.shape[0] * self.space.n_layers
+        shape = (X.shape[0], self.space.n_layers)
+        best = np.asarray(out["best_ms"], dtype=np.float64).reshape(shape)
+        sparse = (np.asarray(out["best_impl"]) == "sparse").reshape(shape)
+        if not np.all(np.isfinite(best)) or (best <= 0).any():
+            raise SearchError("the predictor returned a non-positive or non-finite latency")
+        return best, sparse
+
+    def __call__(self, X) -> np.ndarray:
+        return self.per_layer(X)[0].sum(axis=1)
+
+
+class ProxyAccuracy:
+    """Data-free accuracy proxy in (0, 1]: product over layers of the retained weight magnitude
+    (kept channels x kept weights) raised to a per-layer sensitivity; 1.0 for the unpruned model.
+
+    Sensitivity defaults to 1/sqrt(weights), normalised to sum to 1: small layers (the first, the
+    classifier, depthwise) lose more per pruned weight, which matches common pruning experience.
+    """
+
+    name = "proxy"
+
+    def __init__(self, model: nn.Module, space: SearchSpace, sensitivity: np.ndarray | None = None) -> None:
+        self.space = space
+        orders = channel_order(model, space)
+        wc, dc = space.width_choices, space.density_choices
+        groups = space.graph.groups
+        n_w, n_d = len(wc) + 1, len(dc) + 1      # last slot: unpruned (fixed group / no density gene)
+        self.chan_table = np.ones((space.n_layers, n_w, n_w))
+        self.weight_table = np.ones((space.n_layers, n_d))
+        counts = []
+        for li, layer in enumerate(space.graph.layers):
+            w = model.get_submodule(layer.name).weight.detach().abs().double()
+            counts.append(w.numel())
+            g_in, g_out = groups[layer.in_group], groups[layer.out_group]
+            kept_in = self._kept(wc, g_in.channels)
+            kept_out = self._kept(wc, g_out.channels)
+            if layer.depthwise:
+                mass = w.reshape(g_out.channels, -1).sum(1).numpy()[orders[g_out.index]]
+                cum = np.concatenate([[0.0], np.cumsum(mass)])
+                frac = cum[kept_out] / cum[-1]
+                self.chan_table[li] = frac[None, :]
+            else:
+                pair = w.reshape(w.shape[0], w.shape[1], -1).sum(2).numpy()
+                pair = pair[orders[g_out.index]][:, orders[g_in.index]]
+                cum = np.zeros((pair.shape[0] + 1, pair.shape[1] + 1))
+                cum[1:, 1:] = pair.cumsum(0).cumsum(1)
+                self.chan_table[li] = cum[np.ix_(kept_out, kept_in)].T / cum[-1, -1]
+            sorted_mass = np.sort(w.flatten().numpy())[::-1]
+            cum_w = np.concatenate([[0.0], np.cumsum(sorted_mass)])
+            keep = np.maximum(1, np.floor(dc * w.numel() + 0.5).astype(np.int64))
+            self.weight_table[li, :-1] = cum_w[keep] / cum_w[-1]
+        counts = np.array(counts, dtype=np.float64)
+        if sensitivity is None:
+            sensitivity = 1.0 / np.sqrt(counts)
+        sensitivity = np.asarray(sensitivity, dtype=np.float64)
+        if sensitivity.shape != (space.n_layers,) or (sensitivity < 0).any():
+            raise SearchError(f"sensitivity must hold {space.n_layers} non-negative numbers")
+        self.sensitivity = sensitivity / sensitivity.sum()
+        self.chan_table = np.log(np.maximum(self.chan_table, 1e-12))
+        self.weight_table = np.log(np.maximum(self.weight_table, 1e-12))
+
+    @staticmethod
+    def _kept(choices: np.ndarray, channels: int) -> np.ndarray:
+        kept = np.maximum(1, np.floor(choices * channels + 0.5).astype(np.int64))
+        return np.concatenate([kept, [channels]])
+
+    def __call__(self, X) -> np.ndarray:
+        X = np.atleast_2d(X)
+        space, n = self.space, X.shape[0]
+        width_idx = np.full((n, len(space.graph.groups)), len(space.width_choices), dtype=np.int64)
+        if space.n_width:
+            width_idx[:, space.width_groups] = X[:, :space.n_width]
+        dens_idx = np.full((n, space.n_layers), len(space.density_choices), dtype=np.int64)
+        if space.n_density:
+            dens_idx[:, space.density_layers] = X[:, space.n_width:]
+        layers = np.arange(space.n_layers)
+        log_keep = self.chan_table[layers, width_idx[:, space.in_group], width_idx[:, space.out_group]] \
+            + self.weight_table[layers, dens_idx]
+        return np.exp(log_keep @ self.sensitivity)
+
+
+class EvaluatorAccuracy:
+    """Real accuracy of each genome: prune, recalibrate batch norm, optionally fine-tune, then score
+    on held-out data. Results are cached per genome, so survivors are never evaluated twice."""
+
+    name = "evaluator"
+
+    def __init__(self, model: nn.Module, space: SearchSpace, calibration: torch.Tensor,
+                 eval_inputs: torch.Tensor, eval_targets: torch.Tensor, finetune_steps: int = 0,
+                 train_inputs: torch.Tensor | None = None, train_targets: torch.Tensor | None = None,
+                 lr: float = 1e-2, batch_size: int = 128, seed: int = 0) -> None:
+        if finetune_steps < 0:
+            raise SearchError(f"finetune_steps must be >= 0, got {finetune_steps}")
+        if finetune_steps and (train_inputs is None or train_targets is None):
+            raise SearchError("fine-tuning needs train_inputs and train_targets")
+        self.model, self.space = model.eval(), space
+        self.calibration, self.eval_inputs, self.eval_targets = calibration, eval_inputs, eval_targets
+        self.finetune_steps, self.train_inputs, self.train_targets = finetune_steps, train_inputs, train_targets
+        self.lr, self.batch_size, self.seed = lr, batch_size, seed
+        self.orders = channel_order(model, space)
+        self.cache: dict[bytes, float] = {}
+
+    def pruned_model(self, x) -> nn.Module:
+        pruned = apply_genome(self.model, self.space, x, self.orders)
+        recalibrate_batchnorm(pruned, self.calibration.split(self.batch_size))
+        if self.finetune_steps:
+            self._finetune(pruned)
+        return pruned.eval()
+
+    def _finetune(self, model: nn.Module) -> None:
+        generator = torch.Generator().manual_seed(self.seed)
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9)
+        model.train()
+        for _ in range(self.finetune_steps):
+            idx = torch.randint(len(self.train_inputs), (self.batch_size,), generator=generator)
+            loss = nn.functional.cross_entropy(model(self.train_inputs[idx]), self.train_targets[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+
+    def accuracy_of(self, x) -> float:
+        key = np.asarray(x, dtype=np.int64).tobytes()
+        if key not in self.cache:
+            model = self.pruned_model(x)
+            with torch.no_grad():
+                pred = model(self.eval_inputs).argmax(1)
+            self.cache[key] = float((pred == self.eval_targets).float().mean())
+        return self.cache[key]
+
+    def __call__(self, X) -> np.ndarray:
+        return np.array([self.accuracy_of(x) for x in np.atleast_2d(X)])
+
+
+class UserAccuracy:
+    """Accuracy from the user's `module:function`, called with the pruned torch model; cached per genome."""
+
+    name = "user"
+
+    def __init__(self, spec: str, model: nn.Module, space: SearchSpace) -> None:
+        self.fn = load_callable(spec, "accuracy estimator")
+        self.name = spec
+        self.model, self.space = model, space
+        self.orders = channel_order(model, space)
+        self.cache: dict[bytes, float] = {}
+
+    def __call__(self, X) -> np.ndarray:
+        out = []
+        for x in np.atleast_2d(X):
+            key = np.asarray(x, dtype=np.int64).tobytes()
+            if key not in self.cache:
+                value = self.fn(apply_genome(self.model, self.space, x, self.orders).eval())
+                try:
+                    self.cache[key] = float(value)
+                except (TypeError, ValueError):
+                    raise SearchError(f"accuracy function {self.name} returned {value!r}, not a number") from None
+            out.append(self.cache[key])
+        return np.array(out)
+
+
+class PruningProblem:
+    """Two objectives to minimise, [latency_ms, -accuracy], and a latency-range constraint violation."""
+
+    def __init__(self, space: SearchSpace, latency: LatencyModel, accuracy: Callable,
+                 latency_range: tuple[float, float] | None = None) -> None:
+        if latency_range is not None and not 0 <= latency_range[0] < latency_range[1]:
+            raise SearchError(f"latency range must be 0 <= low < high, got {latency_range}")
+        self.space, self.latency, self.accuracy, self.latency_range = space, latency, accuracy, latency_range
+        self.n_var, self.xl, self.xu = space.n_var, space.xl, space.xu
+        self.evaluations = 0
+
+    def evaluate(self, X) -> tuple[np.ndarray, np.ndarray]:
+        X = np.atleast_2d(X)
+        lat = self.latency(X)
+        acc = self.accuracy(X)
+        self.evaluations += X.shape[0]
+        cv = np.zeros(X.shape[0])
+        if self.latency_range is not None:
+            low, high = self.latency_range
+            cv = np.maximum(0.0, low - lat) + np.maximum(0.0, lat - high)
+        return np.column_stack([lat, -acc]), cv

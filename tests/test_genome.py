@@ -1,0 +1,100 @@
+"""Genomes: bounds of sensitive layers, decoding to channels/densities/specs, vectorized objectives."""
+import numpy as np
+import pytest
+import torch
+
+from profiler.layerspec import to_columns
+from search import zoo
+from search.errors import SearchError
+from search.genome import Bounds, SearchSpace
+from search.graph import read_model
+from search.objectives import LatencyModel, ProxyAccuracy
+from search_standin import MacsPredictor
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model, shape = zoo.build("resnet18")
+    return model, SearchSpace(read_model(model, torch.randn(*shape)))
+
+
+def test_genes_and_bounds(resnet):
+    _, space = resnet
+    graph = space.graph
+    assert space.n_width == 12 and space.n_density == 21 and space.n_var == 33
+    width_lb = dict(zip(space.width_groups, space.width_choices[space.xl[:space.n_width]]))
+    stem_group = graph.layer("conv1").out_group
+    assert width_lb[stem_group] == pytest.approx(0.5)                  # residual + first: max(0.4, 0.5)
+    assert width_lb[graph.layer("layer2.0.conv1").out_group] == pytest.approx(0.3)   # strided
+    assert width_lb[graph.layer("layer1.0.conv1").out_group] == pytest.approx(0.2)   # plain
+    dens_lb = dict(zip(space.density_layers, space.density_choices[space.xl[space.n_width:]]))
+    names = [layer.name for layer in graph.layers]
+    assert dens_lb[names.index("conv1")] == pytest.approx(0.8)
+    assert dens_lb[names.index("fc")] == pytest.approx(0.3)
+    assert dens_lb[names.index("layer3.0.conv1")] == pytest.approx(0.2)
+    assert dens_lb[names.index("layer3.0.conv2")] == pytest.approx(0.1)
+    strict = SearchSpace(graph, bounds=Bounds(min_width=0.9, min_density=1.0))
+    assert (strict.xl[strict.n_width:] == strict.xu[strict.n_width:]).all()
+
+
+def test_columns_match_layer_specs_and_coupling(resnet):
+    _, space = resnet
+    rng = np.random.default_rng(1)
+    X = rng.integers(space.xl, space.xu + 1, size=(5, space.n_var))
+    cols = space.columns(X)
+    assert len(cols["op"]) == 5 * space.n_layers
+    for i in range(5):
+        expected = to_columns(space.layer_specs(X[i]))
+        rows = slice(i * space.n_layers, (i + 1) * space.n_layers)
+        for key, values in expected.items():
+            assert list(cols[key][rows]) == list(values), key
+        specs = {layer.name: s for layer, s in zip(space.graph.layers, space.layer_specs(X[i]))}
+        # residual coupling: both convs writing into stage 2 and the next reader agree on the channels
+        assert specs["layer2.0.conv2"].cout == specs["layer2.0.downsample.0"].cout == specs["layer2.1.conv1"].cin
+        assert specs["conv1"].cin == 3 and specs["fc"].cout == 1000
+
+
+def test_check_rejects_bad_genomes(resnet):
+    _, space = resnet
+    with pytest.raises(SearchError, match="33 integer genes"):
+        space.check(np.zeros((1, 5), dtype=int))
+    bad = space.uniform(1.0, 1.0)
+    bad[0] = space.xl[0] - 1
+    with pytest.raises(SearchError, match="lower bound"):
+        space.check(bad)
+    with pytest.raises(SearchError, match="bound 'min_width'"):
+        Bounds(min_width=0.0)
+
+
+def test_uniform_references(resnet):
+    _, space = resnet
+    half = space.layer_specs(space.uniform(0.5, 1.0))
+    full = space.layer_specs(space.uniform(1.0, 1.0))
+    assert all(s.density == 1.0 for s in half)
+    assert sum(s.macs for s in half) < 0.35 * sum(s.macs for s in full)
+
+
+def test_latency_is_vectorized_and_summed(resnet):
+    _, space = resnet
+    predictor = MacsPredictor()
+    latency = LatencyModel(predictor, space)
+    rng = np.random.default_rng(2)
+    X = rng.integers(space.xl, space.xu + 1, size=(7, space.n_var))
+    total = latency(X)
+    assert predictor.calls == 1 and latency.rows == 7 * space.n_layers
+    for i in range(7):
+        one = predictor.predict(space.layer_specs(X[i]))
+        assert total[i] == pytest.approx(one["best_ms"].sum())
+    per_layer, sparse = latency.per_layer(space.uniform(1.0, 0.1)[None])
+    assert sparse.any() and per_layer.sum() < latency(space.uniform(1.0, 1.0)[None])[0]
+
+
+def test_proxy_accuracy_ranks_pruning(resnet):
+    model, space = resnet
+    proxy = ProxyAccuracy(model, space)
+    full, mid, low = proxy(np.array([space.uniform(1, 1), space.uniform(0.7, 0.7), space.uniform(0.3, 0.3)]))
+    assert full == pytest.approx(1.0)
+    assert full > mid > low > 0
+    rng = np.random.default_rng(3)
+    X = rng.integers(space.xl, space.xu + 1, size=(6, space.n_var))
+    assert np.allclose(proxy(X), [proxy(x[None])[0] for x in X])
