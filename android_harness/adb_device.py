@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, Iterator
 from android_harness import phone_facts, runner
 from android_harness.adb_errors import (ConnectionLost, DeviceDiskFull, DeviceDirNotWritable,
                                         DeviceUnauthorized, NotArm64, disconnected,
-                                        message_says_disk_full, message_says_not_writable)
+                                        message_says_disk_full, message_says_not_writable,
+                                        short_reason)
 from android_harness.adb_transport import AdbTransport
 from android_harness.device import Device, DeviceDisconnected, DeviceError, RunnerCrashed
 
@@ -97,7 +98,7 @@ class AdbDevice(Device):
         self._installed = False
         self._batch_counter = 0
         self._closed = False
-        self.pushed_files: list[str] = []   # what the last install had to send (for tests/benchmarks)
+        self.pushed_files: list[str] = []   # bundle files this session had to send (tests, benchmarks)
         self.reconnects = 0
 
         if not transport.connected:
@@ -132,8 +133,11 @@ class AdbDevice(Device):
                 self._ensure_installed()
             except ConnectionLost as lost:
                 raise disconnected(self.address, f"{lost} while installing the runner") from lost
-            status, output = self._transport.shell(
-                f"sh {shlex.quote(self._bundle_remote + '/' + LAUNCHER)} --info </dev/null 2>&1")
+            try:
+                status, output = self._transport.shell(
+                    f"sh {shlex.quote(self._bundle_remote + '/' + LAUNCHER)} --info </dev/null 2>&1")
+            except ConnectionLost as lost:
+                raise disconnected(self.address, str(lost)) from lost
             for line in output.splitlines():
                 header = _json_object(line)
                 if header and isinstance(header.get("runner"), dict):
@@ -227,9 +231,9 @@ class AdbDevice(Device):
         return parse_sha256sum(output)
 
     def _ensure_installed(self) -> None:
+        """Push the bundle files whose on-device sha256 differs from the manifest (ConnectionLost passes up)."""
         if self._installed:
             return
-        """Push the bundle files whose on-device sha256 differs from the manifest (ConnectionLost passes up)."""
         manifest = read_manifest(self._bundle_dir)
         on_device = self._remote_sums(manifest)
         stale = [name for name, sha in manifest.items() if on_device.get(name) != sha]
@@ -286,7 +290,7 @@ class AdbDevice(Device):
         err_path = f"{self._run_remote}/runner-{self._batch_counter}.err"
         payload = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in pending)
         self._transport.push_bytes(payload.encode("utf-8"), plan_path)
-        threads = max(int(line.get("threads", 1) or 1) for line in pending)
+        threads = max(_threads_of(line) for line in pending)
         stream = self._transport.stream(self._run_command(plan_path, err_path, threads, args))
         waiting = {line["id"] for line in pending}
         noise: list[str] = []
@@ -353,12 +357,11 @@ class AdbDevice(Device):
                 delay = min(delay * 2, self._max_backoff_s)
         else:
             raise disconnected(self.address, f"{cause}; {self._max_reconnects} reconnection "
-                               f"attempts failed, the last with: {last}")
+                               f"attempts failed: {short_reason(last)}")
         self.reconnects += 1
         if self._rebooted(status):
-            raise DeviceDisconnected(
-                f"The device at {self.address} rebooted during the run; everything reported so far "
-                f"is kept, so run the same command again to resume.")
+            raise DeviceDisconnected(f"The device at {self.address} rebooted during the run, "
+                                     f"which ended the runner and may have wiped its files.")
 
     def _status(self) -> dict[str, Any]:
         _, output = self._transport.shell(_STATUS_SCRIPT)
@@ -387,6 +390,12 @@ def _parse_cpus(cpus: Iterable[int] | str | None) -> list[int] | None:
     if not parsed or any(not isinstance(c, int) or c < 0 or c > 63 for c in parsed):
         raise ValueError(f"cpus must name CPU cores such as \"4-7\" or [6, 7], got {cpus!r}")
     return parsed
+
+
+def _threads_of(line: dict[str, Any]) -> int:
+    # A malformed value is the runner's to reject (as an error result); pinning just ignores it.
+    value = line.get("threads", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 64 else 1
 
 
 def _check_ids(plan: list[dict[str, Any]]) -> None:

@@ -157,9 +157,17 @@ def is_connection_loss(exc: BaseException) -> bool:
 
 
 def disconnected(address: str, detail: str) -> DeviceDisconnected:
-    return DeviceDisconnected(
-        f"Lost the connection to {address} ({detail}); everything reported so far is kept, so "
-        f"reconnect the phone and run the same command again to resume.")
+    """DeviceDisconnected with a short cause; callers that keep results add how to resume."""
+    return DeviceDisconnected(f"Lost the connection to {address} ({detail.rstrip('.')}).")
+
+
+def short_reason(exc: BaseException) -> str:
+    """A few words for why a reconnection attempt failed, to nest inside another sentence."""
+    if isinstance(exc, DeviceNotFound):
+        return "nothing answers at that address"
+    if isinstance(exc, ConnectionLost):
+        return str(exc) or "the link broke again"
+    return type(exc).__name__
 
 
 def _short(exc: BaseException) -> str:

@@ -170,6 +170,12 @@ def main() -> int:
           f"{fixed_ms:.1f} ms (paired median {fixed_median_ms:.1f} ms) "
           f"= {fixed_ms / (opts.lines * per_line_timed_ms):.1%} of this batch's runner time; "
           f"<= 5% from {lines_for_5pct:.0f} lines of {per_line_timed_ms:.0f} ms per batch")
+    try:
+        from profiler.session import TARGET_BATCH_SECONDS as batch_s
+    except ImportError:
+        batch_s = 3.0
+    print(f"HARNESS FIXED COST at the profiler's {batch_s:g} s batches (jcw profile default): "
+          f"{fixed_ms / 1000 / batch_s:.1%} of device time")
     print(f"  of which the host-side client (adb-shell + AdbDevice) used {med(client_cpu) * 1000:.1f} ms CPU; "
           f"the rest is the emulated phone spawning its shell, taskset shim and launcher, and loopback waits")
     print(f"PUSH THROUGHPUT over loopback: {opts.push_mb * 1.048576 / push_s:.1f} MB/s "

@@ -99,9 +99,13 @@ def efficiency_and_throughput(args: argparse.Namespace, work: Path) -> None:
         rounds = store.rounds()
         timed = sum(r["timed_us"] or 0.0 for r in rounds) / 1e6
         plan = store.plan()
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "jcw", "--help"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    startup = time.monotonic() - started
     print(f"(b) measurement efficiency: `jcw profile --budget {args.budget}` ({len(plan)} configurations x "
           f"{session.DEFAULT_ROUNDS} rounds = {len(rounds)} results) took {wall:.1f} s wall, {timed:.1f} s inside "
-          f"timed kernel runs: {timed / wall:.1%} (target >= 50%)")
+          f"timed kernel runs: {timed / wall:.1%} (target >= 50%); `jcw --help` alone takes {startup:.1f} s, "
+          f"without it {timed / max(wall - startup, 1e-9):.1%}")
     per_minute = len(rounds) / wall * 60
     # Anchor: the bare runner, one process, on a sample of the same configurations.
     sample = plan[:: max(1, len(plan) // args.anchor_lines)][: args.anchor_lines]
@@ -134,6 +138,8 @@ def main() -> None:
           f"{f' --rounds {args.rounds}' if args.rounds != session.DEFAULT_ROUNDS else ''}")
     with tempfile.TemporaryDirectory(prefix="bench-profiler-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
+        if args.keep and work.exists() and any(work.iterdir()):
+            sys.exit(f"bench_profiler: --keep {work} is not empty; the benchmark needs fresh profiles.")
         work.mkdir(parents=True, exist_ok=True)
         repeatability(args, work)
         efficiency_and_throughput(args, work)

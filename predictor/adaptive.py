@@ -1,7 +1,9 @@
 """The acquisition plug-in `jcw profile --adaptive` calls (entry-point group `jcw.acquisition`, name `default`).
 
-Chooses the candidate configurations where a bootstrap ensemble of predictors disagrees most,
-spread over distinct shapes so one step does not spend its budget on a single region.
+Chooses the candidate configurations where a committee of predictors fitted to bootstrap resamples
+disagrees most, spread over distinct shapes so one step does not spend its budget on one region.
+The committee mixes the hybrid (physical model × trees) with pure trees: the two agree where data
+is dense and part ways where a candidate lies outside the measured space.
 """
 from __future__ import annotations
 
@@ -22,12 +24,13 @@ ENSEMBLE_TREES = 60
 
 def disagreement(candidates: Sequence[Mapping[str, Any]], measured: Sequence[Mapping[str, Any]], seed: int,
                  members: int = ENSEMBLE_SIZE) -> np.ndarray:
-    """Standard deviation of log-latency over models fitted to bootstrap resamples of `measured`."""
+    """Standard deviation of log-latency over a committee fitted to bootstrap resamples of `measured`."""
     rng = np.random.default_rng(seed)
     logs = []
     for member in range(members):
         sample = [measured[i] for i in rng.integers(0, len(measured), len(measured))]
-        model = LatencyPredictor("hybrid", n_estimators=ENSEMBLE_TREES, random_state=member).fit(sample)
+        kind = "hybrid" if member % 2 == 0 else "gbm"
+        model = LatencyPredictor(kind, n_estimators=ENSEMBLE_TREES, random_state=member).fit(sample)
         logs.append(np.log(predict_rows(model, candidates)))
     return np.std(np.array(logs), axis=0)
 

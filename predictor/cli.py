@@ -94,14 +94,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Console()
     table = Table(title=f"held-out accuracy (model: {result['model']})")
     for column in report.METRIC_HEADER:
-        table.add_column(column, justify="left" if column in ("held-out set", "model") else "right")
+        table.add_column(column, justify="left" if column in ("held-out set", "model") else "right",
+                         no_wrap=column in ("held-out set", "model"))
     for row in report.metrics_rows(result["sets"]):
         table.add_row(*row, style="dim" if row[1].startswith("noise") else None)
+    table.caption = "noise floor: timing round 2 against round 1 of the same configurations"
     out.print(table)
     if result["network"]:
         net = Table(title="network level (sum of faster kernel per layer)")
         for column in report.NETWORK_HEADER:
-            net.add_column(column, justify="left" if column == "model" else "right")
+            net.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
         for row in report.network_rows(result["network"], result["best_impl"]):
             net.add_row(*row)
         out.print(net)

@@ -22,7 +22,7 @@ def metrics_rows(sets: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for set_name, entry in sets.items():
         floor = entry["noise_floor"]
-        rows.append([set_name, "noise floor (round 2 vs 1)", str(floor["n"]), pct(floor["rmspe"]),
+        rows.append([set_name, "noise floor", str(floor["n"]), pct(floor["rmspe"]),
                      pct(floor["mape"]), pct(floor["within5"]), pct(floor["within10"]), pct(floor["within15"])])
         for model, m in entry["models"].items():
             rows.append([set_name, model, str(m["n"]), pct(m["rmspe"]), pct(m["mape"]), pct(m["within5"]),

@@ -34,13 +34,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seed(text: str) -> int:
+def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _holdout(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > plans.HOLDOUT_POOL:
+        raise argparse.ArgumentTypeError(f"expected at most {plans.HOLDOUT_POOL}, got {text!r}")
     return value
 
 
@@ -71,8 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prof.add_argument("--out", required=True, metavar="DIR", help="profile directory, e.g. profiles/pixel7")
     prof.add_argument("--budget", type=_positive_int, default=plans.DEFAULT_BUDGET,
                       help=f"training layers to measure (default {plans.DEFAULT_BUDGET}; convs are measured dense "
-                           f"and sparse; a held-out set of max(50, budget/5) real-network layers comes on top)")
-    prof.add_argument("--seed", type=_seed, default=0, help="sampling seed (default 0)")
+                           f"and sparse; a held-out set of real-network layers comes on top, see --holdout)")
+    prof.add_argument("--seed", type=_non_negative_int, default=0, help="sampling seed (default 0)")
+    prof.add_argument("--holdout", type=_holdout, default=None, metavar="N",
+                      help="held-out real-network layers measured for evaluation only "
+                           "(default max(50, budget/5); 0 for none, e.g. for a quick dry run)")
     prof.add_argument("--rounds", type=_positive_int, default=session.DEFAULT_ROUNDS,
                       help=f"timing rounds per configuration, spread over the run (default {session.DEFAULT_ROUNDS})")
     prof.add_argument("--adaptive", action="store_true",
@@ -84,7 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     meas = subparsers.add_parser(
         "measure", help="measure given layers on a device and print the runner's results",
         description="Measure the layers of a layer-spec JSONL file on a device: one runner result line per layer "
-                    "and implementation (both = dense for every layer, sparse too for every conv).")
+                    "and implementation (both = dense for every layer, sparse too for every conv). Exit status 1 when "
+                    "the runner reported an error for any of them.")
     _add_device_args(meas)
     meas.add_argument("--layers", required=True, metavar="FILE", help="layer specs, one JSON object per line")
     meas.add_argument("--impl", choices=("dense", "sparse", "both"), default="both",
@@ -197,7 +208,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             load_chooser()  # fail before connecting to anything
         with session.open_device(args.device) as device, _LazyBar("profiling") as progress:
             summary = session.profile(device, out, budget=args.budget, seed=args.seed, threads=args.threads,
-                                      rounds=args.rounds, adaptive=args.adaptive,
+                                      rounds=args.rounds, adaptive=args.adaptive, holdout=args.holdout,
                                       runner_args=_runner_argv(args.runner_arg), progress=progress)
     except AcquisitionError as exc:
         return _fail("profile", str(exc))

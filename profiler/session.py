@@ -20,6 +20,10 @@ from profiler import acquisition, plans
 from profiler.layerspec import LayerSpec
 from profiler.store import ROUND_STATISTIC, ProfileStore, StoreError
 
+# Repeatability methodology: every configuration is timed in `rounds` full passes over the plan,
+# reshuffled per round, so its rounds are minutes apart and meet different moments of load or heat;
+# a reference layer brackets every batch, and a batch whose reference strays from the running median
+# is flagged and re-measured once; the store aggregates the clean rounds (see store.ROUND_*).
 DEFAULT_ROUNDS = 2
 #: Device seconds per batch: long enough that a phone's ADB round trip is a small share.
 TARGET_BATCH_SECONDS = 3.0
@@ -47,12 +51,17 @@ class ProfileParams:
     threads: int = 1
     rounds: int = DEFAULT_ROUNDS
     adaptive: bool = False
+    holdout: int | None = None  # held-out layers; None means plans.holdout_size(budget)
 
     def __post_init__(self) -> None:
-        for name, low in (("budget", 1), ("threads", 1), ("rounds", 1), ("seed", 0)):
+        if self.holdout is None:
+            object.__setattr__(self, "holdout", plans.holdout_size(self.budget))
+        for name, low in (("budget", 1), ("threads", 1), ("rounds", 1), ("seed", 0), ("holdout", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.holdout > plans.HOLDOUT_POOL:
+            raise ValueError(f"holdout must be at most {plans.HOLDOUT_POOL}, got {self.holdout}")
 
     def merge(self, stored: dict[str, Any] | None, directory: Path) -> "ProfileParams":
         """These parameters against a profile's stored ones: extend when possible, else say what differs."""
@@ -65,7 +74,7 @@ class ProfileParams:
         for name in ("seed", "threads"):
             if stored.get(name) != getattr(self, name):
                 raise refuse(f"--{name} {stored.get(name)} (you asked for {getattr(self, name)})")
-        for name in ("budget", "rounds"):
+        for name in ("budget", "rounds", "holdout"):
             if getattr(self, name) < stored.get(name, 0):
                 raise refuse(f"--{name} {stored.get(name)} and a rerun may raise it but not lower it "
                              f"(you asked for {getattr(self, name)})")
@@ -151,13 +160,15 @@ class _Session:
         self.runner_args, self.progress, self.summary = runner_args, progress, summary
         self.batch_lines = FIRST_BATCH_LINES
         self.done = 0
+        self.plan_changed()
 
-    def total(self) -> int:
-        return len(self.store.plan()) * self.params.rounds
+    def plan_changed(self) -> None:
+        """Recount the work after the plan grew (counting per result would rescan the plan each time)."""
+        self.total = len(self.store.plan()) * self.params.rounds
 
     def report(self, **info: Any) -> None:
         if self.progress is not None:
-            self.progress(self.done, self.total(), info)
+            self.progress(self.done, self.total, info)
 
     def run_round(self, round_index: int) -> None:
         pending = self.store.pending(round_index)
@@ -243,6 +254,7 @@ class _Session:
             entries = [(LayerSpec.from_dict(candidates[i]), candidates[i]["impl"], threads, "adaptive")
                        for i in picked]
             self.store.add_plan(entries)
+            self.plan_changed()
             self.report(phase="adaptive")
             self.run_all_rounds()
 
@@ -274,16 +286,23 @@ def adaptive_target(plan: plans.Plan, adaptive_layers: int) -> int:
     return int(round(adaptive_layers * base_configs / base_layers))
 
 
-def profile(device: Device, out_dir: str | Path, *, budget: int = plans.DEFAULT_BUDGET, seed: int = 0,
-            threads: int = 1, rounds: int = DEFAULT_ROUNDS, adaptive: bool = False,
+def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DEFAULT_BUDGET, seed: int = 0,
+            threads: int = 1, rounds: int = DEFAULT_ROUNDS, adaptive: bool = False, holdout: int | None = None,
             runner_args: Iterable[str] = (), progress: Progress | None = None) -> ProfileSummary:
     """Plan (or extend) and measure a profile in `out_dir`; resumable by calling it again.
 
-    `budget` counts training layers (each conv measured dense and sparse, each dwconv dense);
-    a held-out set of real-network layers (sample "holdout") is measured too. With `adaptive`,
-    the second half of the budget is chosen by the `jcw.acquisition` plug-in.
+    `device` is a Device or an address ("local", "usb:SERIAL", "tcp:HOST:PORT"). `budget` counts
+    training layers (each conv measured dense and sparse, each dwconv dense); a held-out set of
+    real-network layers (sample "holdout") is measured too. With `adaptive`, the second half of
+    the budget is chosen by the `jcw.acquisition` plug-in. `holdout` overrides the held-out set's
+    size (default max(50, budget // 5) layers; 0 for none).
     """
-    params = ProfileParams(budget=budget, seed=seed, threads=threads, rounds=rounds, adaptive=adaptive)
+    if isinstance(device, str):
+        with open_device(device) as opened:
+            return profile(opened, out_dir, budget=budget, seed=seed, threads=threads, rounds=rounds,
+                           adaptive=adaptive, holdout=holdout, runner_args=runner_args, progress=progress)
+    params = ProfileParams(budget=budget, seed=seed, threads=threads, rounds=rounds, adaptive=adaptive,
+                           holdout=holdout)
     out_dir = Path(out_dir)
     chooser = acquisition.load_chooser() if adaptive else None
     started = time.monotonic()
@@ -292,7 +311,7 @@ def profile(device: Device, out_dir: str | Path, *, budget: int = plans.DEFAULT_
         params = params.merge(store.get_meta("plan_params"), out_dir)
         _check_device(store, device)
         base_budget = budget - budget // 2 if adaptive else budget
-        plan = plans.make_plan(base_budget, seed, holdout=plans.holdout_size(budget))
+        plan = plans.make_plan(base_budget, seed, holdout=params.holdout)
         store.add_plan(plan.configurations(threads))
         store.set_meta("plan_params", asdict(params))
         session = _Session(device, store, params, list(runner_args), progress, summary)

@@ -101,6 +101,8 @@ def search_command(args: argparse.Namespace) -> int:
                               latency_range=None if args.max_latency is None else (0.0, args.max_latency))
     if ":" not in args.model and args.model not in zoo.ZOO:
         raise SearchError(f"unknown model {args.model!r}; choose one of {', '.join(zoo.ZOO)} or give module:function")
+    if ":" in args.model and shape is None:
+        raise SearchError(f"model {args.model} needs --input-shape (e.g. 1,3,224,224)")
     latency_predictor = _load_predictor(args.predictor)
     model, shape = zoo.resolve(args.model, shape)
     space = build_space(model, shape, settings)

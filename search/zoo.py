@@ -142,24 +142,27 @@ class MobileNetV2(nn.Module):
 
 
 class DigitsCNN(nn.Module):
-    """Small CNN for scikit-learn's 8x8 digits: three 3x3 convs, a strided one, then a classifier."""
+    """Small CNN for scikit-learn's 8x8 digits, mobile-style: 3x3 and pointwise convs, one strided."""
 
     def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False)
+        self.conv2 = nn.Conv2d(width, 2 * width, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(2 * width)
-        self.conv3 = nn.Conv2d(2 * width, 2 * width, 3, 1, 1, bias=False)
+        self.conv3 = nn.Conv2d(2 * width, 2 * width, 3, 2, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(2 * width)
+        self.conv4 = nn.Conv2d(2 * width, 4 * width, 1, bias=False)
+        self.bn4 = nn.BatchNorm2d(4 * width)
         self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2 * width, num_classes)
+        self.fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
         x = self.relu(self.bn3(self.conv3(x)))
+        x = self.relu(self.bn4(self.conv4(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
 
 

@@ -123,7 +123,7 @@ def test_profile_killed_halfway_then_rerun_measures_everything_exactly_once(tmp_
 def test_profile_prints_summary_and_exports_csv(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(session, "DRIFT_THRESHOLD", 10.0)
     status, out, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "p"), "--budget", "2",
-                               "--rounds", "1", "--csv", str(tmp_path / "all.csv"), *FAST)
+                               "--holdout", "2", "--rounds", "1", "--csv", str(tmp_path / "all.csv"), *FAST)
     assert status == 0, err
     with ProfileStore(tmp_path / "p") as store:
         n = len(store.plan())
@@ -136,6 +136,8 @@ def test_profile_bad_input_is_one_sentence(tmp_path, capsys, monkeypatch):
     assert_one_sentence(status, err, "--budget", "expected a number >= 1, got '0'")
     status, _, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "p"), "--seed", "x")
     assert_one_sentence(status, err, "--seed", "expected a whole number")
+    status, _, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "p"), "--holdout", "9999")
+    assert_one_sentence(status, err, "--holdout", "expected at most 3000")
     status, _, err = run_cli(capsys, "profile", "--device", "tcp:bad host", "--out", str(tmp_path / "p"))
     assert_one_sentence(status, err, "is not a device address")
     (tmp_path / "afile").write_text("x")
@@ -148,10 +150,10 @@ def test_profile_bad_input_is_one_sentence(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(session, "DRIFT_THRESHOLD", 10.0)
     status, _, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "p"), "--budget", "2",
-                             "--rounds", "1", *FAST)
+                             "--holdout", "2", "--rounds", "1", *FAST)
     assert status == 0, err
     status, _, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "p"), "--budget", "2",
-                             "--rounds", "1", "--seed", "3", *FAST)
+                             "--holdout", "2", "--rounds", "1", "--seed", "3", *FAST)
     assert_one_sentence(status, err, "was planned with --seed 0 (you asked for 3)")
     status, _, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "q"), "--budget", "2",
                              "--rounds", "1", "--runner-arg=--min-reps=zero")

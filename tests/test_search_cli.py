@@ -66,7 +66,7 @@ def test_search_writes_a_reproducible_run_and_exports(capsys, tmp_path, local_pr
     front = json.loads((tmp_path / "a" / "front.json").read_text())
     assert front and all({"latency_ms", "accuracy", "layers", "widths", "densities"} <= set(c) for c in front)
     for cand in front:
-        assert len(cand["layers"]) == 4 == len(cand["widths"]) == len(cand["densities"])
+        assert len(cand["layers"]) == 5 == len(cand["widths"]) == len(cand["densities"])
         assert {layer["impl"] for layer in cand["layers"]} <= {"dense", "sparse"}
         assert cand["latency_ms"] == pytest.approx(sum(layer["predicted_ms"] for layer in cand["layers"]))
     latencies = [c["latency_ms"] for c in front]
@@ -85,7 +85,7 @@ def test_search_writes_a_reproducible_run_and_exports(capsys, tmp_path, local_pr
     assert status == 0 and "measured / predicted" in out
     assert (tmp_path / "m.pte").stat().st_size > 0 and (tmp_path / "m.pruned.pt").exists()
     layers = (tmp_path / "m.layers.jsonl").read_text().splitlines()
-    assert len(layers) == 4 and json.loads(layers[0])["id"] == "conv1"
+    assert len(layers) == 5 and json.loads(layers[0])["id"] == "conv1"
 
     status, _, err = _run(capsys, "export", "--run", str(tmp_path / "a"), "--pick", "1e-6",
                           "--out", str(tmp_path / "n.pte"))

@@ -1,0 +1,99 @@
+"""Feature math of the predictor: vectorised derived quantities equal LayerSpec's, features are what
+they claim, and bad columns are refused with a sentence naming the column (synthetic specs: pure math)."""
+import random
+
+import numpy as np
+import pytest
+
+from predictor.errors import PredictorError
+from predictor.features import (FEATURE_NAMES, MONOTONE, as_columns, feature_matrix, impl_quantities, physical)
+from profiler.layerspec import LayerSpec, to_columns
+
+
+def random_specs(n=200, seed=0):
+    rng = random.Random(seed)
+    specs = []
+    while len(specs) < n:
+        op = rng.choice(["conv", "dwconv"])
+        cin = rng.randint(1, 300)
+        k = rng.choice([1, 3, 5, 7])
+        h = rng.randint(k, 60)
+        specs.append(LayerSpec(op=op, cin=cin, cout=cin if op == "dwconv" else rng.randint(1, 300), k=k, h=h,
+                               w=rng.randint(k, 60), stride=rng.choice([1, 2, 3]),
+                               pad=rng.choice([None, 0, k // 2]), density=rng.uniform(0.01, 1.0)))
+    return specs
+
+
+def test_physical_quantities_equal_the_layer_spec_ones():
+    specs = random_specs()
+    phys = physical(as_columns(specs))
+    for name, attr in (("out_h", "out_h"), ("out_w", "out_w"), ("weights", "weights"), ("nnz", "nnz"),
+                       ("macs", "macs"), ("effective_macs", "effective_macs"), ("input_bytes", "input_bytes"),
+                       ("output_bytes", "output_bytes"), ("weight_bytes", "weight_bytes")):
+        np.testing.assert_allclose(phys[name], [getattr(s, attr) for s in specs], rtol=1e-12, err_msg=name)
+
+
+def test_features_of_one_layer_by_hand():
+    spec = LayerSpec(op="conv", cin=32, cout=64, k=3, h=28, w=28, stride=2, density=0.25)
+    columns = as_columns([spec])
+    dense = dict(zip(FEATURE_NAMES, feature_matrix(columns, "dense")[0]))
+    sparse = dict(zip(FEATURE_NAMES, feature_matrix(columns, "sparse")[0]))
+    out_hw = 14 * 14
+    macs = out_hw * 64 * 32 * 9
+    assert dense["is_sparse"] == 0 and sparse["is_sparse"] == 1 and dense["is_dwconv"] == 0
+    assert dense["log_macs"] == pytest.approx(np.log2(macs))
+    assert dense["log_work"] == pytest.approx(np.log2(macs))
+    assert sparse["log_work"] == pytest.approx(np.log2(macs * 0.25))
+    assert sparse["log_nnz"] == pytest.approx(np.log2(round(0.25 * 64 * 32 * 9)))
+    assert sparse["log_im2col_bytes"] == pytest.approx(np.log2(1 + 32 * 9 * out_hw * 4))
+    assert dense["log_im2col_bytes"] == 0.0  # the dense kernel needs no im2col buffer
+    dense_bytes = 32 * 28 * 28 * 4 + 64 * out_hw * 4 + 64 * 32 * 9 * 4
+    assert dense["log_intensity"] == pytest.approx(np.log2(macs / dense_bytes))
+    assert dense["cout_tile_waste"] == 1.0
+
+
+def test_one_by_one_sparse_layer_has_no_im2col_and_tile_waste_counts_padding():
+    columns = as_columns([LayerSpec(op="conv", cin=16, cout=20, k=1, h=7, w=7, density=0.5)])
+    quantities = impl_quantities(physical(columns), "sparse")
+    assert quantities["im2col_bytes"][0] == 0.0
+    row = dict(zip(FEATURE_NAMES, feature_matrix(columns, "sparse")[0]))
+    assert row["cout_tile_waste"] == pytest.approx(24 / 20)
+
+
+def test_columns_dict_gets_default_pad_and_stride_and_matches_specs():
+    specs = random_specs(50, seed=3)
+    columns = to_columns(specs)
+    no_defaults = {k: v for k, v in columns.items() if k not in ("pad", "stride")}
+    defaulted = as_columns(no_defaults)
+    np.testing.assert_array_equal(defaulted["pad"], columns["k"] // 2)
+    np.testing.assert_array_equal(defaulted["stride"], np.ones(50))
+    np.testing.assert_array_equal(feature_matrix(as_columns(columns), "dense"), feature_matrix(as_columns(specs),
+                                                                                               "dense"))
+
+
+@pytest.mark.parametrize("column, value, words", [
+    ("op", "deconv", "'op'"), ("cin", 0, "'cin'"), ("density", 1.5, "'density'"), ("density", 0.0, "'density'"),
+    ("k", 99, "'k'"), ("stride", -1, "'stride'"),
+])
+def test_bad_columns_are_refused_naming_the_column(column, value, words):
+    columns = to_columns([LayerSpec(op="conv", cin=8, cout=8, k=3, h=8, w=8)] * 3)
+    columns[column] = columns[column].copy()
+    columns[column][1] = value
+    with pytest.raises(PredictorError, match=words):
+        as_columns(columns)
+
+
+def test_missing_column_and_ragged_column_are_refused():
+    columns = to_columns([LayerSpec(op="conv", cin=8, cout=8, k=3, h=8, w=8)] * 3)
+    with pytest.raises(PredictorError, match="'cout'"):
+        as_columns({k: v for k, v in columns.items() if k != "cout"})
+    with pytest.raises(PredictorError, match="'h'"):
+        as_columns({**columns, "h": columns["h"][:2]})
+    with pytest.raises(PredictorError, match="LayerSpec"):
+        as_columns([{"op": "conv"}])
+
+
+def test_monotone_constraints_cover_every_size_feature():
+    signs = dict(zip(FEATURE_NAMES, MONOTONE))
+    assert all(signs[name] == 1 for name in FEATURE_NAMES if name.startswith("log_") and name != "log_intensity")
+    assert signs["stride"] == 0 and signs["is_sparse"] == 0

@@ -1,0 +1,158 @@
+"""The latency estimator and the `jcw train` / `jcw predict` commands, on a small real profile
+measured with the host runner (see predictor_profile.py)."""
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+import predictor
+from jcw.__main__ import main
+from predictor import LatencyPredictor, PredictorError
+from predictor.evaluation import latencies, predict_rows
+from predictor.features import as_columns, physical, rows_to_columns
+from profiler.layerspec import LayerSpec, to_columns, write_jsonl
+from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(scope="module")
+def fitted(small_rows):
+    training, _ = small_rows
+    return LatencyPredictor("hybrid").fit(training)
+
+
+def test_predict_returns_the_contract_for_specs_and_columns(fitted):
+    layers = [LayerSpec(op="conv", cin=64, cout=128, k=3, h=28, w=28, density=0.3),
+              LayerSpec(op="dwconv", cin=96, cout=96, k=3, h=56, w=56, stride=2),
+              LayerSpec(op="conv", cin=512, cout=1000, k=1, h=1, w=1, density=0.1)]
+    out = fitted.predict(layers)
+    assert set(out) == {"dense_ms", "sparse_ms", "best_ms", "best_impl"}
+    assert all(len(v) == 3 for v in out.values())
+    assert out["dense_ms"].dtype == np.float64 and out["best_impl"].dtype == object
+    assert np.isnan(out["sparse_ms"][1]) and out["best_impl"][1] == "dense"
+    assert np.all(out["dense_ms"] > 0) and np.all(out["sparse_ms"][[0, 2]] > 0)
+    np.testing.assert_array_equal(out["best_ms"], np.fmin(out["dense_ms"], out["sparse_ms"]))
+    assert list(out["best_impl"]) == ["sparse" if s < d else "dense" for d, s in zip(out["dense_ms"], out["sparse_ms"])]
+    again = fitted.predict(to_columns(layers))
+    for key in ("dense_ms", "best_ms"):
+        np.testing.assert_array_equal(again[key], out[key])
+
+
+def test_predictions_are_positive_and_finite_on_many_layers(fitted, small_rows):
+    training, holdout = small_rows
+    columns = as_columns(rows_to_columns(training + holdout))
+    out = fitted.predict(columns)
+    assert np.all(np.isfinite(out["dense_ms"])) and np.all(out["dense_ms"] > 0)
+    conv = columns["op"] == "conv"
+    assert np.all(out["sparse_ms"][conv] > 0) and np.all(np.isnan(out["sparse_ms"][~conv]))
+
+
+def test_predictions_grow_with_macs_where_the_measurements_do(fitted, small_rows):
+    training, _ = small_rows
+    dense = [r for r in training if r["impl"] == "dense"]
+    macs = physical(as_columns(rows_to_columns(dense)))["macs"]
+    rho, _ = spearmanr(macs, latencies(dense))
+    assert rho > 0.8, "the profile itself does not say that more MACs take longer"
+    for base in (dict(op="conv", k=3, h=28, w=28), dict(op="conv", k=1, h=14, w=14, density=0.2),
+                 dict(op="conv", k=3, h=56, w=56, stride=2, density=0.5)):
+        sweep = [LayerSpec(cin=64, cout=c, **base) for c in (16, 32, 64, 128, 256, 512)]
+        out = fitted.predict(sweep)
+        for key in ("dense_ms", "sparse_ms"):
+            assert np.all(np.diff(out[key]) > 0), (base, key, out[key])
+    sweep = [LayerSpec(op="dwconv", cin=c, cout=c, k=3, h=56, w=56) for c in (16, 32, 64, 128, 256, 512)]
+    assert np.all(np.diff(fitted.predict(sweep)["dense_ms"]) > 0)
+
+
+def test_sparse_is_picked_where_the_measurements_say_it_wins(fitted, small_rows):
+    training, holdout = small_rows
+    by_layer = {}
+    for r in training + holdout:
+        by_layer.setdefault((r["op"], r["cin"], r["cout"], r["k"], r["stride"], r["h"], r["w"], r["density"]),
+                            {})[r["impl"]] = r
+    clear = [(pair["dense"], pair["sparse"]) for pair in by_layer.values() if "sparse" in pair and "dense" in pair
+             and (pair["sparse"]["latency_us"] < 0.5 * pair["dense"]["latency_us"]
+                  or pair["dense"]["latency_us"] < 0.5 * pair["sparse"]["latency_us"])]
+    assert len(clear) >= 10
+    picks = fitted.predict([LayerSpec.from_dict(dense) for dense, _ in clear])["best_impl"]
+    truth = ["sparse" if s["latency_us"] < d["latency_us"] else "dense" for d, s in clear]
+    assert np.mean(picks == np.array(truth, dtype=object)) >= 0.85
+
+
+def test_parameters_are_validated_naming_the_parameter(small_rows):
+    training, _ = small_rows
+    for kwargs, name in ((dict(model="xgboost"), "'model'"), (dict(n_estimators=0), "'n_estimators'"),
+                         (dict(learning_rate=2.0), "'learning_rate'"), (dict(loss="huber"), "'loss'"),
+                         (dict(candidates=("linear", "svm")), "'candidates'"), (dict(cv_folds=1), "'cv_folds'")):
+        with pytest.raises(PredictorError, match=name):
+            LatencyPredictor(**kwargs).fit(training)
+    with pytest.raises(PredictorError, match="at least 8"):
+        LatencyPredictor().fit(training[:5])
+    with pytest.raises(PredictorError, match="not fitted"):
+        LatencyPredictor().predict([LayerSpec(op="conv", cin=8, cout=8, k=1, h=1, w=1)])
+
+
+def test_auto_picks_the_family_with_the_best_cross_validation(small_rows):
+    training, _ = small_rows
+    model = LatencyPredictor(candidates=("linear", "rf")).fit(training)
+    assert set(model.cv_scores_) == {"linear", "rf"}
+    assert model.kind_ == min(model.cv_scores_, key=model.cv_scores_.get)
+
+
+def test_beats_macs_proportional_on_the_real_network_holdout(fitted, small_rows):
+    from predictor.baselines import MacsProportional
+    from predictor.evaluation import metrics
+
+    training, holdout = small_rows
+    ours = metrics(predict_rows(fitted, holdout), latencies(holdout))
+    macs = metrics(predict_rows(MacsProportional().fit(training), holdout), latencies(holdout))
+    assert ours["rmspe"] < macs["rmspe"] and ours["within10"] > macs["within10"]
+
+
+def test_jcw_train_prints_the_table_and_writes_predictor_and_report(trained_predictor):
+    out_dir, status, printed = trained_predictor
+    assert status == 0
+    for heading in ("random split", "unseen shapes", "real-network", "noise floor", "nn-meter-rf", "jcw-interpolation",
+                    "network level"):
+        assert heading in printed
+    card = json.loads((out_dir / "card.json").read_text())
+    assert card["runner"]["version"] and card["device_facts"] and len(card["training_data_hash"]) == 64
+    assert set(card["metrics"]) == {"random split", "unseen shapes", "real-network holdout"}
+    report = (out_dir / "report.md").read_text()
+    assert "Network level" in report and "noise floor" in report
+    for png in ("pred_vs_measured.png", "error_histogram.png"):
+        assert (out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_jcw_predict_prints_one_json_line_per_layer(trained_predictor, tmp_path, capsys):
+    out_dir, _, _ = trained_predictor
+    layers = tmp_path / "layers.jsonl"
+    write_jsonl(layers, [{"id": "stem", "op": "conv", "cin": 3, "cout": 32, "k": 3, "h": 224, "w": 224, "stride": 2},
+                         {"op": "dwconv", "cin": 32, "cout": 32, "k": 3, "h": 112, "w": 112},
+                         {"id": 7, "op": "conv", "cin": 32, "cout": 64, "k": 1, "h": 112, "w": 112,
+                          "density": 0.1}])
+    assert main(["predict", "--predictor", str(out_dir), "--layers", str(layers), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["id"] for line in lines] == ["stem", "2", "7"]
+    assert lines[1]["sparse_ms"] is None and lines[1]["best_impl"] == "dense"
+    expected = predictor.load(out_dir).predict([LayerSpec.from_dict(o) for o in (
+        {"op": "conv", "cin": 32, "cout": 64, "k": 1, "h": 112, "w": 112, "density": 0.1},)])
+    assert lines[2]["best_ms"] == pytest.approx(expected["best_ms"][0], rel=1e-5)
+    assert main(["predict", "--predictor", str(out_dir), "--layers", str(layers)]) == 0
+    assert "total" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line, words", [('{"op": "conv", "cin": 0, "cout": 4, "k": 1, "h": 1, "w": 1}', "'cin'"),
+                                          ("not json", "not valid JSON")])
+def test_jcw_predict_bad_layers_file_gives_one_sentence(trained_predictor, tmp_path, capsys, line, words):
+    out_dir, _, _ = trained_predictor
+    layers = tmp_path / "bad.jsonl"
+    layers.write_text(line + "\n")
+    assert main(["predict", "--predictor", str(out_dir), "--layers", str(layers)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_jcw_train_on_a_missing_profile_gives_one_sentence(tmp_path, capsys):
+    assert main(["train", "--profile", str(tmp_path / "nope"), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "no profile" in err and "Traceback" not in err
