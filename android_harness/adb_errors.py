@@ -72,13 +72,6 @@ class DeviceDiskFull(DeviceError):
             f"phone and try again.")
 
 
-class DeviceTimeout(DeviceError):
-    """A command on the phone did not finish in its time limit."""
-
-    def __init__(self, address: str, what: str, seconds: float):
-        super().__init__(f"The device at {address} did not finish {what} within {seconds:g} s.")
-
-
 class ConnectionLost(Exception):
     """Internal signal: the ADB connection broke; AdbDevice reconnects or raises DeviceDisconnected."""
 

@@ -49,6 +49,12 @@ def start_emulator() -> tuple[subprocess.Popen, dict]:
     return child, json.loads(child.stdout.readline())
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds a process has used itself (utime + stime; its reaped children excluded)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def make_plan(lines: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     plan = []
@@ -105,7 +111,7 @@ def main() -> int:
     plan = make_plan(opts.lines, seed=7)
     key_home = tempfile.mkdtemp(prefix="jcw-bench-keys-")
     os.environ["ANDROID_USER_HOME"] = key_home
-    paired, fixed, client_cpu = [], [], []
+    paired, fixed, client_cpu, batch_cpu = [], [], [], []
     child = None
     try:
         child, phone = start_emulator()
@@ -124,7 +130,9 @@ def main() -> int:
                 client_cpu.append(time.process_time() - cpu_before)
                 fixed.append((wall_a1, run_direct(bundle, plan[:1], tiny)[0]))
             for _ in range(opts.rounds):
+                cpu_client, cpu_phone = time.process_time(), process_cpu_s(child.pid)
                 wall_a, res_a = run_adb(device, plan, args)
+                batch_cpu.append((time.process_time() - cpu_client, process_cpu_s(child.pid) - cpu_phone))
                 wall_b, res_b = run_direct(bundle, plan, args)
                 assert [r["id"] for r in res_a] == [r["id"] for r in res_b] == [l["id"] for l in plan]
                 paired.append((wall_a, timed_s(res_a), wall_b, timed_s(res_b)))
@@ -164,6 +172,10 @@ def main() -> int:
           f"runner timed time: paid by both A and B, so not harness cost")
     print(f"  paired A - B per batch: median {harness * 1000:.1f} ms (range {diffs[0] * 1000:.1f} .. "
           f"{diffs[-1] * 1000:.1f} ms)")
+    print(f"  CPU used during one A batch: client (adb-shell + AdbDevice, host side) "
+          f"{med(c for c, _ in batch_cpu) * 1000:.1f} ms; emulated phone's ADB server "
+          f"{med(p for _, p in batch_cpu) * 1000:.1f} ms - on this 2-core shared machine both compete "
+          f"with the runner, on a real phone neither does (host CPU; adbd is native)")
     print(f"HARNESS OVERHEAD = (min A wall - min B wall) / runner timed time = {harness_min / runner_a:.1%} "
           f"for a {opts.lines}-line batch (target <= 5%); paired median: {harness / runner_a:.1%}")
     print(f"HARNESS FIXED COST per batch (1-line plans, {opts.fixed_rounds} rounds, min A - min B): "

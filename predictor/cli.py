@@ -109,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out.print(net)
     if result["curve"]:
         curve = Table(title="sample efficiency (real-network holdout)")
-        for column in ("layers", "arm", "configurations", "model", "±10%", "RMSPE"):
+        for column in ("layers", "arm", "configurations", "model", "±10% (%)", "RMSPE (%)"):
             curve.add_column(column)
         for row in efficiency.as_table(result["curve"]):
             curve.add_row(*row)

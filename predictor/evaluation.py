@@ -45,6 +45,16 @@ def noise_floor(rows: Sequence[Row]) -> dict[str, float]:
     return metrics(second, first)
 
 
+def stable_rows(rows: Sequence[Row], tolerance: float = 0.05) -> list[Row]:
+    """Rows whose first two timing rounds agree within `tolerance`: labels a busy machine did not disturb.
+
+    Selected on the measurements alone, never on a prediction, so scoring on them stays fair; it
+    shows what a predictor achieves once timing noise is out of the way.
+    """
+    return [r for r in rows if len(r.get("round_latencies") or ()) >= 2
+            and abs(r["round_latencies"][1] / r["round_latencies"][0] - 1.0) <= tolerance]
+
+
 # ---- splits -------------------------------------------------------------------------------
 def layer_key(row: Row) -> tuple:
     return (row["op"], row["cin"], row["cout"], row["k"], row["stride"], row["pad"], row["h"], row["w"],

@@ -13,11 +13,13 @@ from predictor.errors import PredictorError
 from profiler.layerspec import BYTES_PER_FLOAT, IMPLS, OPS, LayerSpec, to_columns
 
 #: Bump whenever a feature is added, removed or computed differently: saved predictors record it.
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2
 
 INT_COLUMNS = ("cin", "cout", "k", "stride", "pad", "h", "w")
 #: Output channels are computed in tiles of this many lanes by XNNPACK's microkernels.
 CHANNEL_TILE = 8
+#: The sparse kernel and the dense GEMM walk output pixels in blocks; a partial block wastes lanes.
+PIXEL_TILE = 16
 
 # (name, monotone constraint): +1 where latency cannot fall when the quantity grows and the
 # rest stays equal (more work or more bytes), 0 where the data must decide.
@@ -27,7 +29,7 @@ FEATURES: tuple[tuple[str, int], ...] = (
     ("density", 1), ("cout_tile_waste", 0),
     ("log_macs", 1), ("log_effective_macs", 1), ("log_nnz", 1), ("log_work", 1),
     ("log_input_bytes", 1), ("log_output_bytes", 1), ("log_weight_bytes", 1), ("log_im2col_bytes", 1),
-    ("log_intensity", 0),
+    ("log_intensity", 0), ("log_reduction", 1), ("log_nnz_per_cout", 1), ("pixel_tile_waste", 0),
 )
 FEATURE_NAMES = tuple(name for name, _ in FEATURES)
 MONOTONE = tuple(sign for _, sign in FEATURES)
@@ -99,8 +101,10 @@ def physical(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         "input_bytes": cin * columns["h"] * columns["w"] * BYTES_PER_FLOAT,
         "output_bytes": cout * out_hw * BYTES_PER_FLOAT,
         "weight_bytes": weights * BYTES_PER_FLOAT,
-        # The sparse path lowers k > 1 to SpMM over an im2col buffer of cin*k*k rows.
-        "im2col_bytes": np.where(k > 1, cin * k * k * out_hw * BYTES_PER_FLOAT, 0.0),
+        # The sparse path feeds SpMM directly only for an unpadded stride-1 1x1 convolution; every
+        # other layer first gathers an im2col buffer of cin*k*k rows (the runner times it too).
+        "im2col_bytes": np.where((columns["k"] == 1) & (columns["stride"] == 1) & (columns["pad"] == 0), 0.0,
+                                 cin * k * k * out_hw * BYTES_PER_FLOAT),
     }
 
 
@@ -146,6 +150,9 @@ def feature_matrix(columns: Mapping[str, np.ndarray], impl: str,
     out[:, 16] = np.log2(q["weight_bytes"])
     out[:, 17] = np.log2(1.0 + q["im2col_bytes"])
     out[:, 18] = np.log2(q["work"] / q["bytes"])
+    out[:, 19] = np.log2(phys["weights"] / cout)
+    out[:, 20] = np.log2(phys["nnz"] / cout)
+    out[:, 21] = np.ceil(phys["out_hw"] / PIXEL_TILE) * PIXEL_TILE / phys["out_hw"]
     return out
 
 

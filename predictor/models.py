@@ -13,7 +13,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegresso
 from threadpoolctl import threadpool_limits
 
 from predictor.errors import PredictorError
-from predictor.features import (FEATURE_NAMES, MONOTONE, as_columns, feature_matrix, impl_quantities, physical,
+from predictor.features import (FEATURE_NAMES, INT_COLUMNS, MONOTONE, as_columns, feature_matrix, impl_quantities, physical,
                                 rows_to_columns)
 from profiler.layerspec import IMPLS, LayerSpec
 
@@ -214,6 +214,8 @@ class LatencyPredictor:
         """Milliseconds per layer: dense_ms, sparse_ms (NaN for dwconv), best_ms, best_impl."""
         self._check_fitted()
         columns = as_columns(layers)
+        # A search population repeats layers heavily; each distinct layer is predicted once.
+        columns, inverse = _distinct(columns)
         n = len(columns["op"])
         dense = np.empty(n)
         sparse = np.full(n, np.nan)
@@ -227,8 +229,9 @@ class LatencyPredictor:
                 sub = _subset(columns, conv)
                 sparse[conv] = self.predict_impl(sub, "sparse", {k: v[conv] for k, v in phys.items()}) / 1000.0
         use_sparse = sparse < dense  # NaN compares False: dwconv stays dense
-        return {"dense_ms": dense, "sparse_ms": sparse, "best_ms": np.where(use_sparse, sparse, dense),
-                "best_impl": np.where(use_sparse, "sparse", "dense").astype(object)}
+        best_impl = np.where(use_sparse, "sparse", "dense").astype(object)
+        return {"dense_ms": dense[inverse], "sparse_ms": sparse[inverse],
+                "best_ms": np.where(use_sparse, sparse, dense)[inverse], "best_impl": best_impl[inverse]}
 
     # ---- state for persistence -----------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -250,6 +253,20 @@ class LatencyPredictor:
         predictor.n_training_rows_ = int(state["n_training_rows"])
         predictor.estimator_ = estimator
         return predictor
+
+
+def _distinct(columns: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The distinct layers of validated columns and, per input layer, its index among them."""
+    n = len(columns["op"])
+    if n < 2:
+        return columns, np.arange(n)
+    keys = np.column_stack([columns["op"] == "dwconv"] + [columns[name] for name in INT_COLUMNS]
+                           + [np.round(columns["density"] * 1e9)]).astype(np.int64)
+    rows = np.ascontiguousarray(keys).view(np.dtype((np.void, keys.dtype.itemsize * keys.shape[1]))).ravel()
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    if len(first) == n:
+        return columns, np.arange(n)
+    return {name: values[first] for name, values in columns.items()}, inverse.ravel()
 
 
 def _one_thread():

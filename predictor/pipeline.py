@@ -24,7 +24,8 @@ BASELINES: dict[str, Callable[[], Any]] = {
     "nn-meter-rf": baselines.NnMeterForest,
     "jcw-interpolation": baselines.JcwInterpolation,
 }
-SETS = ("random split", "unseen shapes", "real-network holdout")
+STABLE_SET = "holdout, rounds agree ±5%"
+SETS = ("random split", "unseen shapes", "real-network holdout", STABLE_SET)
 
 
 def read_profile(directory: str | Path, threads: int | None = None) -> dict[str, Any]:
@@ -73,17 +74,9 @@ def fit_all(training: Sequence[Row], params: Mapping[str, Any]) -> dict[str, Any
     return models
 
 
-def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", threads: int | None = None,
-          seed: int = 0, curve: bool = False, curve_budgets: Sequence[int] = efficiency.DEFAULT_BUDGETS,
-          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Fit, evaluate (three held-out sets, network level, baselines, optional curve), save, report."""
-    say = progress or (lambda message: None)
-    started = time.monotonic()
-    data = read_profile(profile_dir, threads)
-    training, holdout = data["training"], data["holdout"]
-    params = {"model": model, "random_state": seed}
-    LatencyPredictor(**params)._validate_params()
-
+def evaluate(training: Sequence[Row], holdout: Sequence[Row], params: Mapping[str, Any], seed: int = 0,
+             say: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """Ours and every baseline on the three held-out sets and at network level, at one training budget."""
     sets: dict[str, dict[str, Any]] = {}
     for name, split in (("random split", evaluation.random_split), ("unseen shapes", evaluation.grouped_split)):
         say(f"evaluating on the {name}")
@@ -98,6 +91,9 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
         say("evaluating on the real-network holdout")
         sets["real-network holdout"] = {"models": evaluate_models(final, holdout),
                                         "noise_floor": evaluation.noise_floor(holdout)}
+        stable = evaluation.stable_rows(holdout)
+        if stable:
+            sets[STABLE_SET] = {"models": evaluate_models(final, stable), "noise_floor": evaluation.noise_floor(stable)}
         layers = evaluation.measured_layers(holdout)
         nets, coverage = evaluation.sample_networks(layers, seed=seed)
         network = {"construction": "real network layer sequences (ResNet-18/50, MobileNetV1/V2), each position "
@@ -107,6 +103,22 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
             best_ms, impl = _best_per_layer(fitted, layers)
             network["models"][name] = evaluation.network_errors(best_ms, layers, nets)
             best_impl[name] = evaluation.best_impl_agreement(impl, layers)
+    return {"final": final, "sets": sets, "network": network, "best_impl": best_impl}
+
+
+def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", threads: int | None = None,
+          seed: int = 0, curve: bool = False, curve_budgets: Sequence[int] = efficiency.DEFAULT_BUDGETS,
+          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fit, evaluate (three held-out sets, network level, baselines, optional curve), save, report."""
+    say = progress or (lambda message: None)
+    started = time.monotonic()
+    data = read_profile(profile_dir, threads)
+    training, holdout = data["training"], data["holdout"]
+    params = {"model": model, "random_state": seed}
+    LatencyPredictor(**params)._validate_params()
+
+    evaluated = evaluate(training, holdout, params, seed, say)
+    final, sets, network, best_impl = (evaluated[k] for k in ("final", "sets", "network", "best_impl"))
     curve_points: list[dict[str, Any]] = []
     if curve and holdout:
         curve_points = efficiency.sample_efficiency(training, holdout, curve_budgets, seed=seed, model=model,

@@ -116,8 +116,10 @@ def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarra
         f"(grouped-CV MAPE on real-network-like layers: " + ", ".join(f"{k} {pct(v)}" for k, v in result["cv_scores"].items()) + ").", "",
         "## Per-layer accuracy on held-out sets", "",
         "Each set was never used to fit the models scored on it. The noise floor compares two timing rounds "
-        "of the same configurations; no predictor can be expected to beat it (the training target, the median "
-        "of the rounds, is somewhat less noisy than one round).", "",
+        "of the same configurations; no predictor can be expected to beat it by much (the training target "
+        "aggregates the rounds, so it is somewhat less noisy than one round). The last set keeps the held-out "
+        "configurations whose two rounds agree within ±5%: what the predictor achieves once timing noise is "
+        "out of the way.", "",
         _markdown_table(METRIC_HEADER, metrics_rows(result["sets"])), "",
     ]
     if result["network"]:
@@ -132,7 +134,7 @@ def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarra
         parts += ["## Sample efficiency", "",
                   "Subsets of this profile's training layers (the adaptive arm chooses its second half with the "
                   "`jcw.acquisition` plug-in among the unrevealed layers), scored on the real-network holdout.", "",
-                  _markdown_table(["layers", "arm", "configurations", "model", "±10%", "RMSPE"],
+                  _markdown_table(["layers", "arm", "configurations", "model", "±10% (%)", "RMSPE (%)"],
                                   as_table(result["curve"])), "",
                   f"First budget reaching 95% within ±10%: {reach if reach else 'none of those tried'}.", ""]
     parts += ["## Plots", ""] + [f"![{name}]({name})" for name in images] + [""]

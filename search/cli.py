@@ -31,7 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--accuracy", default="proxy",
                    help="accuracy estimator: proxy (data-free, from weights), digits (real accuracy on "
                         "scikit-learn digits; --model digits only) or module:function taking the pruned model")
-    p.add_argument("--max-latency", type=float, help="constraint: discard candidates slower than this (ms)")
+    p.add_argument("--max-latency", type=float, help="constraint: candidates must take at most this long (ms)")
+    p.add_argument("--min-latency", type=float, default=0.0,
+                   help="constraint: candidates must take at least this long (ms), to focus on a budget range")
     p.add_argument("--out", required=True, help="run directory to write")
     p.set_defaults(handler=search_command)
 
@@ -96,13 +98,20 @@ def search_command(args: argparse.Namespace) -> int:
     budgets = _budgets(args.budgets)
     if args.max_latency is not None and not (math.isfinite(args.max_latency) and args.max_latency > 0):
         raise SearchError(f"--max-latency must be a positive number of ms, got {args.max_latency}")
+    if not (math.isfinite(args.min_latency) and 0 <= args.min_latency < (args.max_latency or math.inf)):
+        raise SearchError(f"--min-latency must be >= 0 and below --max-latency, got {args.min_latency}")
     shape = zoo.parse_shape(args.input_shape) if args.input_shape else None
     settings = SearchSettings(pop=args.pop, gens=args.gens, seed=args.seed, budgets=budgets,
-                              latency_range=None if args.max_latency is None else (0.0, args.max_latency))
+                              latency_range=None if args.max_latency is None and not args.min_latency
+                              else (args.min_latency, args.max_latency))
     if ":" not in args.model and args.model not in zoo.ZOO:
         raise SearchError(f"unknown model {args.model!r}; choose one of {', '.join(zoo.ZOO)} or give module:function")
     if ":" in args.model and shape is None:
         raise SearchError(f"model {args.model} needs --input-shape (e.g. 1,3,224,224)")
+    if args.accuracy not in ("proxy", "digits") and ":" not in args.accuracy:
+        raise SearchError(f"--accuracy must be proxy, digits or module:function, got {args.accuracy!r}")
+    if args.accuracy == "digits" and args.model != "digits":
+        raise SearchError("--accuracy digits needs --model digits")
     latency_predictor = _load_predictor(args.predictor)
     model, shape = zoo.resolve(args.model, shape)
     space = build_space(model, shape, settings)
@@ -122,7 +131,7 @@ def search_command(args: argparse.Namespace) -> int:
         result, latency, seconds = run_search(space, latency_predictor, accuracy, settings, tick)
     front = candidates(space, latency, accuracy, result.X[result.front])
     if not front:
-        raise SearchError("no candidate satisfies --max-latency; raise it or check the predictor")
+        raise SearchError("no candidate satisfies the --min-latency/--max-latency range; widen it")
     refs = references(space, latency, accuracy)
     meta = {"model": args.model, "input_shape": list(shape), "model_seed": 0, "predictor": str(args.predictor),
             "accuracy": args.accuracy, "settings": settings_to_json(settings), "evaluations": result.evaluations,

@@ -11,7 +11,8 @@ from .objectives import EvaluatorAccuracy
 
 
 def load_splits(seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """train / calib / val / test splits (50/5/25/20), images scaled to [0, 1], shape (n, 1, 8, 8).
+    """train / val / test splits (55/25/20), images scaled to [0, 1], shape (n, 1, 8, 8); "calib" is the
+    first 256 training images, used to re-estimate batch-norm statistics after pruning.
 
     The validation split (the search's objective) is kept large so that selecting among many
     candidates on it does not simply pick the luckiest few images."""
@@ -22,9 +23,10 @@ def load_splits(seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(y)))
     x, y = x[order], y[order]
     n = len(y)
-    cuts = [0, int(0.5 * n), int(0.55 * n), int(0.8 * n), n]
-    names = ("train", "calib", "val", "test")
-    return {name: (x[a:b], y[a:b]) for name, a, b in zip(names, cuts[:-1], cuts[1:])}
+    cuts = [0, int(0.55 * n), int(0.8 * n), n]
+    splits = {name: (x[a:b], y[a:b]) for name, a, b in zip(("train", "val", "test"), cuts[:-1], cuts[1:])}
+    splits["calib"] = (splits["train"][0][:256], splits["train"][1][:256])
+    return splits
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 30, lr: float = 0.05,

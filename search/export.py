@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
+import logging
+import os
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,14 +49,36 @@ def rebuild(run_dir: str | Path) -> tuple[nn.Module, tuple[int, ...], object, di
     return model.eval(), shape, build_space(model, shape, settings), meta, front
 
 
+@contextlib.contextmanager
+def _quiet_executorch():
+    """ExecuTorch's import chatter (optional torchao kernels, deprecations, cpuinfo probes on stderr)
+    is not the user's business; real errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
 def export_pte(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
     """torch.export -> edge dialect lowered to XNNPACK -> ExecuTorch program file."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
     path = Path(path)
     try:
-        exported = torch.export.export(model.eval(), (example,))
-        program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+        with _quiet_executorch():
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+            exported = torch.export.export(model.eval(), (example,))
+            program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     except Exception as exc:  # export failures come from deep inside torch; report them in one line
         raise SearchError(f"ExecuTorch export failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     try:
@@ -65,8 +90,8 @@ def export_pte(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pat
 
 def run_pte(path: str | Path, example: torch.Tensor, reps: int = 20, warmup: int = 3) -> dict:
     """Load the .pte with executorch.runtime, run it `reps` times; output and median/min ms."""
-    from executorch.runtime import Runtime
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet_executorch():
+        from executorch.runtime import Runtime
         method = Runtime.get().load_program(Path(path)).load_method("forward")
     for _ in range(warmup):
         method.execute([example])

@@ -243,11 +243,11 @@ def read_model(model: nn.Module, example: torch.Tensor) -> ModelGraph:
                 else:
                     opaque(node, f"{node.name} broadcasts between tensors of different shapes")
             elif (target in _PASS_FUNCTIONS or target in _PASS_METHODS) and len(args) == 1 \
-                    and shape == _shape(args[0]) or target in (torch.nn.functional.adaptive_avg_pool2d,) and args:
+                    and _keeps_channels(args[0], node):
                 elem[node] = elem[args[0]]
             elif target in _FLATTEN and len(args) == 1:
                 _flatten(node, args[0], elem, uf)
-            elif target == "mean" and len(args) == 1 and shape is not None and shape[:2] == _shape(args[0])[:2]:
+            elif target == "mean" and len(args) == 1 and _keeps_channels(args[0], node):
                 elem[node] = elem[args[0]]
             elif target in ("size", "dim") or target is getattr:
                 continue
@@ -261,6 +261,12 @@ def read_model(model: nn.Module, example: torch.Tensor) -> ModelGraph:
                     uf.fix(gin, f"layer {name} is called more than once")
                     uf.fix(gout, f"layer {name} is called more than once")
     return _assemble(raw_layers, norms, uf, tuple(example.shape))
+
+
+def _keeps_channels(src: fx.Node, node: fx.Node) -> bool:
+    """Same batch and channel dimensions before and after (element-wise or spatial-only operations)."""
+    before, after = _shape(src), _shape(node)
+    return before is not None and after is not None and len(before) >= 2 and before[:2] == after[:2]
 
 
 def _flatten(node: fx.Node, src: fx.Node, elem: dict, uf: _UnionFind) -> None:

@@ -195,8 +195,8 @@ class PruningProblem:
     """Two objectives to minimise, [latency_ms, -accuracy], and a latency-range constraint violation."""
 
     def __init__(self, space: SearchSpace, latency: LatencyModel, accuracy: Callable,
-                 latency_range: tuple[float, float] | None = None) -> None:
-        if latency_range is not None and not 0 <= latency_range[0] < latency_range[1]:
+                 latency_range: tuple[float, float | None] | None = None) -> None:
+        if latency_range is not None and not 0 <= latency_range[0] < (latency_range[1] or np.inf):
             raise SearchError(f"latency range must be 0 <= low < high, got {latency_range}")
         self.space, self.latency, self.accuracy, self.latency_range = space, latency, accuracy, latency_range
         self.n_var, self.xl, self.xu = space.n_var, space.xl, space.xu
@@ -210,5 +210,5 @@ class PruningProblem:
         cv = np.zeros(X.shape[0])
         if self.latency_range is not None:
             low, high = self.latency_range
-            cv = np.maximum(0.0, low - lat) + np.maximum(0.0, lat - high)
+            cv = np.maximum(0.0, low - lat) + (np.maximum(0.0, lat - high) if high is not None else 0.0)
         return np.column_stack([lat, -acc]), cv

@@ -116,8 +116,10 @@ def plot_front(path: Path, front: list[dict], refs: list[dict], budgets, title: 
                 label = f"{r['value']:g}x" if kind == "width" else f"d={r['value']:g}"
                 ax.annotate(label, (r["latency_ms"], r["accuracy"]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
+    slowest = max([c["latency_ms"] for c in front] + [r["latency_ms"] for r in refs])
     for budget in budgets:
-        ax.axvline(budget, color="grey", lw=0.8, ls="--")
+        if budget <= 1.5 * slowest:          # a far-away budget would squash the front into a corner
+            ax.axvline(budget, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("predicted latency (ms)")
     ax.set_ylabel("accuracy estimate")
     ax.set_title(title, fontsize=9)

@@ -14,11 +14,12 @@ import time
 import pytest
 import usb1
 from adb_shell import exceptions as adb_exc
+from adb_shell.transport.base_transport import BaseTransport
 
 from android_harness import adb_errors, adb_keys, discovery, phone_facts
 from android_harness.adb_device import parse_sha256sum, read_manifest
 from android_harness.phone_facts import cpu_mask
-from android_harness.adb_transport import ShellStream, TcpLink, Timeouts
+from android_harness.adb_transport import AdbTransport, ShellStream, TcpLink, Timeouts
 from android_harness.connect import open_device, parse_address
 from android_harness.device import DeviceError, DeviceNotFound
 
@@ -41,6 +42,31 @@ def test_busy_usb_interface_says_how_to_release_it():
     wrapped = adb_exc.UsbReadFailedError("Could not receive data", usb1.USBErrorBusy())
     assert isinstance(adb_errors.translate_connect_error(wrapped, "usb:R58M1", False),
                       adb_errors.UsbInterfaceBusy)
+
+
+class ClaimFailsTransport(BaseTransport):
+    """Behaves as adb-shell's UsbTransport.connect does when libusb cannot claim the interface."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def connect(self, transport_timeout_s):
+        raise self.error
+
+    def close(self): pass
+    def bulk_read(self, numbytes, transport_timeout_s): raise AssertionError("not connected")
+    def bulk_write(self, data, transport_timeout_s): raise AssertionError("not connected")
+
+
+@pytest.mark.parametrize("error, expected", [(usb1.USBErrorBusy(), adb_errors.UsbInterfaceBusy),
+                                             (usb1.USBErrorAccess(), adb_errors.UsbAccessDenied)])
+def test_usb_claim_failures_through_adb_shell_connect(tmp_path, error, expected):
+    signers = adb_keys.load_signers(tmp_path / "adbkey")
+    transport = AdbTransport("usb:R58M1", lambda: ClaimFailsTransport(error), signers)
+    with pytest.raises(expected) as info:
+        transport.connect()
+    assert_one_sentence(info.value)
+    assert not transport.connected
 
 
 @pytest.mark.parametrize("exc, expected", [

@@ -133,3 +133,8 @@ def test_sample_efficiency_curve_has_both_arms_and_a_reaching_budget(small_rows)
     assert all(0 <= p["within10"] <= 1 for p in curve)
     fake = [{"budget": 100, "arm": "random", "within10": 0.9}, {"budget": 200, "arm": "random", "within10": 0.96}]
     assert efficiency.first_budget_reaching(fake) == 200 and efficiency.first_budget_reaching(fake[:1]) is None
+
+
+def test_stable_rows_keep_only_rounds_that_agree():
+    rows = [{"round_latencies": [100.0, 104.0]}, {"round_latencies": [100.0, 120.0]}, {"round_latencies": [9.0]}]
+    assert evaluation.stable_rows(rows) == rows[:1]

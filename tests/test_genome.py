@@ -98,3 +98,22 @@ def test_proxy_accuracy_ranks_pruning(resnet):
     rng = np.random.default_rng(3)
     X = rng.integers(space.xl, space.xu + 1, size=(6, space.n_var))
     assert np.allclose(proxy(X), [proxy(x[None])[0] for x in X])
+
+
+def kept_parameter_share(model):
+    """A user accuracy function (module:function) used by the test below."""
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters()) / 1e6
+
+
+def test_user_accuracy_function_gets_the_pruned_model():
+    from search.objectives import UserAccuracy
+    model, shape = zoo.build("digits")
+    space = SearchSpace(read_model(model, torch.randn(*shape)))
+    user = UserAccuracy("test_genome:kept_parameter_share", model, space)
+    full, half = user(np.array([space.uniform(1, 1), space.uniform(0.5, 0.5)]))
+    assert full > 2 * half > 0
+    assert len(user.cache) == 2
+    with pytest.raises(SearchError, match="has no function"):
+        UserAccuracy("test_genome:nothing_here", model, space)
+    with pytest.raises(SearchError, match="cannot import module"):
+        UserAccuracy("no_such_module_xyz:f", model, space)

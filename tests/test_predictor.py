@@ -116,7 +116,7 @@ def test_jcw_train_prints_the_table_and_writes_predictor_and_report(trained_pred
         assert heading in printed
     card = json.loads((out_dir / "card.json").read_text())
     assert card["runner"]["version"] and card["device_facts"] and len(card["training_data_hash"]) == 64
-    assert set(card["metrics"]) == {"random split", "unseen shapes", "real-network holdout"}
+    assert {"random split", "unseen shapes", "real-network holdout"} <= set(card["metrics"])
     report = (out_dir / "report.md").read_text()
     assert "Network level" in report and "noise floor" in report
     for png in ("pred_vs_measured.png", "error_histogram.png"):

@@ -23,6 +23,9 @@ def _run(capsys, *argv):
     (["--model", "os:getcwd", "--predictor", "nowhere"], "needs --input-shape"),
     (["--model", "resnet18", "--predictor", "nowhere", "--input-shape", "1,3,x"], "--input-shape must be"),
     (["--model", "resnet18", "--predictor", "nowhere", "--pop", "2"], "--pop must be an integer >= 4"),
+    (["--model", "resnet18", "--predictor", "nowhere", "--min-latency", "5", "--max-latency", "3"],
+     "--min-latency must be >= 0 and below --max-latency"),
+    (["--model", "resnet18", "--predictor", "nowhere", "--accuracy", "digits"], "--accuracy digits needs --model"),
 ])
 def test_search_bad_input_is_one_sentence(capsys, tmp_path, argv, message):
     status, _, err = _run(capsys, "search", *argv, "--out", str(tmp_path / "run"))
