@@ -60,7 +60,7 @@ def accuracy_section(training, holdout, budget: int, seed: int) -> None:
     print(f"\n== accuracy at an equal budget: {budget} profiled layers ({len(rows)} configurations), "
           f"{len(holdout)} held-out real-network configurations ==")
     result = pipeline.evaluate(rows, holdout, {"model": "auto", "random_state": seed}, seed)
-    print(f"ours = {result['final'][pipeline.OURS].kind_} (grouped-CV MAPE "
+    print(f"ours = {result['final'][pipeline.OURS].kind_} (grouped-CV ±10% share "
           + ", ".join(f"{k} {pct(v)}" for k, v in result["final"][pipeline.OURS].cv_scores_.items()) + ")")
     for set_name, entry in result["sets"].items():
         floor = entry["noise_floor"]

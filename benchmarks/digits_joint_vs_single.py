@@ -56,8 +56,9 @@ def main() -> int:
     start = time.perf_counter()
     digits.train(model, *splits["train"], seed=args.seed)
     graph = read_model(model, torch.randn(*shape))
-    print(f"digits CNN trained in {time.perf_counter() - start:.1f} s: val {digits.accuracy(model, *splits['val']):.4f}, "
-          f"test {digits.accuracy(model, *splits['test']):.4f} ({len(splits['train'][1])} train images)")
+    print(f"digits CNN trained in {time.perf_counter() - start:.1f} s: "
+          f"val {digits.accuracy(model, *splits['val']):.4f}, test {digits.accuracy(model, *splits['test']):.4f} "
+          f"({len(splits['train'][1])} train images)")
 
     fractions = [float(f) for f in args.budgets.split(",")]
     # per seed, mode and budget: (val, test) accuracy of the most val-accurate candidate that fits, or None

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-STAGES = ("profiler.cli", "android_harness.cli", "predictor.cli", "search.cli")
+STAGES = ("profiler.cli", "android_harness.cli", "predictor.cli", "search.cli", "jcw.demo")
 
 
 class UserError(Exception):

@@ -91,7 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = pipeline.train(args.profile, args.out, model=args.model, threads=args.threads, seed=args.seed,
                                 curve=args.curve, curve_budgets=args.curve_budgets or efficiency.DEFAULT_BUDGETS,
                                 progress=lambda message: progress.update(task, description=message))
-    out = Console()
+    # Piped output (logs, CI) would otherwise be cut to 80 columns and truncate the figures.
+    out = Console() if sys.stdout.isatty() else Console(width=140)
     table = Table(title=f"held-out accuracy (model: {result['model']})")
     for column in report.METRIC_HEADER:
         table.add_column(column, justify="left" if column in ("held-out set", "model") else "right",
@@ -116,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out.print(curve)
     summary = Table(show_header=False, title="summary")
     summary.add_row("training / held-out configurations", f"{result['training_rows']} / {result['holdout_rows']}")
-    summary.add_row("model (grouped-CV MAPE)", f"{result['model']} (" + ", ".join(
+    summary.add_row("model (grouped-CV ±10% share)", f"{result['model']} (" + ", ".join(
         f"{k} {_pct(v)}" for k, v in result["cv_scores"].items()) + ")")
     summary.add_row("predictor", result["out_dir"])
     summary.add_row("report", f"{result['out_dir']}/report.md")

@@ -9,7 +9,6 @@ import random
 from collections import defaultdict
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 
 from predictor import adaptive
 from predictor.evaluation import latencies, layer_key, metrics, predict_rows

@@ -13,8 +13,8 @@ from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegresso
 from threadpoolctl import threadpool_limits
 
 from predictor.errors import PredictorError
-from predictor.features import (FEATURE_NAMES, INT_COLUMNS, MONOTONE, as_columns, feature_matrix, impl_quantities, physical,
-                                rows_to_columns)
+from predictor.features import (FEATURE_NAMES, INT_COLUMNS, MONOTONE, as_columns, feature_matrix, impl_quantities,
+                                physical, rows_to_columns)
 from profiler.layerspec import IMPLS, LayerSpec
 
 MODEL_KINDS = ("hybrid", "gbm", "rf", "linear")
@@ -94,9 +94,9 @@ class LatencyPredictor:
     `candidates`) or one of MODEL_KINDS; the tree settings are shared by the tree models.
     """
 
-    def __init__(self, model: str = "auto", *, candidates: Sequence[str] = MODEL_KINDS, n_estimators: int = 100,
-                 max_leaf_nodes: int = 15, learning_rate: float = 0.15, min_samples_leaf: int = 4,
-                 loss: str = "absolute_error", cv_folds: int = 3, random_state: int = 0) -> None:
+    def __init__(self, model: str = "auto", *, candidates: Sequence[str] = MODEL_KINDS, n_estimators: int = 60,
+                 max_leaf_nodes: int = 15, learning_rate: float = 0.25, min_samples_leaf: int = 4,
+                 loss: str = "absolute_error", cv_folds: int = 5, random_state: int = 0) -> None:
         self.model = model
         self.candidates = tuple(candidates)
         self.n_estimators = n_estimators
@@ -147,7 +147,7 @@ class LatencyPredictor:
                 from predictor.evaluation import grouped_cv_score  # evaluation imports this module
                 self.cv_scores_ = {c: grouped_cv_score(self._with_kind(c), rows, self.cv_folds, self.random_state)
                                    for c in self.candidates}
-                kind = min(self.cv_scores_, key=self.cv_scores_.get)
+                kind = max(self.cv_scores_, key=self.cv_scores_.get)
         self.kind_ = kind
         self._fit_kind(columns, impl, latency)
         self.n_training_rows_ = len(latency)
@@ -180,8 +180,9 @@ class LatencyPredictor:
         # residual may legitimately fall with size (overheads amortise), so it is unconstrained.
         monotone = list(MONOTONE) if self.kind_ == "gbm" else None
         return HistGradientBoostingRegressor(
-            loss=self.loss, max_iter=self.n_estimators, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
-            min_samples_leaf=leaf, l2_regularization=1.0, monotonic_cst=monotone, early_stopping=False,
+            loss=self.loss, max_iter=self.n_estimators, learning_rate=self.learning_rate,
+            max_leaf_nodes=self.max_leaf_nodes, min_samples_leaf=leaf, l2_regularization=1.0,
+            monotonic_cst=monotone, early_stopping=False,
             random_state=self.random_state)
 
     def _physical_stacked(self, columns: dict[str, np.ndarray], impl: np.ndarray) -> np.ndarray:

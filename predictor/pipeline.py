@@ -15,7 +15,7 @@ from predictor import baselines, efficiency, evaluation, persistence
 from predictor.errors import PredictorError
 from predictor.features import as_columns, rows_to_columns
 from predictor.models import LatencyPredictor
-from profiler.store import ProfileStore, StoreError
+from profiler.store import ProfileStore
 
 Row = Mapping[str, Any]
 OURS = "ours"
@@ -30,13 +30,10 @@ SETS = ("random split", "unseen shapes", "real-network holdout", STABLE_SET)
 
 def read_profile(directory: str | Path, threads: int | None = None) -> dict[str, Any]:
     """Rows of a profile split into training and held-out, with the facts a card needs."""
-    try:
-        with ProfileStore(directory) as store:
-            rows = store.measurements()
-            info = {"device_facts": store.get_meta("device_facts") or {}, "runner": store.get_meta("runner") or {},
-                    "device_address": store.get_meta("device_address"), "fingerprint": store.fingerprint()}
-    except StoreError:
-        raise
+    with ProfileStore(directory) as store:  # StoreError (no or foreign profile) is already one sentence
+        rows = store.measurements()
+        info = {"device_facts": store.get_meta("device_facts") or {}, "runner": store.get_meta("runner") or {},
+                "device_address": store.get_meta("device_address"), "fingerprint": store.fingerprint()}
     counts = sorted({r["threads"] for r in rows})
     if threads is None and len(counts) > 1:
         raise PredictorError(f"profile {directory} holds measurements at threads {counts}; choose one with --threads")

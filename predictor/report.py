@@ -113,7 +113,8 @@ def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarra
         f"({facts.get('cpu') or facts.get('cpu_model') or card['runner'].get('cpu', 'unknown CPU')}), runner "
         f"{card.get('runner_version')}, {result['training_rows']} training and {result['holdout_rows']} held-out "
         f"configurations. Model chosen by grouped cross-validation: **{result['model']}** "
-        f"(grouped-CV MAPE on real-network-like layers: " + ", ".join(f"{k} {pct(v)}" for k, v in result["cv_scores"].items()) + ").", "",
+        "(grouped-CV share within ±10% on real-network-like layers: "
+        + ", ".join(f"{k} {pct(v)}" for k, v in result["cv_scores"].items()) + ").", "",
         "## Per-layer accuracy on held-out sets", "",
         "Each set was never used to fit the models scored on it. The noise floor compares two timing rounds "
         "of the same configurations; no predictor can be expected to beat it by much (the training target "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-latency", type=float, help="constraint: candidates must take at most this long (ms)")
     p.add_argument("--min-latency", type=float, default=0.0,
                    help="constraint: candidates must take at least this long (ms), to focus on a budget range")
+    p.add_argument("--bound", action="append", default=[], metavar="NAME=VALUE",
+                   help="lower bound for sensitive layers, repeatable, e.g. --bound first_density=1.0; names: "
+                        "min_width, min_density, first_width, first_density, last_density, strided_width, "
+                        "strided_density, residual_width")
     p.add_argument("--out", required=True, help="run directory to write")
     p.set_defaults(handler=search_command)
 
@@ -46,6 +49,8 @@ def register(subparsers) -> None:
     e.add_argument("--pick", type=float, required=True, help="latency budget in ms; the best candidate within it")
     e.add_argument("--out", required=True, help="output .pte path")
     e.add_argument("--reps", type=int, default=20, help="timed runs of the .pte (default 20)")
+    e.add_argument("--compare-unpruned", action="store_true",
+                   help="also export and time the unpruned network: measured against predicted speed-up")
     e.set_defaults(handler=export_command)
 
 
@@ -59,6 +64,23 @@ def _budgets(text: str) -> tuple[float, ...]:
     if any(not math.isfinite(v) or v <= 0 for v in values):
         raise SearchError(f"--budgets must be positive numbers of ms separated by commas, got {text!r}")
     return values
+
+
+def _bounds(items: list[str]):
+    from dataclasses import fields
+
+    from .genome import Bounds
+    names = {f.name for f in fields(Bounds)}
+    values = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        if name not in names:
+            raise SearchError(f"--bound {item!r}: the name must be one of {', '.join(sorted(names))}")
+        try:
+            values[name] = float(text)
+        except ValueError:
+            raise SearchError(f"--bound {item!r}: the value must be a number in (0, 1]") from None
+    return Bounds(**values)
 
 
 def _load_predictor(path: str):
@@ -102,6 +124,7 @@ def search_command(args: argparse.Namespace) -> int:
         raise SearchError(f"--min-latency must be >= 0 and below --max-latency, got {args.min_latency}")
     shape = zoo.parse_shape(args.input_shape) if args.input_shape else None
     settings = SearchSettings(pop=args.pop, gens=args.gens, seed=args.seed, budgets=budgets,
+                              bounds=_bounds(args.bound),
                               latency_range=None if args.max_latency is None and not args.min_latency
                               else (args.min_latency, args.max_latency))
     if ":" not in args.model and args.model not in zoo.ZOO:
@@ -169,13 +192,18 @@ def export_command(args: argparse.Namespace) -> int:
         raise SearchError(f"--reps must be >= 1, got {args.reps}")
     console = Console(stderr=True)
     with console.status("rebuilding, checking and exporting the candidate"):
-        report = export_candidate(args.run, args.pick, args.out, args.reps)
+        report = export_candidate(args.run, args.pick, args.out, args.reps, args.compare_unpruned)
     table = Table(title=f"jcw export: candidate {report['candidate']} -> {report['pte']}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_row("predicted latency (predictor's device)", f"{report['predicted_ms']:.3f} ms")
     table.add_row("measured .pte latency (this machine, median)", f"{report['measured_ms']:.3f} ms")
     table.add_row("measured / predicted", f"{report['measured_ms'] / report['predicted_ms']:.2f}")
+    if report.get("unpruned_predicted_ms"):
+        measured = report["unpruned_measured_ms"] / report["measured_ms"]
+        predicted = report["unpruned_predicted_ms"] / report["predicted_ms"]
+        table.add_row("unpruned .pte measured (median)", f"{report['unpruned_measured_ms']:.3f} ms")
+        table.add_row("speed-up measured / predicted", f"{measured:.2f}x / {predicted:.2f}x")
     table.add_row("accuracy estimate", f"{report['accuracy']:.4f}")
     table.add_row("max |pte - torch|", f"{report['max_abs_err']:.2e}")
     sparse = report["sparse_layers"]

@@ -104,7 +104,8 @@ def run_pte(path: str | Path, example: torch.Tensor, reps: int = 20, warmup: int
             "reps": reps}
 
 
-def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, reps: int = 20) -> dict:
+def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, reps: int = 20,
+                     compare_unpruned: bool = False) -> dict:
     """Everything `jcw export` does; returns a report dict for the summary table."""
     out = Path(out)
     model, shape, space, meta, front = rebuild(run_dir)
@@ -125,7 +126,15 @@ def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, rep
     export_pte(dense, example, out)
     timing = run_pte(out, example, reps)
     err = float((timing["output"] - reference).abs().max())
-    return {"candidate": index, "predicted_ms": candidate["latency_ms"], "measured_ms": timing["median_ms"],
+    unpruned = {}
+    if compare_unpruned:
+        # the unpruned network timed the same way: measured speed-up against predicted speed-up
+        full_path = stem.with_name(stem.name + ".unpruned.pte")
+        export_pte(model, example, full_path)
+        refs = {(r["kind"], r["value"]): r for r in meta.get("references", [])}
+        unpruned = {"unpruned_measured_ms": run_pte(full_path, example, reps)["median_ms"],
+                    "unpruned_predicted_ms": refs.get(("width", 1.0), {}).get("latency_ms")}
+    return {**unpruned, "candidate": index, "predicted_ms": candidate["latency_ms"], "measured_ms": timing["median_ms"],
             "measured_min_ms": timing["min_ms"], "accuracy": candidate["accuracy"], "max_abs_err": err,
             "sparse_layers": [layer["name"] for layer in candidate["layers"] if layer["impl"] == "sparse"],
             "predictor": meta.get("predictor"), "pte": str(out), "n_layers": len(expected)}

@@ -102,17 +102,23 @@ class IntegerRandomSampling:
 
 
 class SpreadSampling:
-    """Individuals spread over the latency range: each draws one pruning level in [0, 1] shared by its
-    genes, plus per-gene noise. Uniform genes concentrate all individuals near the mean latency
-    (the sum of many independent layers), leaving the cheap and the expensive ends unexplored."""
+    """Individuals spread over the latency range: each draws one pruning level in [0, 1] per gene axis
+    (e.g. widths and densities, from the problem's `gene_axes`), stratified so the levels tile [0, 1],
+    plus per-gene noise. Uniform genes would put every individual near the mean latency (a sum of
+    many independent layers), leaving the cheap and the expensive ends unexplored; independent axes
+    keep individuals that prune only one way in the first population."""
 
     def __init__(self, noise: float = 0.2) -> None:
         self.noise = noise
 
     def __call__(self, problem: Problem, n: int, rng: np.random.Generator) -> np.ndarray:
-        level = (np.arange(n) + rng.random(n)) / n
+        axes = np.asarray(getattr(problem, "gene_axes", np.zeros(problem.n_var, dtype=np.int64)))
+        level = np.empty((n, problem.n_var))
+        for axis in np.unique(axes):
+            strata = (rng.permutation(n) + rng.random(n)) / n
+            level[:, axes == axis] = strata[:, None]
         span = problem.xu - problem.xl
-        x = problem.xl + (level[:, None] + self.noise * rng.standard_normal((n, problem.n_var))) * span
+        x = problem.xl + (level + self.noise * rng.standard_normal((n, problem.n_var))) * span
         return np.clip(np.floor(x + 0.5), problem.xl, problem.xu).astype(np.int64)
 
 

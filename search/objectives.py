@@ -200,6 +200,7 @@ class PruningProblem:
             raise SearchError(f"latency range must be 0 <= low < high, got {latency_range}")
         self.space, self.latency, self.accuracy, self.latency_range = space, latency, accuracy, latency_range
         self.n_var, self.xl, self.xu = space.n_var, space.xl, space.xu
+        self.gene_axes = np.array([0] * space.n_width + [1] * space.n_density)   # width genes, density genes
         self.evaluations = 0
 
     def evaluate(self, X) -> tuple[np.ndarray, np.ndarray]:

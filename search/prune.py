@@ -69,10 +69,6 @@ def _slice_norm(module: nn.Module, index: torch.Tensor) -> None:
     module.num_features = len(index)
 
 
-def kept_weights(spec: LayerSpec) -> int:
-    return spec.nnz
-
-
 def magnitude_mask(weight: torch.Tensor, keep: int) -> torch.Tensor:
     """1 for the `keep` largest-magnitude weights, 0 elsewhere (ties broken by position)."""
     flat = weight.detach().abs().flatten()
@@ -104,7 +100,7 @@ def apply_genome(model: nn.Module, space: SearchSpace, x, orders: list[np.ndarra
     for spec, layer in zip(space.layer_specs(x), space.graph.layers):
         if spec.density < 1.0:
             module = pruned.get_submodule(layer.name)
-            torch_prune.custom_from_mask(module, "weight", magnitude_mask(module.weight, kept_weights(spec)))
+            torch_prune.custom_from_mask(module, "weight", magnitude_mask(module.weight, spec.nnz))
     return pruned
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from android_harness.adb_keys import load_signers
+from android_harness.emulator import EmulatedPhone
 from profiler.store import ProfileStore
 
 pytestmark = [pytest.mark.device, pytest.mark.slow]
@@ -325,6 +326,7 @@ def test_reboot_and_vanished_phone_end_the_run_clearly_and_rerunning_completes_i
         assert ended.returncode != 0, ended.stdout
         assert_clean_stderr(ended)
         assert "rebooted" in ended.stderr and "resume" in ended.stderr, ended.stderr[-2000:]
+        print("after the reboot:", ended.stderr.splitlines()[-1])
         kept_after_reboot = stored_rounds(out)
         assert len(kept_after_reboot) >= 10
 
@@ -337,6 +339,7 @@ def test_reboot_and_vanished_phone_end_the_run_clearly_and_rerunning_completes_i
         assert_clean_stderr(ended)
         message = [line for line in ended.stderr.splitlines() if line.startswith("jcw profile:")]
         assert len(message) == 1 and "Lost the connection" in message[0] and "resume" in message[0], ended.stderr
+        print("after the phone vanished:", message[0])
         kept_after_vanish = stored_rounds(out)
         assert len(kept_after_vanish) > len(kept_after_reboot)
 
@@ -380,21 +383,26 @@ def test_measure_prints_one_runner_line_per_layer_and_implementation(emulators, 
     installed_bundle(phone.sandbox)
 
 
-def test_devices_lists_an_added_tcp_phone_in_the_users_own_config(emulators, user_env):
-    phone = emulators()
-    nobody = f"tcp:127.0.0.1:{free_port()}"
-    for address in (phone.device, nobody):
-        added = run_jcw(user_env, "devices", "--add", address)
-        assert added.returncode == 0, added.stderr
-    registry = Path(user_env["XDG_CONFIG_HOME"]) / "jcw" / "devices.json"
-    assert json.loads(registry.read_text())["tcp"] == [phone.device, nobody]
-
-    listed = run_jcw(user_env, "devices")
-    assert listed.returncode == 0, listed.stderr
-    assert_clean_stderr(listed)
+def test_devices_lists_an_added_tcp_phone_in_the_users_own_config(user_env, tmp_path):
+    # Only reachability matters here, so the phone runs in this process (a `jcw emulate` costs ~8 s to start).
+    with EmulatedPhone(sandbox=tmp_path / "phone", port=0) as emulated:
+        listed, phone_device, nobody = _add_and_list(user_env, f"tcp:127.0.0.1:{emulated.port}")
     rows = {cells[0]: cells[1:] for cells in
             ([c.strip() for c in re.split(r"[│|┃]", line) if c.strip()] for line in listed.stdout.splitlines())
             if cells}
     assert rows.get("local", [None])[0] == "local", listed.stdout
-    assert rows[phone.device][:2] == ["tcp", "reachable"], listed.stdout
+    assert rows[phone_device][:2] == ["tcp", "reachable"], listed.stdout
     assert rows[nobody][:2] == ["tcp", "unreachable"], listed.stdout
+
+
+def _add_and_list(user_env, phone_device: str):
+    nobody = f"tcp:127.0.0.1:{free_port()}"
+    for address in (phone_device, nobody):
+        added = run_jcw(user_env, "devices", "--add", address)
+        assert added.returncode == 0, added.stderr
+    registry = Path(user_env["XDG_CONFIG_HOME"]) / "jcw" / "devices.json"   # the temporary user's, not ours
+    assert json.loads(registry.read_text())["tcp"] == [phone_device, nobody]
+    listed = run_jcw(user_env, "devices")
+    assert listed.returncode == 0, listed.stderr
+    assert_clean_stderr(listed)
+    return listed, phone_device, nobody

@@ -1,0 +1,76 @@
+"""Every benchmark of the kit in one run (`make bench`), each output kept in the work directory.
+
+Order matters: the profiler benchmark first (it wants the quietest machine), then one
+large local profile that the predictor, search and digits benchmarks all reuse, then the
+ADB benchmarks on the emulated phone. Reproduce: `.venv/bin/python benchmarks/run_all.py
+[--workdir benchmarks/out] [--quick]`; copy the figures into benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def run(name: str, argv: list[str], workdir: Path) -> int:
+    print(f"\n##### {name}: {' '.join(argv)}", flush=True)
+    started = time.monotonic()
+    with open(workdir / f"{name}.txt", "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        status = proc.wait()
+    print(f"##### {name}: exit {status} after {time.monotonic() - started:.0f} s", flush=True)
+    return status
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out")
+    parser.add_argument("--quick", action="store_true", help="small sizes everywhere: a smoke check of the scripts")
+    parser.add_argument("--only", default="", help="comma-separated subset: profiler,predictor,search,digits,adb")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    only = {s for s in args.only.split(",") if s}
+    want = (lambda name: not only or name in only)
+    quick = ["--quick"] if args.quick else []
+    profile, predictor = args.workdir / "profile", args.workdir / "predictor"
+    failures = []
+
+    def step(name: str, argv: list[str]) -> None:
+        if run(name, argv, args.workdir):
+            failures.append(name)
+
+    if want("profiler"):
+        step("bench_profiler", [PY, "benchmarks/bench_profiler.py", *quick])
+    if want("predictor") or want("search") or want("digits"):
+        budget = "200" if args.quick else "1600"
+        step("profile", [PY, "-m", "jcw", "profile", "--device", "local", "--out", str(profile), "--budget", budget])
+        step("train", [PY, "-m", "jcw", "train", "--profile", str(profile), "--out", str(predictor)])
+    if want("predictor"):
+        curve = ["--curve", "100,200"] if args.quick else []
+        step("bench_predictor", [PY, "benchmarks/bench_predictor.py", "--profile", str(profile), *curve])
+    if want("search"):
+        small = ["--seeds", "1", "--gens", "16"] if args.quick else []
+        step("bench_search", [PY, "benchmarks/bench_search.py", "--predictor", str(predictor), *small])
+    if want("digits"):
+        small = ["--gens", "8", "--pop", "16"] if args.quick else []
+        step("digits_joint_vs_single", [PY, "benchmarks/digits_joint_vs_single.py", "--predictor", str(predictor),
+                                        *small])
+    if want("adb"):
+        step("bench_push", [PY, "benchmarks/bench_push.py", *(["--mb", "4", "--rounds", "1"] if args.quick else [])])
+        step("bench_harness_overhead", [PY, "benchmarks/bench_harness_overhead.py",
+                                        *(["--lines", "8", "--rounds", "2"] if args.quick else [])])
+    print("\nall benchmarks done" if not failures else f"\nfailed: {', '.join(failures)}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
