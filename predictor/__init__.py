@@ -2,8 +2,19 @@
 
 `predictor.load(path).predict(layers)` is the API later stages use (see ARCHITECTURE.md).
 """
+from importlib import import_module
+from typing import Any
+
 from predictor.errors import PredictorError
-from predictor.models import LatencyPredictor
-from predictor.persistence import Predictor, load, save
+
+# Deferred so that `jcw --help` and the CLIs of other stages do not pay for scikit-learn and skops.
+_LAZY = {"LatencyPredictor": "predictor.models", "Predictor": "predictor.persistence",
+         "load": "predictor.persistence", "save": "predictor.persistence"}
 
 __all__ = ["LatencyPredictor", "Predictor", "PredictorError", "load", "save"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'predictor' has no attribute {name!r}")

@@ -8,9 +8,6 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy.optimize import nnls
-from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
-from threadpoolctl import threadpool_limits
 
 from predictor.errors import PredictorError
 from predictor.features import (FEATURE_NAMES, INT_COLUMNS, MONOTONE, as_columns, feature_matrix, impl_quantities,
@@ -64,6 +61,7 @@ class PhysicalModel:
     def _solve(rows: np.ndarray, latency: np.ndarray) -> list[float]:
         # Scale columns so NNLS is well conditioned, and divide by latency for relative error.
         scale = np.maximum(np.abs(rows).max(axis=0), 1e-30)
+        from scipy.optimize import nnls  # deferred: keeps `jcw` start-up fast
         coef, _ = nnls(rows / scale / latency[:, None], np.ones(len(latency)), maxiter=2000)
         return list(coef / scale)
 
@@ -171,6 +169,7 @@ class LatencyPredictor:
             self.estimator_ = self._make_estimator(len(latency)).fit(x, target)
 
     def _make_estimator(self, n_rows: int):
+        from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor  # deferred: start-up
         leaf = min(self.min_samples_leaf, max(1, n_rows // 20))
         if self.kind_ == "rf":
             return RandomForestRegressor(n_estimators=self.n_estimators // 2 or 1, min_samples_leaf=leaf,
@@ -273,6 +272,7 @@ def _distinct(columns: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np
 def _one_thread():
     # OpenMP worker threads spin against other tenants of a shared machine: a fit that takes 1.5 s
     # on one thread took 30 s on two busy cores. Predictions are measured on one core too.
+    from threadpoolctl import threadpool_limits
     return threadpool_limits(limits=1, user_api="openmp")
 
 
