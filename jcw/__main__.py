@@ -9,11 +9,9 @@ import argparse
 import importlib
 import sys
 
+from jcw import UserError
+
 STAGES = ("profiler.cli", "android_harness.cli", "predictor.cli", "search.cli", "jcw.demo")
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed as one sentence, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

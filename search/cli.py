@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import SearchError
 
@@ -100,6 +99,7 @@ def _accuracy(kind: str, model_name: str, model, space, seed: int, run_dir: Path
             raise SearchError("--accuracy digits needs --model digits")
         splits = digits.load_splits(seed)
         digits.train(model, *splits["train"], seed=seed)
+        import torch  # deferred: keeps `jcw` start-up fast for the other stages' commands
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), run_dir / "base_model.pt")
         return digits.evaluator(model, space, splits, seed=seed), model

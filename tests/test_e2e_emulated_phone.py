@@ -309,7 +309,8 @@ def reboot_over_adb(port: int, home: Path) -> None:
 def test_reboot_and_vanished_phone_end_the_run_clearly_and_rerunning_completes_it(emulators, tmp_path, user_env):
     phone = emulators()
     out = tmp_path / "p"
-    command = jcw_command(*profile_command(phone.device, out))
+    # Large enough that the run is still going after two interruptions of 10 and 8 results.
+    command = jcw_command(*profile_command(phone.device, out, budget=24))
     running: list[subprocess.Popen] = []
 
     def start_profile() -> subprocess.Popen:
