@@ -7,15 +7,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from typing import NoReturn
 
 from jcw import UserError
 
 STAGES = ("profiler.cli", "android_harness.cli", "predictor.cli", "search.cli", "jcw.demo")
 
 
+class _OneSentenceParser(argparse.ArgumentParser):
+    """A usage mistake is a user error like any other: one sentence pointing at --help, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneSentenceParser(
         prog="jcw", description="Profile a phone's convolution latency, learn a latency predictor from it, "
                                 "and search per-layer channel width x weight density against it.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -46,13 +55,20 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()  # imports every stage: Ctrl-C can land here too
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("jcw: interrupted.", file=sys.stderr)
+        return 130
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
-        print("jcw: interrupted; everything measured so far is saved.", file=sys.stderr)
+        print(f"jcw {args.command}: interrupted.", file=sys.stderr)  # profile says itself what it saved
         return 130
+    except BrokenPipeError:  # `jcw predict --json | head`: the reader is gone, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays silent
+        return 141
     except _user_error_types() as exc:
         print(f"jcw {args.command}: {exc}", file=sys.stderr)
         return 2

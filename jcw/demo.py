@@ -49,11 +49,13 @@ def cmd_demo(args: argparse.Namespace, run: Callable[[list[str]], int] | None = 
     from jcw.__main__ import main
     if args.budget < 1:
         raise UserError(f"--budget must be at least 1, got {args.budget}")
-    for name in ("gens", "pop"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name, minimum in (("gens", 1), ("pop", 4)):  # the search's own minimums, checked before profiling
+        if getattr(args, name) < minimum:
+            raise UserError(f"--{name} must be at least {minimum}, got {getattr(args, name)}")
     run = run or main
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
     profile, predictor, run_dir = out / "profile", out / "predictor", out / "run"
     runner_args = [f"--runner-arg={a}" for a in args.runner_arg]
 

@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("reading the profile", total=None)
         result = pipeline.train(args.profile, args.out, model=args.model, threads=args.threads, seed=args.seed,
                                 curve=args.curve, curve_budgets=args.curve_budgets or efficiency.DEFAULT_BUDGETS,

@@ -16,7 +16,9 @@ from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegresso
 
 from predictor.errors import PredictorError
 from predictor.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, as_columns
-from predictor.models import LatencyPredictor
+from predictor.models import _PHYSICAL_TERMS as PHYSICAL_TERMS
+from predictor.models import MODEL_KINDS, LatencyPredictor
+from profiler.store import DB_NAME as PROFILE_DB
 
 FORMAT = "jcw-predictor"
 FORMAT_VERSION = 1
@@ -112,6 +114,9 @@ def load(directory: str | Path, *, runner_version: str | None = None) -> Predict
     directory = Path(directory)
     if not directory.is_dir():
         raise PredictorError(f"no predictor directory at {directory}; train one with `jcw train`")
+    if not (directory / CARD).exists() and (directory / PROFILE_DB).exists():
+        raise PredictorError(f"{directory} is a profile, not a predictor; train one from it with "
+                             f"`jcw train --profile {directory} --out DIR`")
     card = _read_json(directory / CARD, "predictor card")
     if card.get("format") != FORMAT:
         raise PredictorError(f"{directory} is not a jcw predictor (card format {card.get('format')!r})")
@@ -122,7 +127,8 @@ def load(directory: str | Path, *, runner_version: str | None = None) -> Predict
         raise PredictorError(f"predictor {directory} was trained on feature schema "
                              f"{card.get('feature_schema_version')!r}, this jcw computes schema "
                              f"{FEATURE_SCHEMA_VERSION}; retrain it with `jcw train`")
-    trained_runner = (card.get("runner") or {}).get("version")
+    runner = card.get("runner")
+    trained_runner = runner.get("version") if isinstance(runner, dict) else None
     if runner_series(trained_runner) not in COMPATIBLE_RUNNERS:
         raise PredictorError(f"predictor {directory} was trained on runner version {trained_runner!r}; this jcw "
                              f"reads runner series {', '.join(COMPATIBLE_RUNNERS)}; re-profile and retrain")
@@ -145,9 +151,13 @@ def load(directory: str | Path, *, runner_version: str | None = None) -> Predict
     estimator = _load_trees(directory / TREES) if TREES in files else None
     try:
         model = LatencyPredictor.from_state(state, estimator)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise PredictorError(f"predictor model {directory / STATE} is malformed ({exc})") from None
-    if state.get("features") != list(FEATURE_NAMES) or (model.kind_ != "linear") != (estimator is not None):
+    coef = model.physical_.coef_
+    coef_fits = {"conv/dense", "conv/sparse"} <= set(coef) and all(
+        len(c) == len(PHYSICAL_TERMS) + 1 for c in coef.values())
+    if state.get("features") != list(FEATURE_NAMES) or model.kind_ not in MODEL_KINDS or not coef_fits \
+            or (model.kind_ != "linear") != (estimator is not None):
         raise PredictorError(f"predictor model {directory / STATE} does not fit this jcw's features or files")
     return Predictor(model, card, directory)
 

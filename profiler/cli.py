@@ -6,6 +6,7 @@ profiler.session. User mistakes end in one sentence and a non-zero exit, never a
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -194,8 +195,12 @@ class _LazyBar:
     def __enter__(self) -> "_LazyBar":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self.task is not None:
+            if exc_type is not None:  # the error sentence should stand alone, not under a half-filled bar
+                self.bar.live.transient = True
+                if not self.bar.console.is_terminal:  # a log would get the bar's final line all the same
+                    self.bar.console.file = io.StringIO()
             self.bar.stop()
 
 
@@ -203,6 +208,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         return _fail("profile", f"--out {out} exists and is not a directory")
+    if args.csv and (Path(args.csv).is_dir() or not Path(args.csv).parent.is_dir()):
+        return _fail("profile", f"cannot write --csv {args.csv}: it is a directory or its directory does not exist")
     try:
         if args.adaptive:
             load_chooser()  # fail before connecting to anything

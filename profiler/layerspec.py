@@ -6,7 +6,6 @@ quantities (output size, MACs, parameters, non-zeros, bytes moved) and JSONL I/O
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -17,17 +16,28 @@ OPS = ("conv", "dwconv")
 IMPLS = ("dense", "sparse")
 SPEC_FIELDS = ("op", "cin", "cout", "k", "stride", "pad", "h", "w", "density")
 BYTES_PER_FLOAT = 4
+#: Largest integer field: the runner and the vectorized columns hold them as 32/64-bit integers.
+MAX_INT = 2**31 - 1
 
 
 class LayerSpecError(ValueError):
     """A layer spec field is missing or out of range; the message names field and value."""
 
 
+def _shown(value: Any) -> str:
+    """repr of a bad value, cut short: a message stays one readable sentence."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise LayerSpecError(f"layer spec field '{name}' must be an integer, got {value!r}")
-    if int(value) < minimum:
-        raise LayerSpecError(f"layer spec field '{name}' must be >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or (isinstance(value, float) and not value.is_integer()):
+        raise LayerSpecError(f"layer spec field '{name}' must be an integer, got {_shown(value)}")
+    if value < minimum:
+        raise LayerSpecError(f"layer spec field '{name}' must be >= {minimum}, got {_shown(value)}")
+    if value > MAX_INT:
+        raise LayerSpecError(f"layer spec field '{name}' must be <= {MAX_INT}, got {_shown(value)}")
     return int(value)
 
 
@@ -48,15 +58,14 @@ class LayerSpec:
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
-            raise LayerSpecError(f"layer spec field 'op' must be one of {', '.join(OPS)}, got {self.op!r}")
+            raise LayerSpecError(f"layer spec field 'op' must be one of {', '.join(OPS)}, got {_shown(self.op)}")
         for name, minimum in (("cin", 1), ("cout", 1), ("k", 1), ("h", 1), ("w", 1), ("stride", 1)):
             object.__setattr__(self, name, _check_int(name, getattr(self, name), minimum))
         pad = self.k // 2 if self.pad is None else _check_int("pad", self.pad, 0)
         object.__setattr__(self, "pad", pad)
         density = self.density
-        if isinstance(density, bool) or not isinstance(density, (int, float)) or not math.isfinite(density) \
-                or not 0.0 < density <= 1.0:
-            raise LayerSpecError(f"layer spec field 'density' must be a number in (0, 1], got {density!r}")
+        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:
+            raise LayerSpecError(f"layer spec field 'density' must be a number in (0, 1], got {_shown(density)}")
         object.__setattr__(self, "density", float(density))
         if self.op == "dwconv" and self.cin != self.cout:
             raise LayerSpecError(
@@ -175,6 +184,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise LayerSpecError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        except (RecursionError, ValueError):  # nesting or a number beyond what Python parses
+            raise LayerSpecError(f"{path}:{number}: not a layer spec (JSON nested too deeply or a number "
+                                 f"too long)") from None
         yield number, obj
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import math
 from pathlib import Path
 
@@ -135,10 +136,16 @@ def search_command(args: argparse.Namespace) -> int:
         raise SearchError(f"--accuracy must be proxy, digits or module:function, got {args.accuracy!r}")
     if args.accuracy == "digits" and args.model != "digits":
         raise SearchError("--accuracy digits needs --model digits")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SearchError(f"--out {out} exists and is not a directory")
     latency_predictor = _load_predictor(args.predictor)
     model, shape = zoo.resolve(args.model, shape)
     space = build_space(model, shape, settings)
-    out = Path(args.out)
+    try:  # before the search, not after it: a run that cannot be written should not be run
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SearchError(f"cannot create run directory {out}: {exc.strerror or exc}") from None
     accuracy, model = _accuracy(args.accuracy, args.model, model, space, args.seed, out)
 
     with Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -151,7 +158,13 @@ def search_command(args: argparse.Namespace) -> int:
                 if len(front) else "no feasible candidate yet"
             progress.update(task, completed=gen, info=info)
 
-        result, latency, seconds = run_search(space, latency_predictor, accuracy, settings, tick)
+        try:
+            result, latency, seconds = run_search(space, latency_predictor, accuracy, settings, tick)
+        except BaseException:  # the error sentence should stand alone, not under a half-filled bar
+            progress.live.transient = True
+            if not console.is_terminal:
+                console.file = io.StringIO()
+            raise
     front = candidates(space, latency, accuracy, result.X[result.front])
     if not front:
         raise SearchError("no candidate satisfies the --min-latency/--max-latency range; widen it")

@@ -45,7 +45,11 @@ def rebuild(run_dir: str | Path) -> tuple[nn.Module, tuple[int, ...], object, di
         raise SearchError(f"search run {run_dir} has an incomplete run.json ({exc})") from None
     base = run_dir / "base_model.pt"
     if base.exists():
-        model.load_state_dict(torch.load(base, weights_only=True))
+        try:
+            model.load_state_dict(torch.load(base, weights_only=True))
+        except Exception as exc:  # a damaged file or one of another model; torch raises several types
+            raise SearchError(f"{base} is not a state dict of the run's model {meta['model']} "
+                              f"({type(exc).__name__})") from None
     return model.eval(), shape, build_space(model, shape, settings), meta, front
 
 
@@ -108,18 +112,28 @@ def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, rep
                      compare_unpruned: bool = False) -> dict:
     """Everything `jcw export` does; returns a report dict for the summary table."""
     out = Path(out)
+    if out.is_dir() or not out.parent.is_dir():  # fail before minutes of export, not after
+        raise SearchError(f"cannot write {out}: " + ("it is a directory" if out.is_dir()
+                                                      else f"directory {out.parent} does not exist"))
     model, shape, space, meta, front = rebuild(run_dir)
     index, candidate = pick(front, budget_ms)
-    x = np.array(candidate["genome"], dtype=np.int64)
+    x = np.array(candidate["genome"])
+    if x.shape != (space.n_var,) or x.dtype.kind not in "iu" or np.any(x < space.xl) or np.any(x > space.xu):
+        raise SearchError(f"candidate {index} of {run_dir} has a genome that does not fit the run's model; "
+                          f"front.json was edited or belongs to another run")
+    x = x.astype(np.int64)
     expected = space.layer_specs(x)
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     pruned = apply_genome(model, space, x).eval()
     check_against_specs(pruned, example, expected)
     stem = out.with_suffix("")
-    save_pruned(pruned, stem.with_name(stem.name + ".pruned.pt"))
-    write_jsonl(stem.with_name(stem.name + ".layers.jsonl"),
-                [{"id": layer["name"], **spec.to_dict(), "impl": layer["impl"]}
-                 for spec, layer in zip(expected, candidate["layers"])])
+    try:
+        save_pruned(pruned, stem.with_name(stem.name + ".pruned.pt"))
+        write_jsonl(stem.with_name(stem.name + ".layers.jsonl"),
+                    [{"id": layer["name"], **spec.to_dict(), "impl": layer["impl"]}
+                     for spec, layer in zip(expected, candidate["layers"])])
+    except OSError as exc:
+        raise SearchError(f"cannot write next to {out}: {exc.strerror or exc}") from None
     dense = make_permanent(copy.deepcopy(pruned))
     with torch.no_grad():
         reference = dense(example)

@@ -7,6 +7,8 @@ Groups touching the network input, the outputs, or an operation we cannot follow
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from dataclasses import dataclass, field
 
@@ -139,13 +141,15 @@ def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # torch.fx raises many types for untraceable Python
-        raise SearchError(f"cannot trace the model with torch.fx ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+        raise SearchError(f"cannot trace the model with torch.fx ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})") from None
     try:
-        with torch.no_grad():
+        # ShapeProp prints the traceback of a failing node itself; the cause it wraps is the sentence.
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(example)
     except Exception as exc:
+        cause = exc.__cause__ or exc
         raise SearchError(f"the model does not run on an input of shape {tuple(example.shape)} "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0]})")
+                          f"({type(cause).__name__}: {(str(cause).splitlines() or [''])[0]})") from None
     return gm
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from .errors import SearchError
 from .genome import SearchSpace
 from .prune import apply_genome, channel_order, recalibrate_batchnorm
-from .zoo import load_callable
+from .zoo import load_callable, user_failure
 
 
 class LatencyModel:
@@ -182,11 +182,18 @@ class UserAccuracy:
         for x in np.atleast_2d(X):
             key = np.asarray(x, dtype=np.int64).tobytes()
             if key not in self.cache:
-                value = self.fn(apply_genome(self.model, self.space, x, self.orders).eval())
+                pruned = apply_genome(self.model, self.space, x, self.orders).eval()
                 try:
-                    self.cache[key] = float(value)
+                    value = self.fn(pruned)
+                except Exception as exc:
+                    raise SearchError(f"accuracy function {self.name} raised {user_failure(exc)}") from None
+                try:
+                    number = float(value)
                 except (TypeError, ValueError):
                     raise SearchError(f"accuracy function {self.name} returned {value!r}, not a number") from None
+                if not np.isfinite(number):
+                    raise SearchError(f"accuracy function {self.name} returned {value!r}, not a finite number")
+                self.cache[key] = number
             out.append(self.cache[key])
         return np.array(out)
 

@@ -43,6 +43,8 @@ class SearchSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (4 if name == "pop" else 1):
                 raise SearchError(f"--{name} must be an integer >= {4 if name == 'pop' else 1}, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise SearchError(f"--seed must be an integer in [0, 2**32), got {self.seed!r}")
         if any(not (isinstance(b, (int, float)) and np.isfinite(b) and b > 0) for b in self.budgets):
             raise SearchError(f"every latency budget must be a positive number of ms, got {list(self.budgets)}")
 
@@ -167,10 +169,18 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
     try:
         meta = json.loads((run_dir / "run.json").read_text())
         front = json.loads((run_dir / "front.json").read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise SearchError(f"{run_dir} is not a search run directory (run.json or front.json missing)") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SearchError(f"cannot read search run {run_dir}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise SearchError(f"search run {run_dir} has a run.json that is not a JSON object")
     if not isinstance(front, list) or not front:
         raise SearchError(f"search run {run_dir} has an empty front")
+    for i, cand in enumerate(front):
+        if not (isinstance(cand, dict) and isinstance(cand.get("genome"), list) and isinstance(cand.get("layers"), list)
+                and all(isinstance(cand.get(k), (int, float)) and not isinstance(cand.get(k), bool)
+                        for k in ("latency_ms", "accuracy"))):
+            raise SearchError(f"search run {run_dir} has a malformed candidate {i} in front.json (it needs numbers "
+                              f"latency_ms and accuracy, a genome and layers)")
     return meta, front

@@ -196,10 +196,18 @@ def load_callable(spec: str, what: str) -> Callable:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SearchError(f"cannot import module {module_name!r} for the {what} ({exc})") from None
+    except Exception as exc:  # the user's module failed while importing
+        raise SearchError(f"importing module {module_name!r} for the {what} failed: {user_failure(exc)}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise SearchError(f"module {module_name!r} has no function {attr!r} for the {what}")
     return fn
+
+
+def user_failure(exc: BaseException) -> str:
+    """An exception raised by the user's own code, as one line: its type and its message."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -219,7 +227,11 @@ def resolve(spec: str, input_shape: tuple[int, ...] | None = None, seed: int = 0
         return model, tuple(input_shape or shape)
     if input_shape is None:
         raise SearchError(f"model {spec} needs --input-shape (e.g. 1,3,224,224)")
-    model = load_callable(spec, "model")()
+    factory = load_callable(spec, "model")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise SearchError(f"model function {spec} raised {user_failure(exc)}") from None
     if not isinstance(model, nn.Module):
         raise SearchError(f"model function {spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval(), tuple(input_shape)

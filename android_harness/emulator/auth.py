@@ -98,7 +98,11 @@ class AndroidPublicKey:
 def load_authorized_keys(path: str | os.PathLike) -> list[AndroidPublicKey]:
     """Read an adb_keys file: one public key per line; blank lines and '#' comments ignored."""
     keys = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise KeyFormatError(f"{path} is not an adb_keys file (not UTF-8 text)") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:

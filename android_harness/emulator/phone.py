@@ -101,6 +101,8 @@ class Phone:
             user = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise DescriptionError(f"cannot read phone description {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise DescriptionError(f"phone description {path} is not UTF-8 text") from None
         except json.JSONDecodeError as exc:
             raise DescriptionError(f"phone description {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
         if not isinstance(user, dict):
