@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import skops.io as skops_io
-from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 
 from predictor.errors import PredictorError
 from predictor.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, as_columns
@@ -29,7 +27,6 @@ TREES = "model.skops"
 COMPATIBLE_RUNNERS = ("0.1",)
 #: The only non-default types a saved tree model may contain; anything else is refused unloaded.
 TRUSTED_TYPES = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", "sklearn.tree._tree.Tree")
-_ESTIMATOR_TYPES = (HistGradientBoostingRegressor, RandomForestRegressor)
 _MAX_JSON_BYTES = 16 * 1024 * 1024
 
 
@@ -51,6 +48,7 @@ def save(predictor: LatencyPredictor, directory: str | Path, card: Mapping[str, 
         (directory / STATE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
         files = {STATE: _sha256(directory / STATE)}
         if predictor.estimator_ is not None:
+            import skops.io as skops_io  # deferred: a linear predictor or a refusal need not pay ~3 s for it
             skops_io.dump(predictor.estimator_, directory / TREES)
             files[TREES] = _sha256(directory / TREES)
         elif (directory / TREES).exists():
@@ -163,6 +161,8 @@ def load(directory: str | Path, *, runner_version: str | None = None) -> Predict
 
 
 def _load_trees(path: Path) -> Any:
+    import skops.io as skops_io  # deferred, see save()
+    from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
     try:
         untrusted = skops_io.get_untrusted_types(file=path)
         foreign = [t for t in untrusted if t not in TRUSTED_TYPES]
@@ -173,6 +173,6 @@ def _load_trees(path: Path) -> Any:
         raise
     except Exception as exc:  # skops raises many types for a corrupt archive
         raise PredictorError(f"predictor file {path} is not a readable model ({type(exc).__name__})") from None
-    if not isinstance(estimator, _ESTIMATOR_TYPES):
+    if not isinstance(estimator, (HistGradientBoostingRegressor, RandomForestRegressor)):
         raise PredictorError(f"predictor file {path} holds a {type(estimator).__name__}, not a tree model")
     return estimator

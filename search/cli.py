@@ -51,6 +51,9 @@ def register(subparsers) -> None:
     e.add_argument("--reps", type=int, default=20, help="timed runs of the .pte (default 20)")
     e.add_argument("--compare-unpruned", action="store_true",
                    help="also export and time the unpruned network: measured against predicted speed-up")
+    e.add_argument("--model", metavar="MODULE:FUNCTION",
+                   help="for a run of your own module:function model: name it again to confirm you trust the "
+                        "code the run directory points at (it is imported to rebuild the model)")
     e.set_defaults(handler=export_command)
 
 
@@ -198,14 +201,18 @@ def export_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .export import export_candidate
     if not (math.isfinite(args.pick) and args.pick > 0):
         raise SearchError(f"--pick must be a positive number of ms, got {args.pick}")
     if args.reps < 1:
         raise SearchError(f"--reps must be >= 1, got {args.reps}")
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():  # fail before minutes of export, not after
+        raise SearchError(f"cannot write {out}: " + ("it is a directory" if out.is_dir()
+                                                      else f"directory {out.parent} does not exist"))
+    from .export import export_candidate  # deferred past the checks above: it imports torch
     console = Console(stderr=True)
     with console.status("rebuilding, checking and exporting the candidate"):
-        report = export_candidate(args.run, args.pick, args.out, args.reps, args.compare_unpruned)
+        report = export_candidate(args.run, args.pick, args.out, args.reps, args.compare_unpruned, args.model)
     table = Table(title=f"jcw export: candidate {report['candidate']} -> {report['pte']}")
     table.add_column("quantity")
     table.add_column("value", justify="right")

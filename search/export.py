@@ -34,10 +34,19 @@ def pick(front: list[dict], budget_ms: float) -> tuple[int, dict]:
     return max(fitting, key=lambda ic: (ic[1]["accuracy"], -ic[1]["latency_ms"]))
 
 
-def rebuild(run_dir: str | Path) -> tuple[nn.Module, tuple[int, ...], object, dict, list[dict]]:
-    """Base model, input shape, search space and run metadata of a run directory."""
+def rebuild(run_dir: str | Path, confirmed_model: str | None = None
+            ) -> tuple[nn.Module, tuple[int, ...], object, dict, list[dict]]:
+    """Base model, input shape, search space and run metadata of a run directory.
+
+    A run of a user `module:function` model is rebuilt only when the caller names that same
+    function: importing it runs its code, and a run directory may come from someone else.
+    """
     run_dir = Path(run_dir)
     meta, front = load_run(run_dir)
+    model_name = meta.get("model")
+    if isinstance(model_name, str) and ":" in model_name and confirmed_model != model_name:
+        raise SearchError(f"run {run_dir} was searched on the user function {model_name}; importing it runs its "
+                          f"code, so confirm you trust it with --model {model_name}")
     try:
         model, shape = resolve(meta["model"], tuple(meta["input_shape"]), meta.get("model_seed", 0))
         settings = settings_from_json(meta["settings"])
@@ -109,13 +118,10 @@ def run_pte(path: str | Path, example: torch.Tensor, reps: int = 20, warmup: int
 
 
 def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, reps: int = 20,
-                     compare_unpruned: bool = False) -> dict:
+                     compare_unpruned: bool = False, confirmed_model: str | None = None) -> dict:
     """Everything `jcw export` does; returns a report dict for the summary table."""
     out = Path(out)
-    if out.is_dir() or not out.parent.is_dir():  # fail before minutes of export, not after
-        raise SearchError(f"cannot write {out}: " + ("it is a directory" if out.is_dir()
-                                                      else f"directory {out.parent} does not exist"))
-    model, shape, space, meta, front = rebuild(run_dir)
+    model, shape, space, meta, front = rebuild(run_dir, confirmed_model)
     index, candidate = pick(front, budget_ms)
     x = np.array(candidate["genome"])
     if x.shape != (space.n_var,) or x.dtype.kind not in "iu" or np.any(x < space.xl) or np.any(x > space.xu):

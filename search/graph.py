@@ -141,7 +141,8 @@ def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # torch.fx raises many types for untraceable Python
-        raise SearchError(f"cannot trace the model with torch.fx ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})") from None
+        raise SearchError(f"cannot trace the model with torch.fx "
+                          f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})") from None
     try:
         # ShapeProp prints the traceback of a failing node itself; the cause it wraps is the sentence.
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
