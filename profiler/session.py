@@ -24,7 +24,7 @@ from profiler.store import ROUND_STATISTIC, ProfileStore, StoreError
 # reshuffled per round, so its rounds are minutes apart and meet different moments of load or heat;
 # a reference layer brackets every batch, and a batch whose reference strays from the running median
 # is flagged and re-measured once; the store aggregates the clean rounds (see store.ROUND_*).
-DEFAULT_ROUNDS = 3
+DEFAULT_ROUNDS = 5
 #: Device seconds per batch: long enough that a phone's ADB round trip is a small share.
 TARGET_BATCH_SECONDS = 3.0
 FIRST_BATCH_LINES = 8
