@@ -15,6 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from predictor.errors import PredictorError
+from profiler.cliargs import int_at_least
 from predictor.models import MODEL_KINDS
 
 
@@ -28,21 +29,8 @@ def _budgets(text: str) -> list[int]:
     return sorted(set(values))
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
+_non_negative = int_at_least(0)
+_positive = int_at_least(1)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
