@@ -362,12 +362,6 @@ def measure(device: Device, specs: list[tuple[str, LayerSpec]], *, impl: str = "
 
 
 def open_device(address: str) -> Device:
-    """Connect through the harness; "local" works even before the ADB path is installed."""
-    try:
-        from android_harness.connect import open_device as harness_open
-    except ModuleNotFoundError:
-        if address != "local":
-            raise DeviceError(f"cannot reach {address!r}: phones over ADB are not part of this installation") from None
-        from android_harness.local import LocalDevice
-        return LocalDevice()
+    """Connect through the harness (imported here: the ADB client is not needed for `jcw --help`)."""
+    from android_harness.connect import open_device as harness_open
     return harness_open(address)
