@@ -86,8 +86,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         table.add_column(column, justify="left" if column in ("held-out set", "model") else "right",
                          no_wrap=column in ("held-out set", "model"))
     for row in report.metrics_rows(result["sets"]):
-        table.add_row(*row, style="dim" if row[1].startswith("noise") else None)
-    table.caption = "noise floor: timing round 2 against round 1 of the same configurations"
+        table.add_row(*row, style="dim" if row[1].endswith("floor") else None)
+    table.caption = ("noise floor: timing round 2 against round 1; label floor: fastest of odd rounds against "
+                     "fastest of even rounds")
     out.print(table)
     if result["network"]:
         net = Table(title="network level (sum of faster kernel per layer)")

@@ -45,6 +45,21 @@ def noise_floor(rows: Sequence[Row]) -> dict[str, float]:
     return metrics(second, first)
 
 
+def label_floor(rows: Sequence[Row]) -> dict[str, float]:
+    """The same metrics for two independent multi-round labels of the same configurations.
+
+    A stored latency is the fastest of several rounds, so single rounds overstate its noise: here
+    the fastest of the odd rounds 'predicts' the fastest of the even rounds (rows with at least 4
+    rounds). Each half has fewer rounds than the full label, so this is still an upper estimate.
+    """
+    pairs = [(min(r["round_latencies"][1::2]), min(r["round_latencies"][0::2])) for r in rows
+             if len(r.get("round_latencies") or ()) >= 4]
+    if not pairs:
+        return metrics(np.array([]), np.array([]))
+    odd, even = np.array(pairs).T
+    return metrics(odd, even)
+
+
 def stable_rows(rows: Sequence[Row], tolerance: float = 0.05) -> list[Row]:
     """Rows whose first two timing rounds agree within `tolerance`: labels a busy machine did not disturb.
 

@@ -13,23 +13,26 @@ from predictor.errors import PredictorError
 from profiler.layerspec import BYTES_PER_FLOAT, IMPLS, OPS, LayerSpec, to_columns
 
 #: Bump whenever a feature is added, removed or computed differently: saved predictors record it.
-FEATURE_SCHEMA_VERSION = 2
+FEATURE_SCHEMA_VERSION = 3
 
 INT_COLUMNS = ("cin", "cout", "k", "stride", "pad", "h", "w")
-#: Output channels are computed in tiles of this many lanes by XNNPACK's microkernels.
-CHANNEL_TILE = 8
-#: The sparse kernel and the dense GEMM walk output pixels in blocks; a partial block wastes lanes.
-PIXEL_TILE = 16
+#: XNNPACK's microkernels compute output channels in tiles of 4, 8 or 16 lanes and output pixels in
+#: blocks of 8 to 32, depending on the CPU; a partial tile wastes lanes. The phone's tile sizes are
+#: not known in advance, so each candidate size is a feature and the trees pick the ones that matter.
+CHANNEL_TILES = (4, 8, 16)
+PIXEL_TILES = (8, 16, 32)
 
 # (name, monotone constraint): +1 where latency cannot fall when the quantity grows and the
 # rest stays equal (more work or more bytes), 0 where the data must decide.
 FEATURES: tuple[tuple[str, int], ...] = (
     ("is_dwconv", 0), ("is_sparse", 0),
     ("log_cin", 1), ("log_cout", 1), ("k", 0), ("stride", 0), ("log_h", 1), ("log_out_hw", 1),
-    ("density", 1), ("cout_tile_waste", 0),
+    ("density", 1),
+    *((f"cout_tile_waste_{tile}", 0) for tile in CHANNEL_TILES),
     ("log_macs", 1), ("log_effective_macs", 1), ("log_nnz", 1), ("log_work", 1),
     ("log_input_bytes", 1), ("log_output_bytes", 1), ("log_weight_bytes", 1), ("log_im2col_bytes", 1),
-    ("log_intensity", 0), ("log_reduction", 1), ("log_nnz_per_cout", 1), ("pixel_tile_waste", 0),
+    ("log_intensity", 0), ("log_reduction", 1), ("log_nnz_per_cout", 1),
+    *((f"pixel_tile_waste_{tile}", 0) for tile in PIXEL_TILES),
 )
 FEATURE_NAMES = tuple(name for name, _ in FEATURES)
 MONOTONE = tuple(sign for _, sign in FEATURES)
@@ -130,29 +133,26 @@ def feature_matrix(columns: Mapping[str, np.ndarray], impl: str,
     q = impl_quantities(phys, impl)
     n = len(columns["op"])
     cout = columns["cout"].astype(np.float64)
+    density = columns["density"]
+    effective_macs, nnz = phys["effective_macs"], phys["nnz"]
+    if impl == "dense":
+        # The dense kernel multiplies the zeros too: its latency is that of the unpruned layer, and
+        # features of the density would only let the trees fit noise between repeated shapes.
+        density, effective_macs, nnz = np.ones(n), phys["macs"], phys["weights"]
     out = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
-    out[:, 0] = columns["op"] == "dwconv"
-    out[:, 1] = 1.0 if impl == "sparse" else 0.0
-    out[:, 2] = np.log2(columns["cin"])
-    out[:, 3] = np.log2(cout)
-    out[:, 4] = columns["k"]
-    out[:, 5] = columns["stride"]
-    out[:, 6] = np.log2(columns["h"])
-    out[:, 7] = np.log2(phys["out_hw"])
-    out[:, 8] = columns["density"]
-    out[:, 9] = np.ceil(cout / CHANNEL_TILE) * CHANNEL_TILE / cout
-    out[:, 10] = np.log2(phys["macs"])
-    out[:, 11] = np.log2(phys["effective_macs"])
-    out[:, 12] = np.log2(phys["nnz"])
-    out[:, 13] = np.log2(q["work"])
-    out[:, 14] = np.log2(phys["input_bytes"])
-    out[:, 15] = np.log2(phys["output_bytes"])
-    out[:, 16] = np.log2(q["weight_bytes"])
-    out[:, 17] = np.log2(1.0 + q["im2col_bytes"])
-    out[:, 18] = np.log2(q["work"] / q["bytes"])
-    out[:, 19] = np.log2(phys["weights"] / cout)
-    out[:, 20] = np.log2(phys["nnz"] / cout)
-    out[:, 21] = np.ceil(phys["out_hw"] / PIXEL_TILE) * PIXEL_TILE / phys["out_hw"]
+    columns_out = [
+        columns["op"] == "dwconv", np.full(n, 1.0 if impl == "sparse" else 0.0),
+        np.log2(columns["cin"]), np.log2(cout), columns["k"], columns["stride"], np.log2(columns["h"]),
+        np.log2(phys["out_hw"]), density,
+        *(np.ceil(cout / tile) * tile / cout for tile in CHANNEL_TILES),
+        np.log2(phys["macs"]), np.log2(effective_macs), np.log2(nnz), np.log2(q["work"]),
+        np.log2(phys["input_bytes"]), np.log2(phys["output_bytes"]), np.log2(q["weight_bytes"]),
+        np.log2(1.0 + q["im2col_bytes"]), np.log2(q["work"] / q["bytes"]), np.log2(phys["weights"] / cout),
+        np.log2(nnz / cout),
+        *(np.ceil(phys["out_hw"] / tile) * tile / phys["out_hw"] for tile in PIXEL_TILES),
+    ]
+    for index, values in enumerate(columns_out):
+        out[:, index] = values
     return out
 
 

@@ -16,10 +16,11 @@ from predictor.errors import PredictorError
 from predictor.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, as_columns
 from predictor.models import _PHYSICAL_TERMS as PHYSICAL_TERMS
 from predictor.models import MODEL_KINDS, LatencyPredictor
+from profiler.layerspec import IMPLS
 from profiler.store import DB_NAME as PROFILE_DB
 
 FORMAT = "jcw-predictor"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CARD = "card.json"
 STATE = "model.json"
 TREES = "model.skops"
@@ -173,6 +174,9 @@ def _load_trees(path: Path) -> Any:
         raise
     except Exception as exc:  # skops raises many types for a corrupt archive
         raise PredictorError(f"predictor file {path} is not a readable model ({type(exc).__name__})") from None
-    if not isinstance(estimator, (HistGradientBoostingRegressor, RandomForestRegressor)):
-        raise PredictorError(f"predictor file {path} holds a {type(estimator).__name__}, not a tree model")
+    # One tree model per implementation (see LatencyPredictor._fit_kind).
+    if not isinstance(estimator, dict) or sorted(estimator) != sorted(IMPLS) or not all(
+            isinstance(tree, (HistGradientBoostingRegressor, RandomForestRegressor)) for tree in estimator.values()):
+        raise PredictorError(f"predictor file {path} does not hold one tree model per implementation "
+                             f"({', '.join(IMPLS)})")
     return estimator

@@ -79,7 +79,8 @@ def evaluate(training: Sequence[Row], holdout: Sequence[Row], params: Mapping[st
         say(f"evaluating on the {name}")
         train_rows, test_rows = split(training, 0.2, seed)
         sets[name] = {"models": evaluate_models(fit_all(train_rows, params), test_rows),
-                      "noise_floor": evaluation.noise_floor(test_rows)}
+                      "noise_floor": evaluation.noise_floor(test_rows),
+                      "label_floor": evaluation.label_floor(test_rows)}
     say("fitting on all training data")
     final = fit_all(training, params)
     network: dict[str, Any] = {}
@@ -87,10 +88,12 @@ def evaluate(training: Sequence[Row], holdout: Sequence[Row], params: Mapping[st
     if holdout:
         say("evaluating on the real-network holdout")
         sets["real-network holdout"] = {"models": evaluate_models(final, holdout),
-                                        "noise_floor": evaluation.noise_floor(holdout)}
+                                        "noise_floor": evaluation.noise_floor(holdout),
+                                        "label_floor": evaluation.label_floor(holdout)}
         stable = evaluation.stable_rows(holdout)
         if stable:
-            sets[STABLE_SET] = {"models": evaluate_models(final, stable), "noise_floor": evaluation.noise_floor(stable)}
+            sets[STABLE_SET] = {"models": evaluate_models(final, stable), "noise_floor": evaluation.noise_floor(stable),
+                                "label_floor": evaluation.label_floor(stable)}
         layers = evaluation.measured_layers(holdout)
         nets, coverage = evaluation.sample_networks(layers, seed=seed)
         network = {"construction": "real network layer sequences (ResNet-18/50, MobileNetV1/V2), each position "
@@ -124,7 +127,10 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
     ours: LatencyPredictor = final[OURS]
     summary = {name: {k: s["models"][OURS][k] for k in ("n", "rmspe", "mape", "within5", "within10", "within15")}
                | {"noise_floor_within10": s["noise_floor"]["within10"],
-                  "noise_floor_rmspe": s["noise_floor"]["rmspe"]} for name, s in sets.items()}
+                  "noise_floor_rmspe": s["noise_floor"]["rmspe"],
+                  # None when the profile has fewer than 4 rounds: JSON has no NaN
+                  "label_floor_within10": s["label_floor"]["within10"] if s["label_floor"]["n"] else None}
+               for name, s in sets.items()}
     card = {"profile": str(profile_dir), "device_address": data["device_address"],
             "device_facts": data["device_facts"], "runner": data["runner"], "runner_version":
                 data["runner"].get("version"), "training_data_hash": data["fingerprint"], "threads": data["threads"],

@@ -18,12 +18,13 @@ def pct(value: float) -> str:
 
 
 def metrics_rows(sets: Mapping[str, Any]) -> list[list[str]]:
-    """One row per (held-out set, model) plus the set's noise floor: the table `jcw train` prints."""
+    """One row per (held-out set, model) plus the set's floors: the table `jcw train` prints."""
     rows = []
     for set_name, entry in sets.items():
-        floor = entry["noise_floor"]
-        rows.append([set_name, "noise floor", str(floor["n"]), pct(floor["rmspe"]),
-                     pct(floor["mape"]), pct(floor["within5"]), pct(floor["within10"]), pct(floor["within15"])])
+        for label, floor in (("noise floor", entry["noise_floor"]), ("label floor", entry.get("label_floor"))):
+            if floor and floor["n"]:
+                rows.append([set_name, label, str(floor["n"]), pct(floor["rmspe"]), pct(floor["mape"]),
+                             pct(floor["within5"]), pct(floor["within10"]), pct(floor["within15"])])
         for model, m in entry["models"].items():
             rows.append([set_name, model, str(m["n"]), pct(m["rmspe"]), pct(m["mape"]), pct(m["within5"]),
                          pct(m["within10"]), pct(m["within15"])])
@@ -116,9 +117,11 @@ def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarra
         "(grouped-CV share within ±10% on real-network-like layers: "
         + ", ".join(f"{k} {pct(v)}" for k, v in result["cv_scores"].items()) + ").", "",
         "## Per-layer accuracy on held-out sets", "",
-        "Each set was never used to fit the models scored on it. The noise floor compares two timing rounds "
-        "of the same configurations; no predictor can be expected to beat it by much (the training target "
-        "aggregates the rounds, so it is somewhat less noisy than one round). The last set keeps the held-out "
+        "Each set was never used to fit the models scored on it. The noise floor compares two single timing "
+        "rounds of the same configurations; the label floor compares two labels made the way stored latencies "
+        "are (the fastest of the odd rounds against the fastest of the even rounds, with 4 or more rounds). "
+        "A stored latency aggregates all rounds, so it is steadier than either: a predictor can beat the noise "
+        "floor but not the label floor by much. The last set keeps the held-out "
         "configurations whose two rounds agree within ±5%: what the predictor achieves once timing noise is "
         "out of the way.", "",
         _markdown_table(METRIC_HEADER, metrics_rows(result["sets"])), "",

@@ -25,6 +25,16 @@ def test_noise_floor_compares_round_two_with_round_one():
     assert floor["n"] == 2 and floor["within10"] == 0.5 and floor["mape"] == pytest.approx((0.09 + 0.2) / 2)
 
 
+def test_label_floor_compares_the_fastest_odd_rounds_with_the_fastest_even_rounds():
+    rows = [{"round_latencies": [100.0, 130.0, 140.0, 108.0, 101.0]},   # even 100 vs odd 108: 8 %
+            {"round_latencies": [50.0, 40.0, 45.0, 60.0]},              # even 45 vs odd 40: -11 %
+            {"round_latencies": [7.0, 7.0, 7.0]}]                       # too few rounds: left out
+    floor = evaluation.label_floor(rows)
+    assert floor["n"] == 2 and floor["within10"] == 0.5
+    assert floor["mape"] == pytest.approx((0.08 + 5 / 45) / 2)
+    assert evaluation.label_floor(rows[2:])["n"] == 0
+
+
 def test_grouped_split_shares_no_shape_and_random_split_keeps_layers_whole(small_rows):
     training, _ = small_rows
     for seed in range(3):
@@ -131,8 +141,21 @@ def test_sample_efficiency_curve_has_both_arms_and_a_reaching_budget(small_rows)
     # a budget beyond the pool is skipped; the adaptive arm needs unrevealed layers to choose from
     assert {(p["budget"], p["arm"]) for p in curve} == {(20, "random"), (pool - 5, "random"), (20, "adaptive")}
     assert all(0 <= p["within10"] <= 1 for p in curve)
+    repeated = efficiency.sample_efficiency(training, holdout, (20, pool), model="linear", repeats=3,
+                                            with_adaptive=False)
+    # three different draws of 20 layers, averaged, the worst kept; the whole pool is drawn once
+    assert [(p["budget"], p["draws"]) for p in repeated] == [(20, 3), (pool, 1)]
+    assert repeated[0]["within10_min"] <= repeated[0]["within10"]
+    single = [efficiency.sample_efficiency(training, holdout, (20,), model="linear", seed=s, with_adaptive=False)[0]
+              for s in range(3)]
+    assert repeated[0]["within10"] == pytest.approx(np.mean([p["within10"] for p in single]))
+    assert repeated[0]["within10_min"] == min(p["within10"] for p in single)
+    with pytest.raises(PredictorError, match="'repeats'"):
+        efficiency.sample_efficiency(training, holdout, (20,), repeats=0)
     fake = [{"budget": 100, "arm": "random", "within10": 0.9}, {"budget": 200, "arm": "random", "within10": 0.96}]
     assert efficiency.first_budget_reaching(fake) == 200 and efficiency.first_budget_reaching(fake[:1]) is None
+    fake[1]["within10_min"] = 0.94  # reached on average, not in every draw
+    assert efficiency.first_budget_reaching(fake) is None
 
 
 def test_stable_rows_keep_only_rounds_that_agree():

@@ -49,7 +49,19 @@ def test_features_of_one_layer_by_hand():
     assert dense["log_im2col_bytes"] == 0.0  # the dense kernel needs no im2col buffer
     dense_bytes = 32 * 28 * 28 * 4 + 64 * out_hw * 4 + 64 * 32 * 9 * 4
     assert dense["log_intensity"] == pytest.approx(np.log2(macs / dense_bytes))
-    assert dense["cout_tile_waste"] == 1.0
+    assert dense["cout_tile_waste_16"] == 1.0 and dense["pixel_tile_waste_32"] == pytest.approx(224 / 196)
+    # The dense kernel multiplies the pruned zeros too: its density features are those of density 1.
+    assert dense["density"] == 1.0 and sparse["density"] == 0.25
+    assert dense["log_nnz"] == pytest.approx(np.log2(64 * 32 * 9))
+    assert dense["log_effective_macs"] == dense["log_macs"]
+
+
+def test_dense_features_do_not_depend_on_density_and_sparse_ones_do():
+    layers = [LayerSpec(op="conv", cin=48, cout=40, k=1, h=14, w=14, density=d) for d in (0.1, 0.5, 1.0)]
+    dense = feature_matrix(as_columns(layers), "dense")
+    sparse = feature_matrix(as_columns(layers), "sparse")
+    assert (dense == dense[0]).all()
+    assert len({tuple(row) for row in sparse}) == 3
 
 
 def test_one_by_one_sparse_layer_has_no_im2col_and_tile_waste_counts_padding():
@@ -57,7 +69,10 @@ def test_one_by_one_sparse_layer_has_no_im2col_and_tile_waste_counts_padding():
     quantities = impl_quantities(physical(columns), "sparse")
     assert quantities["im2col_bytes"][0] == 0.0
     row = dict(zip(FEATURE_NAMES, feature_matrix(columns, "sparse")[0]))
-    assert row["cout_tile_waste"] == pytest.approx(24 / 20)
+    assert row["cout_tile_waste_4"] == 1.0
+    assert row["cout_tile_waste_8"] == pytest.approx(24 / 20)
+    assert row["cout_tile_waste_16"] == pytest.approx(32 / 20)
+    assert row["pixel_tile_waste_8"] == pytest.approx(56 / 49)
 
 
 def test_columns_dict_gets_default_pad_and_stride_and_matches_specs():

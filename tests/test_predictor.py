@@ -63,6 +63,18 @@ def test_predictions_grow_with_macs_where_the_measurements_do(fitted, small_rows
     assert np.all(np.diff(fitted.predict(sweep)["dense_ms"]) > 0)
 
 
+def test_dense_latency_ignores_density_and_shared_predictions_match_one_by_one(fitted):
+    layers = [LayerSpec(op="conv", cin=96, cout=64, k=k, h=28, w=28, density=d)
+              for k in (1, 3) for d in (0.05, 0.3, 0.7, 1.0)]
+    out = fitted.predict(layers)
+    assert len(set(out["dense_ms"][:4])) == 1 and len(set(out["dense_ms"][4:])) == 1
+    assert out["dense_ms"][0] != out["dense_ms"][4]
+    assert len(set(out["sparse_ms"][:4])) == 4, "the sparse kernel's latency must follow density"
+    one_by_one = [fitted.predict([layer]) for layer in layers]
+    np.testing.assert_allclose(out["dense_ms"], [o["dense_ms"][0] for o in one_by_one], rtol=1e-12)
+    np.testing.assert_allclose(out["sparse_ms"], [o["sparse_ms"][0] for o in one_by_one], rtol=1e-12)
+
+
 def test_sparse_is_picked_where_the_measurements_say_it_wins(fitted, small_rows):
     training, holdout = small_rows
     by_layer = {}

@@ -101,7 +101,7 @@ def test_an_untrusted_type_is_refused_even_with_a_matching_hash(saved_copy):
         predictor.load(saved_copy)
     # Only types skops trusts by default, but not a tree model: refused as well.
     plant(Pipeline([("f", FunctionTransformer(np.exp)), ("m", HistGradientBoostingRegressor(max_iter=2))]))
-    with pytest.raises(PredictorError, match="not a tree model"):
+    with pytest.raises(PredictorError, match="one tree model per implementation"):
         predictor.load(saved_copy)
 
 
