@@ -94,8 +94,8 @@ class LatencyPredictor:
     reach 95 % within ±10 % on unseen real-network layers while predicting > 200,000 layers/s.
     """
 
-    def __init__(self, model: str = "auto", *, candidates: Sequence[str] = MODEL_KINDS, n_estimators: int = 80,
-                 max_leaf_nodes: int = 31, learning_rate: float = 0.25, min_samples_leaf: int = 4,
+    def __init__(self, model: str = "auto", *, candidates: Sequence[str] = MODEL_KINDS, n_estimators: int = 60,
+                 max_leaf_nodes: int = 24, learning_rate: float = 0.3, min_samples_leaf: int = 4,
                  loss: str = "squared_error", cv_folds: int = 5, random_state: int = 0) -> None:
         self.model = model
         self.candidates = tuple(candidates)
