@@ -9,7 +9,7 @@ import argparse
 import json
 import signal
 import sys
-import threading
+import time
 
 from rich.console import Console
 from rich.table import Table
@@ -100,8 +100,14 @@ def run_emulate(args: argparse.Namespace) -> int:
         err.print(f"jcw emulate: {str(exc).rstrip('.')}.", highlight=False)
         return EXIT_USER_ERROR
 
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGTERM and Ctrl-C only append to a list, which takes no lock (a handler that took one could
+    # deadlock against the main thread it interrupts) and cannot be swallowed like an exception.
+    # A SIGINT that a background script ignores stays ignored.
+    stop_requests: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: stop_requests.append(signum))
+    previous_int = None
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous_int = signal.signal(signal.SIGINT, lambda signum, _: stop_requests.append(signum))
     try:
         table = Table(title="emulated phone", show_header=False)
         table.add_row("address", phone.address)
@@ -117,11 +123,15 @@ def run_emulate(args: argparse.Namespace) -> int:
         console.print(table)
         console.print(f"serving {phone.address} (adb connect {phone.address}); Ctrl-C to stop", highlight=False)
         sys.stdout.flush()
-        stop.wait(args.duration)
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        while not stop_requests and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.1)
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
         phone.stop()
     summary = Table(title="emulated phone stopped", show_header=False)
     summary.add_row("connections served", str(phone.connections_served))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,34 @@ class _LazyBar:
             self.bar.stop()
 
 
+class _CtrlC:
+    """Remembers a Ctrl-C as well as raising it: if the KeyboardInterrupt lands where Python must
+    swallow it (a finalizer run by the garbage collector), the next progress report or the end
+    of the profile still stops with the interrupted message. A SIGINT someone chose to ignore
+    (a background job of a script) stays ignored."""
+
+    def __init__(self) -> None:
+        self.caught = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.caught = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.caught:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "_CtrlC":
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -198,10 +227,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
     try:
         if args.adaptive:
             load_chooser()  # fail before connecting to anything
-        with session.open_device(args.device) as device, _LazyBar("profiling") as progress:
+        with _CtrlC() as ctrl_c, session.open_device(args.device) as device, _LazyBar("profiling") as bar:
+            def progress(done: int, total: int, info: dict[str, Any]) -> None:
+                ctrl_c.check()
+                bar(done, total, info)
+
             summary = session.profile(device, out, budget=args.budget, seed=args.seed, threads=args.threads,
                                       rounds=args.rounds, adaptive=args.adaptive, holdout=args.holdout,
                                       runner_args=_runner_argv(args.runner_arg), progress=progress)
+            ctrl_c.check()
     except AcquisitionError as exc:
         return _fail("profile", str(exc))
     except KeyboardInterrupt:
