@@ -198,3 +198,25 @@ def test_devices_lists_local_and_remembers_tcp_phones(tmp_path, capsys, monkeypa
     assert_one_sentence(status, err, "is not in the list of known TCP phones")
     status, _, err = run_cli(capsys, "devices", "--add", "usb:ABC")
     assert_one_sentence(status, err, "is not a TCP device address")
+
+
+def test_a_ctrl_c_is_remembered_even_if_its_exception_is_swallowed():
+    from profiler.cli import _CtrlC
+
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever runs pytest
+    with _CtrlC() as ctrl_c:
+        ctrl_c.check()  # nothing yet
+        try:  # what a garbage-collector finalizer does with an exception: drop it
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:  # a SIGINT a background script ignores stays ignored
+        with _CtrlC():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, outer)
