@@ -139,8 +139,7 @@ def feature_matrix(columns: Mapping[str, np.ndarray], impl: str,
         # The dense kernel multiplies the zeros too: its latency is that of the unpruned layer, and
         # features of the density would only let the trees fit noise between repeated shapes.
         density, effective_macs, nnz = np.ones(n), phys["macs"], phys["weights"]
-    out = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
-    columns_out = [
+    return np.column_stack([np.asarray(values, dtype=np.float64) for values in (
         columns["op"] == "dwconv", np.full(n, 1.0 if impl == "sparse" else 0.0),
         np.log2(columns["cin"]), np.log2(cout), columns["k"], columns["stride"], np.log2(columns["h"]),
         np.log2(phys["out_hw"]), density,
@@ -150,10 +149,7 @@ def feature_matrix(columns: Mapping[str, np.ndarray], impl: str,
         np.log2(1.0 + q["im2col_bytes"]), np.log2(q["work"] / q["bytes"]), np.log2(phys["weights"] / cout),
         np.log2(nnz / cout),
         *(np.ceil(phys["out_hw"] / tile) * tile / phys["out_hw"] for tile in PIXEL_TILES),
-    ]
-    for index, values in enumerate(columns_out):
-        out[:, index] = values
-    return out
+    )])
 
 
 def rows_to_columns(rows: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:

@@ -230,17 +230,13 @@ class LatencyPredictor:
         dense = np.empty(n)
         sparse = np.full(n, np.nan)
         if n:
-            phys = physical(columns)
             # The dense kernel's latency does not depend on density (see features), so layers that
             # differ only in density share one dense prediction: a search varies density most.
             shapes, shape_inverse = _distinct({**columns, "density": np.ones(n)})
             dense = (self.predict_impl(shapes, "dense") / 1000.0)[shape_inverse]
             conv = columns["op"] == "conv"
-            if conv.all():
-                sparse = self.predict_impl(columns, "sparse", phys) / 1000.0
-            elif conv.any():
-                sub = _subset(columns, conv)
-                sparse[conv] = self.predict_impl(sub, "sparse", {k: v[conv] for k, v in phys.items()}) / 1000.0
+            if conv.any():
+                sparse[conv] = self.predict_impl(columns if conv.all() else _subset(columns, conv), "sparse") / 1000.0
         use_sparse = sparse < dense  # NaN compares False: dwconv stays dense
         best_impl = np.where(use_sparse, "sparse", "dense").astype(object)
         return {"dense_ms": dense[inverse], "sparse_ms": sparse[inverse],

@@ -65,6 +65,12 @@ def evaluate_models(models: Mapping[str, Any], test: Sequence[Row]) -> dict[str,
     return {name: evaluation.metrics(evaluation.predict_rows(model, test), truth) for name, model in models.items()}
 
 
+def scored(models: Mapping[str, Any], test: Sequence[Row]) -> dict[str, Any]:
+    """One held-out set's entry: every model's metrics next to the set's noise and label floors."""
+    return {"models": evaluate_models(models, test), "noise_floor": evaluation.noise_floor(test),
+            "label_floor": evaluation.label_floor(test)}
+
+
 def fit_all(training: Sequence[Row], params: Mapping[str, Any]) -> dict[str, Any]:
     models = {OURS: LatencyPredictor(**params).fit(training)}
     models.update({name: make().fit(training) for name, make in BASELINES.items()})
@@ -78,22 +84,17 @@ def evaluate(training: Sequence[Row], holdout: Sequence[Row], params: Mapping[st
     for name, split in (("random split", evaluation.random_split), ("unseen shapes", evaluation.grouped_split)):
         say(f"evaluating on the {name}")
         train_rows, test_rows = split(training, 0.2, seed)
-        sets[name] = {"models": evaluate_models(fit_all(train_rows, params), test_rows),
-                      "noise_floor": evaluation.noise_floor(test_rows),
-                      "label_floor": evaluation.label_floor(test_rows)}
+        sets[name] = scored(fit_all(train_rows, params), test_rows)
     say("fitting on all training data")
     final = fit_all(training, params)
     network: dict[str, Any] = {}
     best_impl: dict[str, Any] = {}
     if holdout:
         say("evaluating on the real-network holdout")
-        sets["real-network holdout"] = {"models": evaluate_models(final, holdout),
-                                        "noise_floor": evaluation.noise_floor(holdout),
-                                        "label_floor": evaluation.label_floor(holdout)}
+        sets["real-network holdout"] = scored(final, holdout)
         stable = evaluation.stable_rows(holdout)
         if stable:
-            sets[STABLE_SET] = {"models": evaluate_models(final, stable), "noise_floor": evaluation.noise_floor(stable),
-                                "label_floor": evaluation.label_floor(stable)}
+            sets[STABLE_SET] = scored(final, stable)
         layers = evaluation.measured_layers(holdout)
         nets, coverage = evaluation.sample_networks(layers, seed=seed)
         network = {"construction": "real network layer sequences (ResNet-18/50, MobileNetV1/V2), each position "

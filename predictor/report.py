@@ -21,8 +21,8 @@ def metrics_rows(sets: Mapping[str, Any]) -> list[list[str]]:
     """One row per (held-out set, model) plus the set's floors: the table `jcw train` prints."""
     rows = []
     for set_name, entry in sets.items():
-        for label, floor in (("noise floor", entry["noise_floor"]), ("label floor", entry.get("label_floor"))):
-            if floor and floor["n"]:
+        for label, floor in (("noise floor", entry["noise_floor"]), ("label floor", entry["label_floor"])):
+            if floor["n"]:
                 rows.append([set_name, label, str(floor["n"]), pct(floor["rmspe"]), pct(floor["mape"]),
                              pct(floor["within5"]), pct(floor["within10"]), pct(floor["within15"])])
         for model, m in entry["models"].items():
