@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := build-essential pkg-config libxnnpack-dev libpthreadpool-dev libcpuinfo-dev \
-                gcc-aarch64-linux-gnu qemu-user-static adb libusb-1.0-0 dpkg-dev
+                gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static adb libusb-1.0-0 dpkg-dev
 NATIVE := android_harness/native
 
 .PHONY: setup apt venv runner runner-android demo test test-fast bench clean

@@ -2,7 +2,8 @@
 
 Installs the arm64 runner bundle once (checksummed), pushes each batch as a plan file, runs it
 pinned to the fastest cores with one streaming shell command, and survives dropped links by
-reconnecting and re-running only the plan lines that were not reported yet.
+reconnecting and re-running only the plan lines that were not reported yet. The .pte runner's
+side (programs pushed by checksum) lives in adb_programs.ProgramRunner.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from android_harness.adb_errors import (ConnectionLost, DeviceDiskFull, DeviceDi
                                         DeviceUnauthorized, NotArm64, disconnected,
                                         message_says_disk_full, message_says_not_writable,
                                         short_reason)
+from android_harness.adb_programs import ProgramRunner
 from android_harness.adb_transport import AdbTransport
 from android_harness.device import Device, DeviceDisconnected, DeviceError, RunnerCrashed
 
@@ -55,7 +57,7 @@ def parse_sha256sum(text: str) -> dict[str, str]:
     return sums
 
 
-class AdbDevice(Device):
+class AdbDevice(ProgramRunner, Device):
     """A phone reached through one AdbTransport; see the module docstring.
 
     Options: `cpus` (core ids to pin to, e.g. "4-7"; default the fastest cluster; `affinity` is
@@ -95,6 +97,7 @@ class AdbDevice(Device):
         self._max_backoff_s = max_backoff_s
         self._sleep = sleep
         self._runner_info: dict[str, Any] | None = None
+        self._init_programs()
         self._installed = False
         self._batch_counter = 0
         self._closed = False
@@ -128,25 +131,27 @@ class AdbDevice(Device):
 
     def runner_info(self) -> dict[str, Any]:
         if self._runner_info is None:
-            self._ensure_link()
-            try:
-                self._ensure_installed()
-            except ConnectionLost as lost:
-                raise disconnected(self.address, f"{lost} while installing the runner") from lost
-            try:
-                status, output = self._transport.shell(
-                    f"sh {shlex.quote(self._bundle_remote + '/' + LAUNCHER)} --info </dev/null 2>&1")
-            except ConnectionLost as lost:
-                raise disconnected(self.address, str(lost)) from lost
-            for line in output.splitlines():
-                header = _json_object(line)
-                if header and isinstance(header.get("runner"), dict):
-                    self._runner_info = header["runner"]
-                    break
-            else:
-                raise RunnerCrashed(f"The runner on {self.address} printed no header (exit status "
-                                    f"{status}): {_last_line(output) or 'no output'}.")
+            self._runner_info = self._launcher_header(LAUNCHER)
         return dict(self._runner_info)
+
+    def _launcher_header(self, launcher: str) -> dict[str, Any]:
+        """Install the bundle if needed and return the "runner" object of `launcher --info`."""
+        self._ensure_link()
+        try:
+            self._ensure_installed()
+        except ConnectionLost as lost:
+            raise disconnected(self.address, f"{lost} while installing the runner") from lost
+        try:
+            status, output = self._transport.shell(
+                f"sh {shlex.quote(self._bundle_remote + '/' + launcher)} --info </dev/null 2>&1")
+        except ConnectionLost as lost:
+            raise disconnected(self.address, str(lost)) from lost
+        for line in output.splitlines():
+            header = _json_object(line)
+            if header and isinstance(header.get("runner"), dict):
+                return header["runner"]
+        raise RunnerCrashed(f"The runner on {self.address} printed no header (exit status "
+                            f"{status}): {_last_line(output) or 'no output'}.")
 
     def run_batch(self, plan_lines: Iterable[dict[str, Any]],
                   runner_args: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
@@ -156,8 +161,14 @@ class AdbDevice(Device):
                 line.setdefault("threads", self._default_threads)
         _check_ids(plan)
         args = [str(a) for a in runner_args]
-        if not plan:
-            return
+        if plan:
+            yield from self._run_resilient(plan, args, LAUNCHER)
+
+    def _run_resilient(self, plan: list[dict[str, Any]], args: list[str], launcher: str,
+                       prepare: Callable[[], None] | None = None,
+                       pin_threads: int | None = None) -> Iterator[dict[str, Any]]:
+        """Run plan lines with `launcher`, reconnecting and re-running only unreported lines after a
+        dropped link. `prepare` runs before every attempt (after the bundle is installed)."""
         self._ensure_link()
         pending = plan
         failures_without_progress = 0
@@ -165,7 +176,9 @@ class AdbDevice(Device):
             reported: set[str] = set()
             try:
                 self._ensure_installed()
-                for result in self._run_once(pending, args):
+                if prepare is not None:
+                    prepare()
+                for result in self._run_once(pending, args, launcher, pin_threads):
                     reported.add(result["id"])
                     yield result
                 return
@@ -224,10 +237,10 @@ class AdbDevice(Device):
             raise DeviceDirNotWritable(self.address, self._remote_dir.rsplit("/", 1)[0])
         return "@@taskset" in output.splitlines()
 
-    def _remote_sums(self, names: Iterable[str]) -> dict[str, str]:
+    def _remote_sums(self, names: Iterable[str], directory: str | None = None) -> dict[str, str]:
         quoted = " ".join(shlex.quote(n) for n in names)
         _, output = self._transport.shell(
-            f"cd {shlex.quote(self._bundle_remote)} && sha256sum {quoted} 2>/dev/null; true")
+            f"cd {shlex.quote(directory or self._bundle_remote)} && sha256sum {quoted} 2>/dev/null; true")
         return parse_sha256sum(output)
 
     def _ensure_installed(self) -> None:
@@ -261,13 +274,15 @@ class AdbDevice(Device):
         # Shell builtins only (read, test, kill) while no runner is left: nothing to spawn.
         pidfile = shlex.quote(f"{self._run_remote}/runner.pid")
         return (f"if read __jcw_p < {pidfile} 2>/dev/null && [ -n \"$__jcw_p\" ] && "
-                f"grep -q convbench /proc/$__jcw_p/cmdline 2>/dev/null; "
+                f"grep -qE 'convbench|ptebench' /proc/$__jcw_p/cmdline 2>/dev/null; "
                 f"then kill $__jcw_p 2>/dev/null; fi")
 
-    def _run_command(self, plan_path: str, err_path: str, threads: int, args: list[str]) -> str:
+    def _run_command(self, plan_path: str, err_path: str, threads: int, args: list[str],
+                     launcher_name: str = LAUNCHER) -> str:
         """One shell line: stop a leftover runner, start the pinned runner (its pid recorded so a
-        later session can stop it), wait for it, tidy up, and leave the runner's exit status in $?."""
-        launcher = ["sh", f"{self._bundle_remote}/{LAUNCHER}", *args]
+        later session can stop it), wait for it, tidy up, and leave the runner's exit status in $?.
+        The runner's working directory is this session's run directory."""
+        launcher = ["sh", f"{self._bundle_remote}/{launcher_name}", *args]
         cpus = self.pinned_cpus(threads)
         if self._has_taskset and cpus:
             launcher = ["taskset", phone_facts.cpu_mask(cpus), *launcher]
@@ -284,14 +299,15 @@ class AdbDevice(Device):
                     f"else rm -f {plan} {pidfile}; fi")
         return f"{command}{tidy}; (exit $__jcw_rc)"
 
-    def _run_once(self, pending: list[dict[str, Any]], args: list[str]) -> Iterator[dict[str, Any]]:
+    def _run_once(self, pending: list[dict[str, Any]], args: list[str], launcher: str = LAUNCHER,
+                  pin_threads: int | None = None) -> Iterator[dict[str, Any]]:
         self._batch_counter += 1
         plan_path = f"{self._run_remote}/plan-{self._batch_counter}.jsonl"
         err_path = f"{self._run_remote}/runner-{self._batch_counter}.err"
         payload = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in pending)
         self._transport.push_bytes(payload.encode("utf-8"), plan_path)
-        threads = max(_threads_of(line) for line in pending)
-        stream = self._transport.stream(self._run_command(plan_path, err_path, threads, args))
+        threads = pin_threads or max(_threads_of(line) for line in pending)
+        stream = self._transport.stream(self._run_command(plan_path, err_path, threads, args, launcher))
         waiting = {line["id"] for line in pending}
         noise: list[str] = []
         finished = False

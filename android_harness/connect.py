@@ -2,20 +2,149 @@
 
 "local" is this machine; "tcp:host[:port]" (or adb's bare "host:port") a phone over TCP;
 "usb:SERIAL" or a bare serial a phone over USB. Anything else is one clear DeviceError.
+
+While a phone waits for its owner to accept this computer's key, the wait is said at once, with a
+countdown ("waiting for you to allow USB debugging on the phone (30 s)…"), instead of a silent pause.
 """
 from __future__ import annotations
 
 import inspect
+import math
+import os
 import re
+import sys
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TextIO
 
 from android_harness.device import Device, DeviceError
 
 DEFAULT_ADB_PORT = 5555
 _SERIAL = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 _HOST = re.compile(r"^[A-Za-z0-9.\-]{1,253}$")
-_TRANSPORT_OPTIONS = ("key_path", "timeouts")
+_TRANSPORT_OPTIONS = ("key_path", "timeouts", "auth_notice")
+#: Seconds the phone's owner has to tap "Allow" (the transport's auth timeout), when set in the environment.
+AUTH_SECONDS_ENV = "JCW_ADB_AUTH_S"
+#: Without a terminal (a log, CI), the countdown is a line every this many seconds instead of every second.
+LOG_COUNTDOWN_STEP_S = 10
+#: A phone that lets us in within this long (its owner had already said yes) needs no notice at all.
+AUTH_NOTICE_GRACE_S = 0.5
+
+
+def auth_wait_text(remaining: int) -> str:
+    return f"waiting for you to allow USB debugging on the phone ({remaining} s)…"
+
+
+class StderrCountdown:
+    """The default auth notice: on a terminal one line rewritten every second and erased at the end; in a
+    log a line at once and then every LOG_COUNTDOWN_STEP_S seconds."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.shown = False
+        self.first: int | None = None
+
+    def __call__(self, remaining: int) -> None:
+        if self.first is None:
+            self.first = remaining
+        try:
+            if self.tty:
+                self.stream.write("\r\033[K" + auth_wait_text(remaining))
+            elif remaining == self.first or remaining % LOG_COUNTDOWN_STEP_S == 0 and remaining:
+                self.stream.write(auth_wait_text(remaining) + "\n")
+            else:
+                return
+            self.stream.flush()
+            self.shown = True
+        except (OSError, ValueError):
+            pass  # a closed stderr must not break the connection
+
+    def done(self) -> None:
+        if self.tty and self.shown:
+            try:
+                self.stream.write("\r\033[K")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+        self.shown, self.first = False, None
+
+
+class _AuthCountdown:
+    """Runs `notify(remaining seconds)` once a second, from the moment the key is offered to the phone
+    until the connection is up, the wait is over, or stop() is called."""
+
+    def __init__(self, seconds: float, notify: Callable[[int], None], connected: Callable[[], bool],
+                 grace: float = AUTH_NOTICE_GRACE_S) -> None:
+        self.seconds, self.notify, self.connected, self.grace = seconds, notify, connected, grace
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.stop()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name="jcw-auth-countdown",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        deadline = time.monotonic() + self.seconds
+        if stop.wait(self.grace) or self.connected():
+            return
+        while not stop.is_set():
+            remaining = max(0, math.ceil(deadline - time.monotonic()))
+            try:
+                self.notify(remaining)
+            except Exception:  # a notice must never break the connection
+                return
+            if remaining == 0:
+                return
+            # wake on the next whole second of the countdown, or as soon as the phone lets us in
+            step = (deadline - time.monotonic()) - (remaining - 1)
+            if stop.wait(max(0.05, min(step, 1.0))) or self.connected():
+                return
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout=2.0)
+        done = getattr(self.notify, "done", None)
+        if thread is not None and done is not None:
+            done()
+
+
+class _OfferWatchingSigner:
+    """A key signer that starts the countdown when adb-shell offers its public key: that is the moment
+    the phone shows "Allow USB debugging?" and the connection waits for its owner."""
+
+    def __init__(self, inner: Any, on_offer: Callable[[], None]) -> None:
+        self._inner, self._on_offer = inner, on_offer
+
+    def Sign(self, data: bytes) -> bytes:  # noqa: N802  (adb-shell's signer interface)
+        return self._inner.Sign(data)
+
+    def GetPublicKey(self) -> Any:  # noqa: N802
+        key = self._inner.GetPublicKey()
+        self._on_offer()
+        return key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _auth_seconds_from_env() -> float | None:
+    text = os.environ.get(AUTH_SECONDS_ENV)
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 3600):
+        raise DeviceError(f"{AUTH_SECONDS_ENV}={text!r} must be a number of seconds from 0 to 3600.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -82,7 +211,9 @@ def open_device(address: str, **opts: Any) -> Device:
     """Connect to the device at `address` and return it, ready to run batches.
 
     Options for phones: cpus, keep_files, remove_bundle, bundle_dir, remote_dir,
-    max_reconnects, backoff_s (AdbDevice), key_path and timeouts (AdbTransport).
+    max_reconnects, backoff_s (AdbDevice), key_path and timeouts (AdbTransport; the auth wait is
+    $JCW_ADB_AUTH_S seconds when set), auth_notice (True: a countdown on stderr while the phone waits
+    for its owner to allow USB debugging; False: silent; or a callable taking the seconds left).
     Options a local device does not understand are ignored for it.
     """
     parsed = parse_address(address)
@@ -100,18 +231,42 @@ def open_device(address: str, **opts: Any) -> Device:
     unknown = sorted(set(opts) - allowed)
     if unknown:
         raise ValueError(f"unknown phone option {unknown[0]!r}; known options: {', '.join(sorted(allowed))}")
-    timeouts = opts.pop("timeouts", None) or Timeouts()
+    timeouts = opts.pop("timeouts", None)
+    if timeouts is None:
+        auth_s = _auth_seconds_from_env()
+        timeouts = Timeouts() if auth_s is None else Timeouts(auth_s=auth_s)
     if isinstance(timeouts, dict):
         timeouts = Timeouts(**timeouts)
+    notice = opts.pop("auth_notice", True)
+    notify = StderrCountdown() if notice is True else notice if callable(notice) else None
     signers = load_signers(opts.pop("key_path", None))
     if parsed.kind == "tcp":
         factory = tcp_transport_factory(parsed.host, parsed.port)
     else:
         factory = usb_transport_factory(parsed.serial, timeouts.connect_s)
     transport = AdbTransport(str(parsed), factory, signers, timeouts)
+    if notify is not None and signers:
+        _watch_authorisation(transport, timeouts.auth_s, notify)
     transport.connect()
     try:
         return AdbDevice(transport, **opts)
     except BaseException:
         transport.close()
         raise
+
+
+def _watch_authorisation(transport: Any, seconds: float, notify: Callable[[int], None]) -> None:
+    """Make every connect of `transport` (the first and each reconnection) say the wait for the phone's
+    owner at once, with a countdown, and end the countdown when connect returns."""
+    countdown = _AuthCountdown(seconds, notify, lambda: transport.connected)
+    signers = list(transport._signers)  # noqa: SLF001  (the harness's own transport)
+    signers[0] = _OfferWatchingSigner(signers[0], countdown.start)
+    transport._signers = signers  # noqa: SLF001
+    plain_connect = transport.connect
+
+    def connect() -> None:
+        try:
+            plain_connect()
+        finally:
+            countdown.stop()
+    transport.connect = connect

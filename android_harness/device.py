@@ -1,7 +1,7 @@
 """The Device interface every measuring backend implements, and the errors it raises.
 
-A device knows its facts and runs batches of runner plan lines, yielding result lines
-(the runner contract in ARCHITECTURE.md) as they arrive.
+A device knows its facts, runs batches of layer plan lines (convbench) and of ExecuTorch program
+lines (ptebench), yielding result lines (the runner contracts) as they arrive.
 """
 from __future__ import annotations
 
@@ -48,6 +48,22 @@ class Device(abc.ABC):
         already yielded stand, and RunnerCrashed (or DeviceDisconnected) is raised
         so the caller can re-run only the unreported lines.
         """
+
+    def program_runner_info(self) -> dict[str, Any]:
+        """The .pte runner's header object: {"name": "ptebench", "version", "executorch",
+        "default_threads", "cpu", "arch", "cores", ...}."""
+        raise DeviceError(f"The device {self.address} cannot run ExecuTorch programs.")
+
+    def run_programs(self, lines: Iterable[dict[str, Any]],
+                     runner_args: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
+        """Time ExecuTorch programs with ptebench; yield each result line as it arrives.
+
+        A line is {"id": str, "pte": host path, "threads": int (0 = ExecuTorch's default),
+        optional "input_file": host path of raw little-endian float32, "profile_ops": bool}.
+        Results are {"id", "runtime": "executorch", "threads", "us_min", "us_median", ...} or
+        {"id", "error"}; the header is not yielded. Crashes and dropped links behave as in run_batch.
+        """
+        raise DeviceError(f"The device {self.address} cannot run ExecuTorch programs.")
 
     def close(self) -> None:
         """Release the connection and any temporary files."""

@@ -1,4 +1,5 @@
-"""LocalDevice: runs the host convbench as a subprocess on this machine.
+"""LocalDevice: runs the host runners (convbench for layers, ptebench for .pte programs) as
+subprocesses on this machine.
 
 Plan lines go to the runner through a temporary file on its stdin (so a long plan can never
 deadlock against unread output); result lines are yielded as the runner flushes them.
@@ -25,12 +26,14 @@ class LocalDevice(Device):
     threads: default "threads" for plan lines that carry none (the runner's own default is 1).
     affinity: CPUs to pin the runner and its thread pool to (passed as --affinity).
     binary: a convbench other than the one `make runner` builds.
+    ptebench: a ptebench (.pte runner) other than the one `make runner` builds.
     """
 
     address = "local"
 
     def __init__(self, threads: Optional[int] = None, affinity: Optional[Iterable[int]] = None,
-                 binary: str | os.PathLike[str] | None = None) -> None:
+                 binary: str | os.PathLike[str] | None = None,
+                 ptebench: str | os.PathLike[str] | None = None) -> None:
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
         cpus = sorted(set(affinity)) if affinity is not None else None
@@ -42,7 +45,9 @@ class LocalDevice(Device):
         self.threads = threads
         self.affinity = cpus
         self._binary_path = binary
+        self._ptebench_path = ptebench
         self._header: Optional[dict[str, Any]] = None
+        self._program_header: Optional[dict[str, Any]] = None
         self._process: Optional[subprocess.Popen[bytes]] = None
 
     @property
@@ -60,8 +65,17 @@ class LocalDevice(Device):
         """The header object the runner printed at the start of the last batch."""
         return self._header
 
-    def _base_args(self) -> list[str]:
-        args = [str(self.binary)]
+    @property
+    def ptebench(self) -> Path:
+        return runner.host_ptebench(self._ptebench_path)
+
+    @property
+    def last_program_header(self) -> Optional[dict[str, Any]]:
+        """The header object ptebench printed at the start of the last run_programs."""
+        return self._program_header
+
+    def _base_args(self, binary: Optional[Path] = None) -> list[str]:
+        args = [str(binary if binary is not None else self.binary)]
         if self.affinity is not None:
             args += ["--affinity", format(sum(1 << cpu for cpu in self.affinity), "x")]
         return args
@@ -74,20 +88,32 @@ class LocalDevice(Device):
         return facts
 
     def runner_info(self) -> dict[str, Any]:
+        header = self._info(self._base_args())
+        if header.get("xnnpack_initialized") is False:
+            raise DeviceError("XNNPACK cannot initialise on this CPU, so the runner cannot measure here.")
+        self._header = header
+        return header
+
+    def program_runner_info(self) -> dict[str, Any]:
+        self._program_header = self._info(self._base_args(self.ptebench))
+        return self._program_header
+
+    def _info(self, args: list[str]) -> dict[str, Any]:
+        """The value of the "runner" key of `args --info`'s first line."""
         try:
-            done = subprocess.run(self._base_args() + ["--info"], capture_output=True, timeout=INFO_TIMEOUT_S)
+            done = subprocess.run(args + ["--info"], capture_output=True, timeout=INFO_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise DeviceError(f"The runner did not answer --info within {INFO_TIMEOUT_S} s.") from None
         except OSError as exc:
-            raise DeviceError(f"The runner {self.binary} could not be started: {exc.strerror}.") from None
+            raise DeviceError(f"The runner {args[0]} could not be started: {exc.strerror}.") from None
         lines = done.stdout.decode("utf-8", "replace").splitlines()
         header = runner.parse_output_line(lines[0]) if lines else {}
         if runner.is_header(header) and header["runner"].get("xnnpack_initialized") is False:
-            raise DeviceError("XNNPACK cannot initialise on this CPU, so the runner cannot measure here.")
+            return header["runner"]
         if done.returncode != 0 or not runner.is_header(header):
-            reason = done.stderr.decode("utf-8", "replace").strip() or f"exit status {done.returncode}"
-            raise DeviceError(f"The runner failed to report its header: {reason}")
-        self._header = header["runner"]
+            reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise DeviceError(f"The runner failed to report its header: "
+                              f"{reason[-1] if reason else f'exit status {done.returncode}'}")
         return header["runner"]
 
     def _plan_text(self, plan_lines: Iterable[dict[str, Any]]) -> tuple[str, int]:
@@ -102,6 +128,31 @@ class LocalDevice(Device):
                   runner_args: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
         text, expected = self._plan_text(plan_lines)
         args = self._base_args() + [str(arg) for arg in runner_args]
+        for line in self._stream(args, text, expected):
+            if runner.is_header(line):
+                self._header = line["runner"]
+            else:
+                yield line
+
+    def run_programs(self, lines: Iterable[dict[str, Any]],
+                     runner_args: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
+        plan = []
+        for line in lines:
+            line = dict(line)
+            for key in ("pte", "input_file"):
+                if isinstance(line.get(key), os.PathLike):
+                    line[key] = os.fspath(line[key])
+            plan.append(line)
+        text, expected = self._plan_text(plan)
+        args = self._base_args(self.ptebench) + [str(arg) for arg in runner_args]
+        for line in self._stream(args, text, expected):
+            if runner.is_header(line):
+                self._program_header = line["runner"]
+            else:
+                yield line
+
+    def _stream(self, args: list[str], text: str, expected: int) -> Iterator[dict[str, Any]]:
+        """Run `args` with `text` on stdin; yield every output line (header included) as it arrives."""
         # stderr goes to a file, not a pipe, so a chatty runner can never block on it.
         stderr_file = tempfile.TemporaryFile(prefix="jcw-runner-stderr-")
         with tempfile.TemporaryFile(prefix="jcw-plan-") as plan_file:
@@ -118,10 +169,8 @@ class LocalDevice(Device):
             assert process.stdout is not None
             for raw in process.stdout:
                 line = runner.parse_output_line(raw.decode("utf-8", "replace"))
-                if runner.is_header(line):
-                    self._header = line["runner"]
-                    continue
-                reported += 1
+                if not runner.is_header(line):
+                    reported += 1
                 yield line
             returncode = process.wait()
             if returncode != 0 or reported < expected:

@@ -1,7 +1,7 @@
-"""Where the convbench runner binaries live and how to start them.
+"""Where the runner binaries (convbench, the layer runner; ptebench, the .pte runner) live and how to start them.
 
-Owns the host binary path, the Android arm64 bundle directory and its manifest, the command
-lines that run either, and parsing of the runner's output lines (the runner contract).
+Owns the host binary paths, the Android arm64 bundle directory and its manifest, the command
+lines that run either, and parsing of the runners' output lines (the runner contract).
 """
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from android_harness.device import DeviceError
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 HOST_BINARY = NATIVE_DIR / "build" / "host" / "convbench"
+PTEBENCH_HOST_BINARY = NATIVE_DIR / "build" / "host" / "ptebench"
 ANDROID_BUNDLE_DIR = NATIVE_DIR / "build" / "android-arm64"
 ANDROID_LAUNCHER = "convbench.sh"
+PTEBENCH_LAUNCHER = "ptebench.sh"
 ANDROID_LOADER = "ld-linux-aarch64.so.1"
 MANIFEST_NAME = "manifest.json"
 QEMU_AARCH64 = "qemu-aarch64-static"
@@ -32,6 +34,14 @@ def host_binary(path: str | os.PathLike[str] | None = None) -> Path:
     binary = Path(path) if path is not None else HOST_BINARY
     if not binary.is_file() or not os.access(binary, os.X_OK):
         raise DeviceError(f"The host runner {binary} is not built; run `make runner` first.")
+    return binary
+
+
+def host_ptebench(path: str | os.PathLike[str] | None = None) -> Path:
+    """The host ptebench (.pte runner), checked to exist and be executable."""
+    binary = Path(path) if path is not None else PTEBENCH_HOST_BINARY
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise DeviceError(f"The host .pte runner {binary} is not built; run `make runner` first.")
     return binary
 
 
@@ -63,18 +73,22 @@ def bundle_manifest(bundle: str | os.PathLike[str] | None = None) -> dict[str, A
 
 
 def emulated_bundle_command(bundle: str | os.PathLike[str] | None = None,
-                            emulator: str = QEMU_AARCH64) -> list[str]:
-    """argv that runs the arm64 bundle on this machine under qemu user-mode emulation.
+                            emulator: str = QEMU_AARCH64, binary: str = "convbench") -> list[str]:
+    """argv that runs the arm64 bundle's `binary` (convbench or ptebench) here under qemu user-mode emulation.
 
     Without binfmt_misc the launcher script cannot exec an arm64 loader, so the loader is
     started through qemu directly; the launcher honours CONVBENCH_EMULATOR for the same purpose.
     """
+    if binary not in ("convbench", "ptebench"):
+        raise ValueError(f"binary must be 'convbench' or 'ptebench', got {binary!r}")
     bundle_path = android_bundle_dir(bundle)
+    if not (bundle_path / binary).is_file():
+        raise DeviceError(f"The Android runner bundle {bundle_path} has no {binary}; run `make runner-android` again.")
     qemu = shutil.which(emulator)
     if qemu is None:
         raise DeviceError(f"{emulator} is not installed; install the qemu-user-static package.")
     return [qemu, str(bundle_path / ANDROID_LOADER), "--library-path", str(bundle_path),
-            str(bundle_path / "convbench")]
+            str(bundle_path / binary)]
 
 
 def build(target: str = "host") -> None:

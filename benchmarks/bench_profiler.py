@@ -91,7 +91,7 @@ def repeatability(args: argparse.Namespace, work: Path) -> None:
 def efficiency_and_throughput(args: argparse.Namespace, work: Path) -> None:
     out = work / "efficiency"
     command = [sys.executable, "-m", "jcw", "profile", "--device", "local", "--out", str(out),
-               "--budget", str(args.budget), "--seed", str(args.seed)] + [f"--runner-arg={a}" for a in args.runner_arg]
+               "--budget", str(args.budget), "--seed", str(args.seed), "--programs", "0", "--threads", "1"] + [f"--runner-arg={a}" for a in args.runner_arg]
     started = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.monotonic() - started

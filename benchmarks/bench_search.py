@@ -66,6 +66,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--pop", type=int, default=64)
     parser.add_argument("--gens", type=int, default=128)
+    parser.add_argument("--runtime", default="executorch", choices=("executorch", "sparse"),
+                        help="latency objective (default executorch: whole program, width-only genome)")
     args = parser.parse_args()
     if not args.predictor:
         print("bench_search needs a trained predictor: pass --predictor DIR (jcw profile ... then jcw train ...); "
@@ -78,16 +80,18 @@ def main() -> int:
         print(f"bench_search: {exc}", file=sys.stderr)
         return 2
     print(f"predictor: {args.predictor} ({latency_predictor.card.get('model')}, device "
-          f"{latency_predictor.card.get('device_address')}); pop {args.pop}, gens {args.gens}, seeds {args.seeds}")
+          f"{latency_predictor.card.get('device_address')}); runtime {args.runtime}; pop {args.pop}, gens {args.gens}, "
+          f"seeds {args.seeds}")
     for name in args.models.split(","):
         try:
             model, shape = zoo.build(name)
         except SearchError as exc:
             print(f"bench_search: {exc}", file=sys.stderr)
             return 2
-        space = SearchSpace(read_model(model, torch.randn(*shape)))
+        space = SearchSpace(read_model(model, torch.randn(*shape)), prune_densities=args.runtime == "sparse",
+                            name=name)
         proxy = ProxyAccuracy(model, space)
-        latency = LatencyModel(latency_predictor, space)
+        latency = LatencyModel(latency_predictor, space, args.runtime)
         full = float(latency(space.uniform(1.0, 1.0)[None])[0])
         reference = (full, 0.0)                   # no slower than unpruned, no worse than accuracy 0
         budgets = [0.3 * full, 0.5 * full, 0.7 * full]
@@ -97,7 +101,7 @@ def main() -> int:
         evals = {}
         for seed in range(args.seeds):
             runs = {}
-            ours_latency = LatencyModel(latency_predictor, space)
+            ours_latency = LatencyModel(latency_predictor, space, args.runtime)
             problem = PruningProblem(space, ours_latency, proxy)
             t = time.perf_counter()
             result = NSGA2(args.pop, survival=JCWSurvival()).run(problem, args.gens, seed=seed)

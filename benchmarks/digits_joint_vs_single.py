@@ -67,7 +67,7 @@ def main() -> int:
     for seed in range(args.seed, args.seed + args.seeds):
         for mode, (widths, densities) in MODES.items():
             space = SearchSpace(graph, prune_widths=widths, prune_densities=densities)
-            latency = LatencyModel(latency_predictor, space)
+            latency = LatencyModel(latency_predictor, space, "sparse")   # density only pays on the sparse runtime
             val = digits.evaluator(model, space, splits, args.finetune_steps, seed, "val")
             test = digits.evaluator(model, space, splits, args.finetune_steps, seed, "test")
             problem = PruningProblem(space, latency, val)

@@ -1,13 +1,17 @@
 """Entry point of the `jcw` command: each stage's `cli.register(subparsers)` adds its subcommands.
 
 A subcommand handler returns an exit status; user mistakes surface as `UserError`-like
-exceptions carrying one sentence, printed without a traceback.
+exceptions carrying one sentence, printed without a traceback. Exit statuses: 0 done, 1 the work ran
+but its results failed (`jcw measure`, `jcw profile`), 2 one sentence about bad input, a device or a
+file (an OSError, a damaged database or too little memory that a command did not phrase itself is
+phrased here), 130 interrupted, 141 the reader of the output went away.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import sqlite3
 import sys
 from typing import NoReturn
 
@@ -44,6 +48,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean 'the user asked for something impossible': one sentence, no traceback."""
     types: list[type[BaseException]] = [UserError]
     for module_name, names in (("profiler.layerspec", ("LayerSpecError",)), ("profiler.store", ("StoreError",)),
+                               ("profiler.cliargs", ("OutputPathError",)),
                                ("android_harness.device", ("DeviceError",)),
                                ("predictor.errors", ("PredictorError",)), ("search.errors", ("SearchError",))):
         try:
@@ -70,8 +75,25 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays silent
         return 141
     except _user_error_types() as exc:
-        print(f"jcw {args.command}: {exc}", file=sys.stderr)
+        print(f"jcw {args.command}: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the command did not check itself: still one sentence
+        from profiler.cliargs import os_error_sentence
+        print(f"jcw {args.command}: {os_error_sentence(exc)}.", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"jcw {args.command}: this machine ran out of memory; ask for less (a smaller --pop, --input-shape "
+              f"or --budget).", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as exc:  # the profile store phrases its own; this is the net below it
+        print(f"jcw {args.command}: a database file is damaged ({_one_line(str(exc))}); restore it from a backup "
+              f"or make it again.", file=sys.stderr)
+        return 2
+
+
+def _one_line(text: str) -> str:
+    """A message as one line: an error that spans lines would read as several sentences."""
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

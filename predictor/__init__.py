@@ -1,6 +1,7 @@
 """Latency predictors learned from a profile: features, models, evaluation, baselines, saved predictors.
 
-`predictor.load(path).predict(layers)` is the API later stages use (see ARCHITECTURE.md).
+`predictor.load(path).predict(layers)` (per layer) and `.predict_programs(specs)` /
+`.predict_program_parts(...)` (whole ExecuTorch programs) are the API later stages use (see ARCHITECTURE.md).
 """
 from importlib import import_module
 from typing import Any
@@ -9,9 +10,10 @@ from predictor.errors import PredictorError
 
 # Deferred so that `jcw --help` and the CLIs of other stages do not pay for scikit-learn and skops.
 _LAZY = {"LatencyPredictor": "predictor.models", "Predictor": "predictor.persistence",
-         "load": "predictor.persistence", "save": "predictor.persistence"}
+         "load": "predictor.persistence", "save": "predictor.persistence",
+         "ProgramModel": "predictor.programs"}
 
-__all__ = ["LatencyPredictor", "Predictor", "PredictorError", "load", "save"]
+__all__ = ["LatencyPredictor", "Predictor", "PredictorError", "ProgramModel", "load", "save"]
 
 
 def __getattr__(name: str) -> Any:

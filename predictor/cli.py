@@ -39,8 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fit per-layer latency models (dense and sparse kernels) on a profile's training layers, "
                     "pick the model family by grouped cross-validation, score it and the baselines "
                     "(MACs-proportional, nn-Meter-style forest, JCW-style interpolation) on a random split, an "
-                    "unseen-shape split and the profile's held-out real-network layers, and save the predictor "
-                    "with card.json and report.md.")
+                    "unseen-shape split and the profile's held-out real-network layers; when the profile holds "
+                    "measured whole programs, fit the whole-program latency model (runtime executorch) on its "
+                    "training programs and score it on held-out genomes and unseen architectures next to the old "
+                    "sum-of-convolutions prediction; save the predictor with card.json and report.md.")
     train.add_argument("--profile", required=True, metavar="DIR", help="profile directory from `jcw profile`")
     train.add_argument("--out", required=True, metavar="DIR", help="predictor directory to write, e.g. predictors/x")
     train.add_argument("--model", default="auto", choices=("auto", *MODEL_KINDS),
@@ -49,18 +51,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="use the measurements at this runner thread count (needed if the profile has several)")
     train.add_argument("--seed", type=_non_negative, default=0, help="seed of splits and models (default 0)")
     train.add_argument("--curve", action="store_true",
-                       help="also compute the sample-efficiency curve (random vs adaptive; takes minutes)")
+                       help="also compute the sample-efficiency curves: layers (random vs adaptive; takes minutes) "
+                            "and training programs (10-120, several draws each)")
     train.add_argument("--curve-budgets", type=_budgets, default=None, metavar="N,N,...",
                        help="layer counts of the curve (default 100,200,400,800,1600, those the profile holds)")
     train.set_defaults(handler=cmd_train)
 
     predict = subparsers.add_parser(
-        "predict", help="predict dense, sparse and best latency for layers",
-        description="Predict each layer's latency with the dense and the sparse kernel and pick the faster. "
-                    "One JSON line per layer with --json: {id, dense_ms, sparse_ms (null for dwconv), "
-                    "best_impl, best_ms}; the id is the line's \"id\" or its line number.")
+        "predict", help="predict layer latencies (dense, sparse, best) or whole-program latencies",
+        description="--layers: predict each layer's latency with the dense and the sparse kernel and pick the "
+                    "faster; one JSON line per layer with --json: {id, dense_ms, sparse_ms (null for dwconv), "
+                    "best_impl, best_ms}; the id is the line's \"id\" or its line number. --programs: predict the "
+                    "latency of whole ExecuTorch programs (program specs, one per line) on the runtime "
+                    "\"executorch\"; one JSON line per program with --json: {id, name, latency_ms, conv_ms, "
+                    "other_ms, model}.")
     predict.add_argument("--predictor", required=True, metavar="DIR", help="predictor directory from `jcw train`")
-    predict.add_argument("--layers", required=True, metavar="FILE", help="layer specs, one JSON object per line")
+    what = predict.add_mutually_exclusive_group(required=True)
+    what.add_argument("--layers", metavar="FILE", help="layer specs, one JSON object per line")
+    what.add_argument("--programs", metavar="FILE", help="program specs (jcw-program), one JSON object per line")
     predict.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     predict.set_defaults(handler=cmd_predict)
 
@@ -70,7 +78,7 @@ def _pct(value: float) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from predictor import efficiency, pipeline, report
+    from predictor import efficiency, pipeline, program_eval, report
 
     console = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
@@ -97,6 +105,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         for row in report.network_rows(result["network"], result["best_impl"]):
             net.add_row(*row)
         out.print(net)
+    programs = result["programs"]
+    if programs is not None:
+        whole = Table(title=f"whole-program latency on ExecuTorch (threads {result['card'].get('threads')})")
+        for column in program_eval.HEADER:
+            whole.add_column(column, justify="left" if column in ("programs", "predictor") else "right",
+                             no_wrap=column in ("programs", "predictor"))
+        for row in program_eval.rows_table(programs):
+            whole.add_row(*row, style="dim" if row[1] == program_eval.LABEL_FLOOR else None)
+        whole.caption = ("holdout: zoo architectures at genomes never trained on; unseen: architectures no plan "
+                         "drew from; baseline: what the kit reported before (sum of the faster conv kernel)")
+        out.print(whole)
+    if result["program_curve"]:
+        curve = Table(title="program sample efficiency (mean over draws)")
+        for column in efficiency.PROGRAM_HEADER:
+            curve.add_column(column, justify="right")
+        for row in efficiency.program_table(result["program_curve"]):
+            curve.add_row(*row)
+        out.print(curve)
     if result["curve"]:
         curve = Table(title="sample efficiency (real-network holdout)")
         for column in ("layers", "arm", "configurations", "model", "±10% (%)", "RMSPE (%)"):
@@ -108,6 +134,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary.add_row("training / held-out configurations", f"{result['training_rows']} / {result['holdout_rows']}")
     summary.add_row("model (grouped-CV ±10% share)", f"{result['model']} (" + ", ".join(
         f"{k} {_pct(v)}" for k, v in result["cv_scores"].items()) + ")")
+    if programs is not None:
+        model = programs["model"]
+        summary.add_row("whole-program model", f"{model.kind_} on {programs['counts']['train']} training programs")
+    else:
+        summary.add_row("whole-program model", "none (the profile has too few measured programs): whole programs "
+                                               "are predicted as the sum of their dense layers")
     summary.add_row("predictor", result["out_dir"])
     summary.add_row("report", f"{result['out_dir']}/report.md")
     summary.add_row("time", f"{result['seconds']:.1f} s")
@@ -124,6 +156,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from profiler.layerspec import read_jsonl, to_columns
 
     model = predictor.load(args.predictor)
+    if args.programs:
+        return _predict_programs(model, args)
     entries = read_jsonl(args.layers)
     ids, number = [], 0
     for obj, _ in entries:
@@ -148,6 +182,58 @@ def cmd_predict(args: argparse.Namespace) -> int:
     total = sum(r["best_ms"] for r in records)
     console.print(f"{len(records)} layers, total {total:.3f} ms with the faster kernel per layer "
                   f"({sum(r['best_impl'] == 'sparse' for r in records)} sparse)")
+    return 0
+
+
+def _read_programs(path: str) -> list[tuple[str, Any]]:
+    """(id, spec) per non-blank line of a program-spec JSON Lines file; the id is "id", else the name or line."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise PredictorError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise PredictorError(f"{path} is not a text file of JSON lines") from None
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            spec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PredictorError(f"{path} line {number} is not JSON ({exc.msg})") from None
+        if not isinstance(spec, dict):
+            raise PredictorError(f"{path} line {number} is not a program spec (a JSON object)")
+        label = spec.pop("id", None)
+        entries.append((str(label if label is not None else spec.get("name", number)), spec))
+    if not entries:
+        raise PredictorError(f"{path} holds no program specs")
+    return entries
+
+
+def _predict_programs(model: Any, args: argparse.Namespace) -> int:
+    entries = _read_programs(args.programs)
+    try:
+        out = model.predict_programs([spec for _, spec in entries])
+    except PredictorError as exc:
+        raise PredictorError(f"{args.programs}: {exc}") from None
+    how = "program model" if model.program_model is not None else "sum of dense layers"
+    records = [{"id": label, "name": spec.get("name"), "latency_ms": _number(out["latency_ms"][i]),
+                "conv_ms": _number(out["conv_ms"][i]), "other_ms": _number(out["other_ms"][i]), "model": how}
+               for i, (label, spec) in enumerate(entries)]
+    if args.json:
+        for record in records:
+            sys.stdout.write(json.dumps(record) + "\n")
+        return 0
+    threads = model.card.get("threads")
+    table = Table(title=f"predicted whole-program latency on ExecuTorch ({args.predictor}, threads {threads})")
+    for column in ("id", "latency ms", "conv ms", "other ms"):
+        table.add_column(column, justify="left" if column == "id" else "right")
+    for r in records:
+        table.add_row(r["id"], f"{r['latency_ms']:.3f}", f"{r['conv_ms']:.3f}", f"{r['other_ms']:.3f}")
+    console = Console()
+    console.print(table)
+    console.print(f"{len(records)} programs; whole-program latency from {model.program_note}")
     return 0
 
 

@@ -1,7 +1,8 @@
-"""The sample-efficiency curve: held-out accuracy against the number of profiled layers, random vs adaptive.
+"""Sample-efficiency curves: held-out accuracy against the number of profiled layers (random vs adaptive),
+and whole-program accuracy against the number of measured training programs.
 
-Both arms are simulated on one large profile by revealing subsets of its training layers, so
-every point is measured on the same held-out real-network layers with the same runner.
+Both are simulated on one large profile by revealing subsets of its training data, so every point is
+measured on the same held-out layers or programs with the same runners.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from predictor.evaluation import latencies, layer_key, metrics, predict_rows
 from predictor.models import LatencyPredictor
 
 DEFAULT_BUDGETS = (100, 200, 400, 800, 1600)
+DEFAULT_PROGRAM_BUDGETS = (10, 20, 40, 80, 120)
+PROGRAM_REPEATS = 5
 ADAPTIVE_STEPS = 4
 
 Row = Mapping[str, Any]
@@ -113,3 +116,60 @@ def first_budget_reaching(curve: Sequence[Mapping[str, Any]], share: float = 0.9
 def as_table(curve: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     return [[str(p["budget"]), p["arm"], str(p["configurations"]), p["model"], f"{100 * p['within10']:.1f}",
              f"{100 * p['rmspe']:.1f}"] for p in curve]
+
+
+def program_efficiency(data: Mapping[str, Any], budgets: Sequence[int] = DEFAULT_PROGRAM_BUDGETS, *,
+                       repeats: int = PROGRAM_REPEATS, seed: int = 0, kind: str = "auto",
+                       progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Whole-program accuracy of program models fitted on `budget` random training programs, `repeats` draws
+    each (the layer predictor stays the one fitted on all layers): per budget, the mean and the worst draw's
+    share within ±10 % on the "holdout" and "unseen" programs, their median |error|, and the kinds chosen.
+
+    `data` is predictor.program_eval.program_data() of the profile's program rows.
+    """
+    from predictor.programs import ProgramModel, errors  # deferred: the layer curve does not need it
+
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise PredictorError(f"parameter 'repeats' must be a whole number >= 1, got {repeats!r}")
+    sample = data["sample"]
+    train = [i for i in range(len(sample)) if sample[i] == "train"]
+    sets = {name: sample == name for name in ("holdout", "unseen") if (sample == name).any()}
+    out = []
+    # The whole training set is the last point (one draw however often it is drawn).
+    for budget in sorted({b for b in budgets if 4 <= b < len(train)} | {len(train)} if len(train) >= 4 else ()):
+        draws = repeats if budget < len(train) else 1
+        if progress:
+            progress(f"program sample efficiency: {budget} programs" + (f" x {draws} draws" if draws > 1 else ""))
+        scores: dict[str, list[dict[str, float]]] = {name: [] for name in sets}
+        kinds = []
+        for offset in range(draws):
+            chosen = random.Random(seed + offset).sample(train, budget)
+            model = ProgramModel(kind, random_state=seed).fit(data["x"][chosen], data["measured_ms"][chosen],
+                                                              [data["family"][i] for i in chosen])
+            kinds.append(model.kind_)
+            for name, mask in sets.items():
+                scores[name].append(errors(model.predict(data["x"][mask]), data["measured_ms"][mask]))
+        point: dict[str, Any] = {"budget": budget, "draws": draws, "kinds": "/".join(sorted(set(kinds)))}
+        for name, values in scores.items():
+            point[name] = {"n": values[0]["n"], "within10": sum(v["within10"] for v in values) / draws,
+                           "within10_min": min(v["within10"] for v in values),
+                           "median": sum(v["median"] for v in values) / draws}
+        out.append(point)
+    return out
+
+
+def program_table(curve: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """Rows: programs, draws, kinds, then per set mean ±10 %, worst draw ±10 %, mean median |err| (in %)."""
+    rows = []
+    for p in curve:
+        row = [str(p["budget"]), str(p["draws"]), p["kinds"]]
+        for name in ("holdout", "unseen"):
+            m = p.get(name)
+            row += ["-"] * 3 if m is None else [f"{100 * m['within10']:.1f}", f"{100 * m['within10_min']:.1f}",
+                                                  f"{100 * m['median']:.1f}"]
+        rows.append(row)
+    return rows
+
+
+PROGRAM_HEADER = ["programs", "draws", "model", "holdout ±10% (%)", "holdout worst draw", "holdout median |err| (%)",
+                  "unseen ±10% (%)", "unseen worst draw", "unseen median |err| (%)"]

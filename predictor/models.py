@@ -242,6 +242,16 @@ class LatencyPredictor:
         return {"dense_ms": dense[inverse], "sparse_ms": sparse[inverse],
                 "best_ms": np.where(use_sparse, sparse, dense)[inverse], "best_impl": best_impl[inverse]}
 
+    def predict_dense(self, layers: Iterable[LayerSpec] | Mapping[str, Any]) -> np.ndarray:
+        """Milliseconds per layer with the dense kernel only (what ExecuTorch runs; density is ignored)."""
+        self._check_fitted()
+        columns = as_columns(layers)
+        n = len(columns["op"])
+        if not n:
+            return np.zeros(0)
+        shapes, inverse = _distinct({**columns, "density": np.ones(n)})
+        return (self.predict_impl(shapes, "dense") / 1000.0)[inverse]
+
     # ---- state for persistence -----------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """JSON-able description of everything but the tree estimator (stored separately)."""

@@ -1,7 +1,9 @@
-"""Saved predictors: a directory with the model (JSON state + skops trees, no pickle) and `card.json`.
+"""Saved predictors: a directory with the layer model and the whole-program model (JSON state + skops
+trees, no pickle) and `card.json`; the loaded `Predictor` answers for layers and for whole programs.
 
-Owns save/load, the card (device facts, runner version, feature-schema version, training-data hash,
-metrics, SHA-256 of each model file) and every refusal: foreign format, schema or runner, tampering.
+Owns save/load, the card (device facts, runner version, runtime, threads, feature-schema version,
+training-data hash, metrics, SHA-256 of each model file) and every refusal: foreign format, schema or
+runner, tampering.
 """
 from __future__ import annotations
 
@@ -16,16 +18,25 @@ from predictor.errors import PredictorError
 from predictor.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, as_columns
 from predictor.models import _PHYSICAL_TERMS as PHYSICAL_TERMS
 from predictor.models import MODEL_KINDS, LatencyPredictor
+from predictor.programs import RUNTIME, ProgramModel, design, per_program, spec_parts
 from profiler.layerspec import IMPLS
 from profiler.store import DB_NAME as PROFILE_DB
 
 FORMAT = "jcw-predictor"
-FORMAT_VERSION = 2
+#: 3: whole-program model for the runtime "executorch" (format 2 predicted a sum of convolutions).
+FORMAT_VERSION = 3
 CARD = "card.json"
 STATE = "model.json"
 TREES = "model.skops"
-#: Runner versions whose measurement semantics the features model (major.minor).
-COMPATIBLE_RUNNERS = ("0.1",)
+PROGRAM_STATE = "programs.json"
+PROGRAM_TREES = "programs.skops"
+MODEL_FILES = (STATE, TREES, PROGRAM_STATE, PROGRAM_TREES)
+#: Runner versions whose measurement semantics the features model (major.minor). Series 0.1 timed
+#: Debian's XNNPACK build, not the kernels inside the executorch wheel that a deployed .pte runs, so its
+#: layer latencies do not describe the deployed program: refused.
+COMPATIBLE_RUNNERS = ("0.2",)
+#: What a predictor without a program model answers for a whole program, and how the search says it.
+FALLBACK = "sum of dense layers (no program model: the profile had no measured programs)"
 #: The only non-default types a saved tree model may contain; anything else is refused unloaded.
 TRUSTED_TYPES = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", "sklearn.tree._tree.Tree")
 _MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -40,27 +51,45 @@ def runner_series(version: Any) -> str:
     return ".".join(str(version).split(".")[:2])
 
 
-def save(predictor: LatencyPredictor, directory: str | Path, card: Mapping[str, Any]) -> Path:
-    """Write model files and the card (the caller's facts plus format, schema and file hashes)."""
+def save(predictor: LatencyPredictor, directory: str | Path, card: Mapping[str, Any],
+         program_model: ProgramModel | None = None) -> Path:
+    """Write model files and the card (the caller's facts plus format, schema, runtime, program model and
+    file hashes). Without a program model the card says `program_model: null`."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         state = predictor.state()
-        (directory / STATE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
-        files = {STATE: _sha256(directory / STATE)}
+        files = {STATE: _write_json(directory / STATE, state)}
         if predictor.estimator_ is not None:
-            import skops.io as skops_io  # deferred: a linear predictor or a refusal need not pay ~3 s for it
-            skops_io.dump(predictor.estimator_, directory / TREES)
-            files[TREES] = _sha256(directory / TREES)
-        elif (directory / TREES).exists():
-            (directory / TREES).unlink()  # a stale file from an earlier save would mislead
+            files[TREES] = _write_trees(directory / TREES, predictor.estimator_)
+        program_card = None
+        if program_model is not None:
+            program_state = program_model.state()
+            files[PROGRAM_STATE] = _write_json(directory / PROGRAM_STATE, program_state)
+            if program_model.trees_ is not None:
+                files[PROGRAM_TREES] = _write_trees(directory / PROGRAM_TREES, program_model.trees_)
+            program_card = {k: program_state[k] for k in ("kind", "coef", "borrowed", "cv", "n_training_programs")}
+        for name in MODEL_FILES:
+            if name not in files and (directory / name).exists():
+                (directory / name).unlink()  # a stale file from an earlier save would mislead
         full_card = {**dict(card), "format": FORMAT, "format_version": FORMAT_VERSION,
                      "feature_schema_version": FEATURE_SCHEMA_VERSION, "features": list(FEATURE_NAMES),
-                     "model": state["kind"], "files": files}
+                     "model": state["kind"], "runtime": RUNTIME, "program_model": program_card, "files": files}
         (directory / CARD).write_text(json.dumps(full_card, indent=1, default=_json_default), encoding="utf-8")
     except OSError as exc:
         raise PredictorError(f"cannot write the predictor to {directory}: {exc.strerror or exc}") from None
     return directory
+
+
+def _write_json(path: Path, state: Mapping[str, Any]) -> str:
+    path.write_text(json.dumps(state, indent=1, sort_keys=True, default=_json_default), encoding="utf-8")
+    return _sha256(path)
+
+
+def _write_trees(path: Path, estimator: Any) -> str:
+    import skops.io as skops_io  # deferred: a linear predictor or a refusal need not pay ~3 s for it
+    skops_io.dump(estimator, path)
+    return _sha256(path)
 
 
 def _json_default(value: Any) -> Any:
@@ -87,12 +116,16 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 class Predictor:
-    """A loaded predictor: `predict(layers)` and its `card`."""
+    """A loaded predictor: `predict(layers)` per layer, `predict_programs(specs)` per whole program
+    (runtime "executorch"), and its `card`. `program_model` is None when the profile had no programs:
+    whole programs are then the sum of their layers' dense latencies (`FALLBACK`)."""
 
-    def __init__(self, model: LatencyPredictor, card: dict[str, Any], path: Path) -> None:
+    def __init__(self, model: LatencyPredictor, card: dict[str, Any], path: Path | None,
+                 program_model: ProgramModel | None = None) -> None:
         self.model = model
         self.card = card
         self.path = path
+        self.program_model = program_model
 
     def predict(self, layers: Any) -> dict[str, np.ndarray]:
         return self.model.predict(layers)
@@ -100,8 +133,70 @@ class Predictor:
     def predict_impl(self, columns: Any, impl: str) -> np.ndarray:
         return self.model.predict_impl(as_columns(columns), impl)
 
+    @property
+    def runtime(self) -> str:
+        return RUNTIME
+
+    @property
+    def program_note(self) -> str:
+        """How whole programs are predicted: the program model's kind, or the fallback."""
+        return FALLBACK if self.program_model is None else f"program model ({self.program_model.kind_})"
+
+    def predict_program_parts(self, conv_ms: Any, ops: Mapping[str, Any], n_nodes: Any, n_conv: Any
+                              ) -> np.ndarray:
+        """Vectorised whole-program latency (ms) of n programs from their parts.
+
+        conv_ms: (n,) sum of the dense-kernel latency (ms, `predict_dense`) of each program's conv and dwconv
+        layers — not its linear layers. ops: arrays over all other operators of all programs, linear layers
+        included as op "linear" (in_elems = c = in features, out_c = out features, h = w = out_h = out_w = 1):
+        "program" (index into n), "op", "c", "h", "w", "out_c", "out_h", "out_w", "k", "stride" and
+        optionally "in_elems" (elements of all inputs; add and concat read several). n_nodes: (n,) nodes per
+        program; n_conv: (n,) conv + dwconv + linear layers per program.
+        """
+        x = design(conv_ms, ops, n_nodes, n_conv)
+        if self.program_model is not None:
+            return self.program_model.predict(x)
+        return x[:, 0] + self._linear_dense_ms(ops, len(x))
+
+    def _linear_dense_ms(self, ops: Mapping[str, Any], n: int) -> np.ndarray:
+        linear = np.asarray(ops["op"], dtype=object) == "linear"
+        if not linear.any():
+            return np.zeros(n)
+        ones = np.ones(int(linear.sum()), dtype=np.int64)
+        features = np.asarray(ops["in_elems"] if "in_elems" in ops else ops["c"], dtype=np.int64)[linear]
+        columns = {"op": np.full(len(ones), "conv", dtype=object), "cin": features,
+                   "cout": np.asarray(ops["out_c"])[linear], "k": ones, "stride": ones, "pad": 0 * ones,
+                   "h": ones, "w": ones}
+        return per_program(self.model.predict_dense(columns), np.asarray(ops["program"])[linear], n)
+
+    def predict_dense(self, layers: Any) -> np.ndarray:
+        """Dense-kernel ms per layer (density ignored: ExecuTorch runs pruned weights dense)."""
+        return self.model.predict_dense(layers)
+
+    def predict_programs(self, specs: Any) -> dict[str, np.ndarray]:
+        """Whole-program latency of program specs (profiler.programs) under the runtime "executorch".
+
+        Returns arrays: latency_ms; conv_ms, the share of it spent in conv and dwconv layers; other_ms, the
+        rest (other operators, linear layers, delegate and runtime overheads); layers_dense_ms, the sum of
+        every layer's dense latency (what a predictor without program model answers). One call of the
+        layer predictor covers all layers of all specs.
+        """
+        parts = spec_parts(specs)
+        n = parts["n"]
+        dense = self.model.predict_dense(parts["layers"]) if len(parts["layer_program"]) else np.zeros(0)
+        linear = parts["is_linear"]
+        conv_sum = per_program(dense[~linear], parts["layer_program"][~linear], n)
+        layers_sum = per_program(dense, parts["layer_program"], n)
+        if self.program_model is None:
+            return {"latency_ms": layers_sum, "conv_ms": conv_sum, "other_ms": layers_sum - conv_sum,
+                    "layers_dense_ms": layers_sum}
+        latency, conv, other = self.program_model.split(
+            design(conv_sum, parts["ops"], parts["n_nodes"], parts["n_conv"]))
+        return {"latency_ms": latency, "conv_ms": conv, "other_ms": other, "layers_dense_ms": layers_sum}
+
     def __repr__(self) -> str:
-        return f"Predictor({str(self.path)!r}, model={self.card.get('model')!r})"
+        return (f"Predictor({str(self.path)!r}, model={self.card.get('model')!r}, "
+                f"program_model={None if self.program_model is None else self.program_model.kind_!r})")
 
 
 def load(directory: str | Path, *, runner_version: str | None = None) -> Predictor:
@@ -120,8 +215,9 @@ def load(directory: str | Path, *, runner_version: str | None = None) -> Predict
     if card.get("format") != FORMAT:
         raise PredictorError(f"{directory} is not a jcw predictor (card format {card.get('format')!r})")
     if card.get("format_version") != FORMAT_VERSION:
-        raise PredictorError(f"predictor {directory} has format version {card.get('format_version')!r}; "
-                             f"this jcw reads {FORMAT_VERSION}")
+        raise PredictorError(f"predictor {directory} has format version {card.get('format_version')!r} and this jcw "
+                             f"reads only {FORMAT_VERSION} (whole-program latency on ExecuTorch, not a sum of "
+                             "convolutions); retrain it with `jcw train`")
     if card.get("feature_schema_version") != FEATURE_SCHEMA_VERSION:
         raise PredictorError(f"predictor {directory} was trained on feature schema "
                              f"{card.get('feature_schema_version')!r}, this jcw computes schema "
@@ -138,7 +234,7 @@ def load(directory: str | Path, *, runner_version: str | None = None) -> Predict
     if not isinstance(files, dict) or STATE not in files:
         raise PredictorError(f"predictor card {directory / CARD} lists no model files")
     for name, expected in files.items():
-        if name not in (STATE, TREES):
+        if name not in MODEL_FILES:
             raise PredictorError(f"predictor card {directory / CARD} names an unexpected file {name!r}")
         path = directory / name
         if not path.is_file():
@@ -158,12 +254,38 @@ def load(directory: str | Path, *, runner_version: str | None = None) -> Predict
     if state.get("features") != list(FEATURE_NAMES) or model.kind_ not in MODEL_KINDS or not coef_fits \
             or (model.kind_ != "linear") != (estimator is not None):
         raise PredictorError(f"predictor model {directory / STATE} does not fit this jcw's features or files")
-    return Predictor(model, card, directory)
+    return Predictor(model, card, directory, _load_program_model(directory, card, files))
 
 
-def _load_trees(path: Path) -> Any:
+def _load_program_model(directory: Path, card: Mapping[str, Any], files: Mapping[str, str]) -> ProgramModel | None:
+    if card.get("runtime") != RUNTIME:
+        raise PredictorError(f"predictor {directory} is for the runtime {card.get('runtime')!r}; "
+                             f"this jcw predicts {RUNTIME}")
+    if card.get("program_model") is None:
+        if PROGRAM_STATE in files or PROGRAM_TREES in files:
+            raise PredictorError(f"predictor card {directory / CARD} lists program-model files but no program model")
+        return None
+    if PROGRAM_STATE not in files:
+        raise PredictorError(f"predictor card {directory / CARD} names a program model but lists no {PROGRAM_STATE}")
+    state = _read_json(directory / PROGRAM_STATE, "program model")
+    trees = _load_program_trees(directory / PROGRAM_TREES) if PROGRAM_TREES in files else None
+    try:
+        return ProgramModel.from_state(state, trees)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise PredictorError(f"program model {directory / PROGRAM_STATE} is malformed ({exc})") from None
+
+
+def _load_program_trees(path: Path) -> Any:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    estimator = _load_trusted(path)
+    if not isinstance(estimator, HistGradientBoostingRegressor):
+        raise PredictorError(f"predictor file {path} does not hold the program model's gradient-boosted trees")
+    return estimator
+
+
+def _load_trusted(path: Path) -> Any:
+    """A skops file whose every non-default type is on TRUSTED_TYPES; anything else refused unloaded."""
     import skops.io as skops_io  # deferred, see save()
-    from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
     try:
         untrusted = skops_io.get_untrusted_types(file=path)
         foreign = [t for t in untrusted if t not in TRUSTED_TYPES]
@@ -174,6 +296,12 @@ def _load_trees(path: Path) -> Any:
         raise
     except Exception as exc:  # skops raises many types for a corrupt archive
         raise PredictorError(f"predictor file {path} is not a readable model ({type(exc).__name__})") from None
+    return estimator
+
+
+def _load_trees(path: Path) -> Any:
+    from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+    estimator = _load_trusted(path)
     # One tree model per implementation (see LatencyPredictor._fit_kind).
     if not isinstance(estimator, dict) or sorted(estimator) != sorted(IMPLS) or not all(
             isinstance(tree, (HistGradientBoostingRegressor, RandomForestRegressor)) for tree in estimator.values()):

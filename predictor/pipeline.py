@@ -1,5 +1,6 @@
-"""`jcw train` end to end: read a profile, fit the predictor, run the evaluation protocol against
-the baselines, write the saved predictor, its card and its report.
+"""`jcw train` end to end: read a profile, fit the layer predictor and (when the profile has measured
+programs) the whole-program model, run the evaluation protocols against the baselines, write the saved
+predictor, its card and its report.
 
 Returns plain dicts so the CLI, the report and the benchmark all print the same figures.
 """
@@ -11,10 +12,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from predictor import baselines, efficiency, evaluation, persistence
+from predictor import baselines, efficiency, evaluation, persistence, program_eval
 from predictor.errors import PredictorError
 from predictor.features import as_columns, rows_to_columns
 from predictor.models import LatencyPredictor
+from predictor.programs import RUNTIME
 from profiler.store import ProfileStore
 
 Row = Mapping[str, Any]
@@ -32,8 +34,18 @@ def read_profile(directory: str | Path, threads: int | None = None) -> dict[str,
     """Rows of a profile split into training and held-out, with the facts a card needs."""
     with ProfileStore(directory) as store:  # StoreError (no or foreign profile) is already one sentence
         rows = store.measurements()
+        program_rows = store.program_measurements() if hasattr(store, "program_measurements") else []
         info = {"device_facts": store.get_meta("device_facts") or {}, "runner": store.get_meta("runner") or {},
-                "device_address": store.get_meta("device_address"), "fingerprint": store.fingerprint()}
+                "device_address": store.get_meta("device_address"), "fingerprint": store.fingerprint(),
+                "program_runner": store.get_meta("program_runner"), "runtime": store.get_meta("runtime", RUNTIME)}
+        meta_threads = store.get_meta("threads")
+    runner_version = info["runner"].get("version")
+    if persistence.runner_series(runner_version) not in persistence.COMPATIBLE_RUNNERS:
+        raise PredictorError(f"profile {directory} was measured with layer runner {runner_version!r}, whose XNNPACK "
+                             f"is not the one a deployed .pte runs (this jcw trains on runner series "
+                             f"{', '.join(persistence.COMPATIBLE_RUNNERS)}); re-profile the device")
+    if info["runtime"] != RUNTIME:
+        raise PredictorError(f"profile {directory} is for the runtime {info['runtime']!r}; this jcw trains {RUNTIME}")
     counts = sorted({r["threads"] for r in rows})
     if threads is None and len(counts) > 1:
         raise PredictorError(f"profile {directory} holds measurements at threads {counts}; choose one with --threads")
@@ -46,7 +58,9 @@ def read_profile(directory: str | Path, threads: int | None = None) -> dict[str,
     if len(training) < 8:
         raise PredictorError(f"profile {directory} has only {len(training)} measured training configurations; "
                              "profile with a larger --budget first")
-    return {**info, "training": training, "holdout": holdout, "threads": counts[0] if counts else None}
+    layer_threads = threads if threads is not None else (counts[0] if counts else None)
+    return {**info, "training": training, "holdout": holdout, "threads": layer_threads if layer_threads is not None
+            else meta_threads, "programs": program_eval.check_threads(program_rows, layer_threads)}
 
 
 def _best_per_layer(model: Any, layers: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -126,6 +140,12 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
                                                     progress=say)
 
     ours: LatencyPredictor = final[OURS]
+    programs = program_eval.evaluate_programs(ours, data["programs"], seed=seed, say=say)
+    program_curve: list[dict[str, Any]] = []
+    if curve and programs is not None:
+        program_curve = efficiency.program_efficiency(programs["data"], seed=seed, progress=say)
+    if programs is None and data["programs"]:
+        say("too few measured training programs for a program model")
     summary = {name: {k: s["models"][OURS][k] for k in ("n", "rmspe", "mape", "within5", "within10", "within15")}
                | {"noise_floor_within10": s["noise_floor"]["within10"],
                   "noise_floor_rmspe": s["noise_floor"]["rmspe"],
@@ -137,9 +157,12 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
                 data["runner"].get("version"), "training_data_hash": data["fingerprint"], "threads": data["threads"],
             "training_rows": len(training), "holdout_rows": len(holdout), "cv_scores": ours.cv_scores_,
             "metrics": summary, "network": network.get("models", {}).get(OURS, {}),
+            "runtime": RUNTIME, "program_runner": data["program_runner"],
+            "program_metrics": program_eval.card_metrics(programs), "program_rows": len(data["programs"]),
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    persistence.save(ours, out_dir, card)
+    persistence.save(ours, out_dir, card, None if programs is None else programs["model"])
     result = {"card": card, "sets": sets, "network": network, "best_impl": best_impl, "curve": curve_points,
+              "programs": programs, "program_curve": program_curve,
               "model": ours.kind_, "cv_scores": ours.cv_scores_, "out_dir": str(out_dir),
               "training_rows": len(training), "holdout_rows": len(holdout), "seconds": time.monotonic() - started}
     say("writing the report")

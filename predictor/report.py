@@ -102,10 +102,74 @@ def _plots(directory: Path, predicted: np.ndarray, measured: np.ndarray, impls: 
     return written
 
 
+def _program_plot(directory: Path, programs: Mapping[str, Any]) -> str:
+    """Predicted against measured whole-program latency, ours and the old baseline, per evaluation sample."""
+    data, model = programs["data"], programs["model"]
+    predicted = model.predict(data["x"])
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for sample, marker in (("holdout", "o"), ("unseen", "s")):
+        mask = data["sample"] == sample
+        if mask.any():
+            ax.scatter(data["measured_ms"][mask], predicted[mask], s=14, marker=marker, color="tab:blue",
+                       label=f"ours, {sample}")
+            ax.scatter(data["measured_ms"][mask], data["baseline_ms"][mask], s=14, marker=marker, color="tab:gray",
+                       alpha=0.6, label=f"old baseline, {sample}")
+    values = np.concatenate([data["measured_ms"], predicted, data["baseline_ms"]])
+    low, high = values[values > 0].min(), values.max()
+    ax.plot([low, high], [low, high], "k-", lw=0.8)
+    for factor in (0.9, 1.1):
+        ax.plot([low, high], [low * factor, high * factor], "k:", lw=0.6)
+    ax.set(xscale="log", yscale="log", xlabel="measured .pte latency (ms)", ylabel="predicted latency (ms)",
+           title="whole programs on ExecuTorch")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(directory / "programs_pred_vs_measured.png", dpi=110)
+    plt.close(fig)
+    return "programs_pred_vs_measured.png"
+
+
+def _program_section(result: Mapping[str, Any]) -> list[str]:
+    from predictor import program_eval
+    from predictor.efficiency import PROGRAM_HEADER, program_table
+    programs = result.get("programs")
+    threads = result["card"].get("threads")
+    if programs is None:
+        return ["## Whole programs (ExecuTorch)", "",
+                "The profile has too few measured whole programs, so the predictor has no program model "
+                "(card: `program_model: null`): a whole program is predicted as the sum of its layers' dense "
+                "latencies, which misses pooling, additions, linear layers and the runtime's overheads.", ""]
+    model = programs["model"]
+    coef = ", ".join(f"{t} {c:.3g}" for t, c in zip(model.state()["terms"], model.coef_) if c > 0)
+    cv = "; ".join(f"{kind}: " + ", ".join(f"by {split} {pct(v['within10'])}" for split, v in splits.items())
+                   for kind, splits in model.cv_.items())
+    parts = ["## Whole programs (ExecuTorch)", "",
+             f"Latency of the deployed .pte (ExecuTorch runtime, XNNPACK delegate) at {threads} thread(s), measured "
+             f"on {programs['counts']['train']} training programs, {programs['counts'].get('holdout', 0)} held-out "
+             f"programs (zoo architectures at genomes never trained on) and {programs['counts'].get('unseen', 0)} "
+             "unseen-architecture programs. The program model is a non-negative linear law over the dense latency "
+             "of the conv layers (density buys nothing on ExecuTorch), the elements each other operator kind reads "
+             "and writes, the linear layers' MACs and per-node, per-layer and per-program costs"
+             + (", corrected by small trees on its shares" if model.kind_ == "corrected" else "")
+             + f": **{model.kind_}**"
+             + (f" (grouped-CV share within ±10%: {cv})" if cv else "") + f". Coefficients (ms per unit): {coef}."
+             + (f" Never trained on (median element cost borrowed): {', '.join(model.borrowed_)}." if model.borrowed_
+                else ""), "",
+             "The baseline is what the kit reported before: the sum over conv layers of the faster kernel. The label "
+             "floor compares the fastest odd round with the fastest even round of the same programs.", "",
+             _markdown_table(program_eval.HEADER, program_eval.rows_table(programs)), ""]
+    if result.get("program_curve"):
+        parts += ["### Program sample efficiency", "",
+                  "Program models fitted on random subsets of the training programs (mean and worst of the draws).",
+                  "", _markdown_table(PROGRAM_HEADER, program_table(result["program_curve"])), ""]
+    return parts
+
+
 def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarray, measured: np.ndarray,
           impls: Sequence[str], plotted_set: str) -> Path:
     directory = Path(directory)
     images = _plots(directory, predicted, measured, impls, plotted_set, result["curve"])
+    if result.get("programs") is not None:
+        images.append(_program_plot(directory, result["programs"]))
     card = result["card"]
     facts = card.get("device_facts") or {}
     parts = [
@@ -132,6 +196,7 @@ def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarra
                   f"{pct(result['network']['position_coverage'])} of positions found a held-out layer. "
                   "Latency = sum over layers of the faster kernel (predicted vs measured).", "",
                   _markdown_table(NETWORK_HEADER, network_rows(result["network"], result["best_impl"])), ""]
+    parts += _program_section(result)
     if result["curve"]:
         from predictor.efficiency import as_table, first_budget_reaching
         reach = first_budget_reaching(result["curve"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -18,17 +19,30 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-from profiler import plans, session
+from profiler import plans, program_session, session
 from profiler.acquisition import AcquisitionError, load_chooser
-from profiler.cliargs import int_at_least
+from profiler.cliargs import (OutputPathError, check_output_dir, check_output_file, int_at_least, int_between,
+                              os_error_reason, threads_arg)
 from profiler.layerspec import read_jsonl
-from profiler.store import ProfileStore
+from profiler.store import ProfileStore, StoreError, profile_lock
 
 EXIT_USER_ERROR = 2
+#: Exit status of a run that ended normally but whose every new result is a failure (as `jcw measure`
+#: uses for a runner error).
+EXIT_ALL_FAILED = 1
 
 
 _positive_int = int_at_least(1)
 _non_negative_int = int_at_least(0)
+_budget = int_between(1, session.MAX_BUDGET, "a larger profile would not fit in memory")
+_rounds = int_between(1, session.MAX_ROUNDS)
+_programs = int_between(0, session.MAX_PROGRAMS, "each is a .pte file exported on this machine")
+
+#: The runner's timing flags and the values it accepts (android_harness/native/main.c), checked here so a
+#: typo is one sentence before anything connects: (minimum, maximum, whole number).
+_RUNNER_FLAGS = {"--warmup": (0, 1e6, True), "--warmup-ms": (0, 1e9, False), "--min-reps": (1, 1e6, True),
+                 "--max-reps": (1, 2e9, True), "--min-time-ms": (0, 1e9, False), "--max-time-ms": (0, 1e9, False),
+                 "--tolerance": (0, 1e9, False), "--check-samples": (0, 1e6, True), "--max-mb": (1, 1e9, False)}
 
 
 def _holdout(text: str) -> int:
@@ -38,12 +52,14 @@ def _holdout(text: str) -> int:
     return value
 
 
-def _add_device_args(parser: argparse.ArgumentParser) -> None:
+def _add_device_args(parser: argparse.ArgumentParser, threads_help: str) -> None:
     parser.add_argument("--device", required=True, metavar="ADDRESS",
                         help="local (this machine), usb:<serial> or a bare serial, or tcp:<host>:<port>")
-    parser.add_argument("--threads", type=_positive_int, default=1, help="runner threads per layer (default 1)")
+    parser.add_argument("--threads", type=threads_arg, default=None, help=threads_help + " (1 to 256)")
     parser.add_argument("--runner-arg", action="append", default=[], metavar="FLAG",
-                        help="extra flag passed to the runner, e.g. --runner-arg=--min-time-ms=10 (repeatable)")
+                        help="extra flag passed to the runner, e.g. --runner-arg=--min-time-ms=10 (repeatable; "
+                             "`jcw profile` passes the timing flags --warmup, --min-reps, --min-time-ms, --max-reps, "
+                             "--max-time-ms on to the .pte runner too)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,47 +72,84 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     devices.set_defaults(handler=cmd_devices)
 
     prof = subparsers.add_parser(
-        "profile", help="measure a device's dense and sparse convolution latencies into a profile",
+        "profile", help="measure a device's layer and whole-program latencies into a profile",
         description="Measure a sampling plan (real-network layers with perturbed widths and densities, random "
-                    "layers, and a held-out set) on a device, each configuration in several rounds, into a "
-                    "resumable profile directory. Rerunning the same command resumes; a larger --budget or "
-                    "--rounds extends the profile.")
-    _add_device_args(prof)
+                    "layers, and a held-out set) on a device, each configuration in several rounds, then whole "
+                    "CNN programs exported to ExecuTorch (.pte) and timed by the ExecuTorch runtime in as many "
+                    "rounds, into a resumable profile directory. A configuration's or program's latency is the "
+                    "fastest repetition (us_min) of its fastest round. Rerunning the same command resumes; a "
+                    "larger --budget, --rounds or --programs extends the profile.")
+    _add_device_args(prof, "threads for layers and programs (default: the thread count ExecuTorch uses on that "
+                           "device by default, from the .pte runner's header; a rerun keeps the profile's count)")
     prof.add_argument("--out", required=True, metavar="DIR", help="profile directory, e.g. profiles/pixel7")
-    prof.add_argument("--budget", type=_positive_int, default=plans.DEFAULT_BUDGET,
+    prof.add_argument("--budget", type=_budget, default=plans.DEFAULT_BUDGET,
                       help=f"training layers to measure (default {plans.DEFAULT_BUDGET}; convs are measured dense "
-                           f"and sparse; a held-out set of real-network layers comes on top, see --holdout)")
+                           f"and sparse; a held-out set of real-network layers comes on top, see --holdout; at most "
+                           f"{session.MAX_BUDGET})")
     prof.add_argument("--seed", type=_non_negative_int, default=0, help="sampling seed (default 0)")
     prof.add_argument("--holdout", type=_holdout, default=None, metavar="N",
                       help="held-out real-network layers measured for evaluation only "
                            "(default max(50, budget/5); 0 for none, e.g. for a quick dry run)")
-    prof.add_argument("--rounds", type=_positive_int, default=session.DEFAULT_ROUNDS,
-                      help=f"timing rounds per configuration, spread over the run (default {session.DEFAULT_ROUNDS})")
+    prof.add_argument("--rounds", type=_rounds, default=session.DEFAULT_ROUNDS,
+                      help=f"timing rounds per configuration, spread over the run (default {session.DEFAULT_ROUNDS}, "
+                           f"at most {session.MAX_ROUNDS})")
     prof.add_argument("--adaptive", action="store_true",
                       help="spend the second half of the budget where the installed acquisition plug-in "
                            "(entry point group jcw.acquisition) is least certain")
-    prof.add_argument("--csv", metavar="FILE", help="also export every measured round as CSV")
+    prof.add_argument("--programs", type=_programs, default=session.DEFAULT_PROGRAMS, metavar="N",
+                      help=f"whole training programs to export and time after the layers (default "
+                           f"{session.DEFAULT_PROGRAMS}; N/3 held-out and N/3 unseen-family programs, at least "
+                           f"{program_session.MIN_EVAL_PROGRAMS} each, come on top; 0 skips programs; at most "
+                           f"{session.MAX_PROGRAMS})")
+    prof.add_argument("--csv", metavar="FILE", help="also export every measured layer round as CSV")
     prof.set_defaults(handler=cmd_profile)
 
     meas = subparsers.add_parser(
-        "measure", help="measure given layers on a device and print the runner's results",
-        description="Measure the layers of a layer-spec JSONL file on a device: one runner result line per layer "
-                    "and implementation (both = dense for every layer, sparse too for every conv). Exit status 1 when "
-                    "the runner reported an error for any of them.")
-    _add_device_args(meas)
-    meas.add_argument("--layers", required=True, metavar="FILE", help="layer specs, one JSON object per line")
+        "measure", help="measure given layers or ExecuTorch programs on a device",
+        description="--layers: measure the layers of a layer-spec JSONL file, one runner result line per layer and "
+                    "implementation (both = dense for every layer, sparse too for every conv); exit status 1 when "
+                    "the runner reported an error for any of them. --pte: time whole ExecuTorch programs with the "
+                    "ExecuTorch runtime on the device; each program's latency_ms is the fastest repetition of its "
+                    "fastest round (us_min / 1000), the statistic the kit stands by (noise on a phone only ever "
+                    "slows a run down); us_median is reported beside it. A file that is not a complete .pte or a "
+                    "program the runner cannot feed (int or several inputs) is one sentence and exit status 2.")
+    _add_device_args(meas, "threads (--layers: default 1; --pte: default the thread count ExecuTorch uses on that "
+                           "device)")
+    what = meas.add_mutually_exclusive_group(required=True)
+    what.add_argument("--layers", metavar="FILE", help="layer specs, one JSON object per line")
+    what.add_argument("--pte", action="append", metavar="FILE",
+                      help="an ExecuTorch program (.pte) with one float input (repeatable)")
     meas.add_argument("--impl", choices=("dense", "sparse", "both"), default="both",
-                      help="implementation(s) to measure (default both)")
-    meas.add_argument("--json", action="store_true", help="print runner result lines (JSON) instead of a table")
+                      help="--layers: implementation(s) to measure (default both)")
+    meas.add_argument("--rounds", type=_rounds, default=1,
+                      help="--pte: timing rounds per program; latency_ms is the fastest (default 1)")
+    meas.add_argument("--json", action="store_true",
+                      help="print JSON lines instead of a table (--layers: runner result lines; --pte: one object "
+                           "per program with latency_ms, us_min, us_median, reps, threads, runtime, device, pte)")
     meas.set_defaults(handler=cmd_measure)
 
 
+class _BadRunnerArg(ValueError):
+    """A --runner-arg value the runner would refuse; one sentence."""
+
+
 def _runner_argv(flags: list[str]) -> list[str]:
-    """--runner-arg=--min-time-ms=10 becomes the runner's two tokens --min-time-ms 10."""
+    """--runner-arg=--min-time-ms=10 becomes the runner's two tokens --min-time-ms 10; the timing flags'
+    values are checked against what the runner accepts (other flags are the runner's to judge)."""
     argv: list[str] = []
     for flag in flags:
         name, sep, value = flag.partition("=")
         argv.extend([name, value] if sep else [name])
+        if name in _RUNNER_FLAGS and sep:
+            low, high, whole = _RUNNER_FLAGS[name]
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not (low <= number <= high) or (whole and number != int(number)):
+                kind = "a whole number" if whole else "a number"
+                raise _BadRunnerArg(f"--runner-arg={flag}: the runner fails before measuring anything with it, as "
+                                    f"{name} takes {kind} from {low:,.0f} to {high:,.0f} (got {value!r})")
     return argv
 
 
@@ -149,8 +202,9 @@ def _summary_table(summary: session.ProfileSummary) -> Table:
             ("configurations planned", f"{summary.configurations} ({samples})"),
             ("rounds per configuration", summary.rounds),
             ("results measured (all rounds)", summary.measured),
-            ("failures", summary.failures),
+            ("failures (all rounds)", summary.failures),
             ("new results this run", summary.new_results),
+            ("new failures this run", summary.new_failures),
             ("batches this run", summary.batches),
             ("drift-flagged batches (re-measured once)", f"{summary.drift_batches} ({summary.requeued} configs)"),
             ("runner crashes recovered", summary.runner_crashes),
@@ -158,6 +212,16 @@ def _summary_table(summary: session.ProfileSummary) -> Table:
             ("time inside timed kernel runs", f"{summary.timed_seconds:.1f} s ({efficiency:.0%} of wall)"),
             ("wall time", f"{summary.wall_seconds:.1f} s")):
         table.add_row(what, str(value))
+    table.add_row("threads (layers and programs)", str(summary.threads))
+    if summary.programs:
+        programs = ", ".join(f"{k} {v}" for k, v in sorted(summary.program_samples.items()))
+        for what, value in (("whole programs planned (ExecuTorch)", f"{summary.programs} ({programs})"),
+                            ("program results (all rounds)", summary.program_measured),
+                            ("program failures", summary.program_failures),
+                            ("programs exported this run", summary.programs_exported),
+                            ("new program results this run", summary.program_new_results),
+                            ("new program failures this run", summary.program_new_failures)):
+            table.add_row(what, str(value))
     return table
 
 
@@ -174,8 +238,12 @@ class _LazyBar:
             self.bar.start()
             self.task = self.bar.add_task(self.description, total=total)
         phase = info.get("phase")
-        description = "adaptive" if phase == "adaptive" else (
-            f"round {info['round'] + 1}" if "round" in info else self.description)
+        if phase in ("adaptive", "export"):
+            description = "adaptive" if phase == "adaptive" else "exporting programs"
+        elif "round" in info:
+            description = f"{'programs ' if phase == 'programs' else ''}round {info['round'] + 1}"
+        else:
+            description = self.description
         self.bar.update(self.task, completed=done, total=total, description=description)
 
     def __enter__(self) -> "_LazyBar":
@@ -220,22 +288,27 @@ class _CtrlC:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        return _fail("profile", f"--out {out} exists and is not a directory")
-    if args.csv and (Path(args.csv).is_dir() or not Path(args.csv).parent.is_dir()):
-        return _fail("profile", f"cannot write --csv {args.csv}: it is a directory or its directory does not exist")
+    try:  # before anything connects or measures: a profile that cannot be written is never started
+        check_output_dir(out, "--out")
+        if args.csv:
+            check_output_file(args.csv, "--csv")
+        runner_argv = _runner_argv(args.runner_arg)
+    except (OutputPathError, _BadRunnerArg) as exc:
+        return _fail("profile", str(exc))
     try:
         if args.adaptive:
             load_chooser()  # fail before connecting to anything
-        with _CtrlC() as ctrl_c, session.open_device(args.device) as device, _LazyBar("profiling") as bar:
-            def progress(done: int, total: int, info: dict[str, Any]) -> None:
-                ctrl_c.check()
-                bar(done, total, info)
+        with _CtrlC() as ctrl_c, profile_lock(out):
+            session.check_profile_dir(out)  # a damaged or read-only profile is said before connecting
+            with session.open_device(args.device) as device, _LazyBar("profiling") as bar:
+                def progress(done: int, total: int, info: dict[str, Any]) -> None:
+                    ctrl_c.check()
+                    bar(done, total, info)
 
-            summary = session.profile(device, out, budget=args.budget, seed=args.seed, threads=args.threads,
-                                      rounds=args.rounds, adaptive=args.adaptive, holdout=args.holdout,
-                                      runner_args=_runner_argv(args.runner_arg), progress=progress)
-            ctrl_c.check()
+                summary = session.profile(device, out, budget=args.budget, seed=args.seed, threads=args.threads,
+                                          rounds=args.rounds, adaptive=args.adaptive, holdout=args.holdout,
+                                          programs=args.programs, runner_args=runner_argv, progress=progress)
+                ctrl_c.check()
     except AcquisitionError as exc:
         return _fail("profile", str(exc))
     except KeyboardInterrupt:
@@ -243,18 +316,32 @@ def cmd_profile(args: argparse.Namespace) -> int:
               f"to resume.", file=sys.stderr)
         return 130
     Console().print(_summary_table(summary))
+    status = 0
+    if summary.programs_note:
+        print(f"jcw profile: {summary.programs_note.rstrip('.')}; the layer profile is complete, and a rerun of the "
+              f"same command adds the programs once that is fixed.", file=sys.stderr)
     if args.csv:
         try:
-            with ProfileStore(out) as store:
+            with ProfileStore(out, readonly=True) as store:
                 rows = store.export_csv(args.csv)
         except OSError as exc:
-            return _fail("profile", f"cannot write --csv {args.csv}: {exc.strerror or exc}")
+            return _fail("profile", f"cannot write --csv {args.csv}: {os_error_reason(exc)}; the profile itself is "
+                                    f"complete in {out}")
+        except StoreError as exc:
+            return _fail("profile", str(exc))
         Console().print(f"wrote {rows} rows to {args.csv}")
-    return 0
+    if summary.all_failed:
+        failed = summary.new_failures + summary.program_new_failures
+        _fail("profile", f"every one of the {failed} results of this run is a failure (see the failures rows, or "
+                         f"--csv for the errors); they were stored as the layers' own")
+        status = EXIT_ALL_FAILED
+    return status
 
 
 # ---- jcw measure --------------------------------------------------------------------------------
 def cmd_measure(args: argparse.Namespace) -> int:
+    if args.pte:
+        return _measure_programs(args)
     layers = read_jsonl(args.layers)
     specs = [(str(obj.get("id", f"line{n}")), spec) for n, (obj, spec) in enumerate(layers, start=1)]
     if args.impl == "sparse" and any(spec.op == "dwconv" for _, spec in specs):
@@ -262,9 +349,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
                                 "use --impl both")
     by_id = dict(specs)
     results = []
+    try:
+        runner_argv = _runner_argv(args.runner_arg)
+    except _BadRunnerArg as exc:
+        return _fail("measure", str(exc))
     with session.open_device(args.device) as device, _LazyBar("measuring") as progress:
-        for result in session.measure(device, specs, impl=args.impl, threads=args.threads,
-                                      runner_args=_runner_argv(args.runner_arg), progress=progress):
+        for result in session.measure(device, specs, impl=args.impl, threads=args.threads or 1,
+                                      runner_args=runner_argv, progress=progress):
             if args.json:
                 print(json.dumps(result), flush=True)
             results.append(result)
@@ -282,3 +373,35 @@ def cmd_measure(args: argparse.Namespace) -> int:
                           str(r.get("reps", "")), r.get("error") or "")
         Console().print(table)
     return 1 if failures else 0
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value >= 1 else f"{value:.3g}"
+
+
+def _measure_programs(args: argparse.Namespace) -> int:
+    try:
+        for path in args.pte:  # before connecting to anything
+            program_session.check_pte(path)
+        runner_argv = _runner_argv(args.runner_arg)
+        with session.open_device(args.device) as device, _LazyBar("measuring") as progress:
+            results = session.measure_programs(device, args.pte, threads=args.threads, rounds=args.rounds,
+                                               runner_args=runner_argv, progress=progress)
+    except session.PteError as exc:
+        return _fail("measure", f"{str(exc).rstrip('.')}.")
+    except _BadRunnerArg as exc:
+        return _fail("measure", str(exc))
+    if args.json:
+        for result in results:
+            print(json.dumps(result), flush=True)
+        return 0
+    table = Table(title=f"{len(results)} ExecuTorch program(s) on {args.device}",
+                  caption="latency: the fastest repetition of the fastest round")
+    for column in ("program", "latency ms", "median ms", "reps", "rounds", "threads"):
+        table.add_column(column, justify="left" if column == "program" else "right", no_wrap=True)
+    for r in results:
+        table.add_row(Path(r["pte"]).name, _ms(r["latency_ms"]),
+                      _ms(r["us_median"] / 1000) if r.get("us_median") is not None else "",
+                      str(r["reps"]), str(r["rounds"]), str(r.get("threads", "")))
+    Console().print(table)
+    return 0

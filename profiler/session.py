@@ -1,8 +1,9 @@
 """Running a plan on a device: batches, rounds, drift references, crash recovery, resume.
 
-Owns `profile(...)` (the engine behind `jcw profile`) and `measure(...)` (behind `jcw measure`).
-Every result is committed to the store the moment the runner reports it; a rerun of the same
-command measures only what is missing.
+Owns `profile(...)` (the engine behind `jcw profile`: layers, then whole programs through
+profiler.program_session) and `measure(...)` (behind `jcw measure --layers`); `measure_programs`
+(behind `jcw measure --pte`) is re-exported here. Every result is committed to the store the moment
+the runner reports it; a rerun of the same command measures only what is missing.
 """
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ import random
 import statistics
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from android_harness.device import Device, DeviceDisconnected, DeviceError, RunnerCrashed
-from profiler import acquisition, plans
+from android_harness.device import Device, DeviceDisconnected
+from profiler import acquisition, plans, program_session
+from profiler.batches import (CRASHES_BEFORE_ERROR, SystematicFailure, common_error,  # noqa: F401  (re-exported)
+                              run_lines)
+from profiler.cliargs import MAX_THREADS
 from profiler.layerspec import LayerSpec
-from profiler.store import ROUND_STATISTIC, ProfileStore, StoreError
+from profiler.program_session import PteError, measure_programs  # noqa: F401  (re-exported)
+from profiler.store import DB_NAME, ROUND_STATISTIC, ProfileStore, StoreError, profile_lock
 
 # Repeatability methodology: every configuration is timed in `rounds` full passes over the plan,
 # reshuffled per round, so its rounds are minutes apart and meet different moments of load or heat;
@@ -35,7 +40,15 @@ DRIFT_THRESHOLD = 0.10
 REFERENCE_LAYER = LayerSpec(op="conv", cin=64, cout=64, k=3, h=56, w=56, stride=1)
 ADAPTIVE_STEPS = 4
 ADAPTIVE_POOL_FACTOR = 8
-CRASHES_BEFORE_ERROR = 2
+#: Training programs `jcw profile` measures unless told otherwise (held-out and unseen ones come on
+#: top: a third as many each, at least 10); the Python API defaults to none.
+DEFAULT_PROGRAMS = 120
+#: Size limits, checked when the command line is parsed (and by ProfileParams): far above any useful
+#: profile (the default budget is 1600 layers, 5 rounds, 120 programs), low enough that a typo cannot
+#: plan a profile that would fill the memory or the disk.
+MAX_BUDGET = 100_000
+MAX_ROUNDS = 100
+MAX_PROGRAMS = program_session.MAX_PROGRAMS
 
 Progress = Callable[[int, int, dict[str, Any]], None]
 
@@ -60,6 +73,9 @@ class ProfileParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name, high in (("budget", MAX_BUDGET), ("threads", MAX_THREADS), ("rounds", MAX_ROUNDS)):
+            if getattr(self, name) > high:
+                raise ValueError(f"{name} must be at most {high}, got {getattr(self, name)}")
         if self.holdout > plans.HOLDOUT_POOL:
             raise ValueError(f"holdout must be at most {plans.HOLDOUT_POOL}, got {self.holdout}")
 
@@ -90,7 +106,8 @@ class ProfileSummary:
     rounds: int = 0
     measured: int = 0           # stored good results, all rounds
     failures: int = 0           # stored error results
-    new_results: int = 0        # results reported in this run
+    new_results: int = 0        # good results measured in this run
+    new_failures: int = 0       # error results stored in this run (the layer's own: see SystematicFailure)
     batches: int = 0
     drift_batches: int = 0
     requeued: int = 0
@@ -99,52 +116,25 @@ class ProfileSummary:
     timed_seconds: float = 0.0   # time inside timed kernel runs (runner timed_us)
     wall_seconds: float = 0.0
     samples: dict[str, int] = field(default_factory=dict)
+    threads: int = 1             # what layers and programs were measured with
+    runtime: str = program_session.RUNTIME
+    programs: int = 0            # whole programs planned
+    program_samples: dict[str, int] = field(default_factory=dict)
+    program_measured: int = 0    # stored good program results, all rounds
+    program_failures: int = 0    # stored program errors (host export or runner)
+    program_new_results: int = 0  # good program results measured in this run
+    program_new_failures: int = 0  # program errors stored in this run (host export or runner)
+    programs_exported: int = 0   # .pte files exported in this run
+    programs_note: str | None = None  # one sentence when programs could not be measured here
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-# ---- running plan lines, surviving runner crashes ----------------------------------------------
-def run_lines(device: Device, lines: list[dict[str, Any]], runner_args: Iterable[str] = (),
-              stats: ProfileSummary | None = None) -> Iterator[dict[str, Any]]:
-    """Yield one result per plan line (by id), re-running only unreported lines after a crash.
-
-    A line the runner dies on twice gets an error result instead of a third try; a runner
-    that dies on two different lines without ever reporting anything is broken, not the lines.
-    """
-    remaining = list(lines)
-    crashes: Counter[str] = Counter()
-    runner_args = [str(a) for a in runner_args]
-    reported_any = False
-    while remaining:
-        reported: set[str] = set()
-        reason = ""
-        batch = device.run_batch(remaining, runner_args)
-        try:
-            for result in batch:
-                reported.add(str(result.get("id")))
-                reported_any = True
-                yield result
-            crashed = len(reported) < len(remaining)
-            reason = "the runner stopped early"
-        except RunnerCrashed as exc:
-            crashed, reason = True, str(exc).rstrip(".")
-        finally:
-            close = getattr(batch, "close", None)
-            if close:
-                close()
-        remaining = [line for line in remaining if line["id"] not in reported]
-        if not crashed or not remaining:
-            return
-        if stats is not None:
-            stats.runner_crashes += 1
-        culprit = remaining[0]["id"]
-        crashes[culprit] += 1
-        if not reported_any and len(crashes) >= 2:
-            raise DeviceError(f"the runner on {device.address} fails before measuring anything: {reason}")
-        if crashes[culprit] >= CRASHES_BEFORE_ERROR:
-            yield {"id": culprit, "error": f"the runner crashed {crashes[culprit]} times on this line ({reason})"}
-            remaining = remaining[1:]
+    @property
+    def all_failed(self) -> bool:
+        """Whether this run stored results and every one of them is an error."""
+        return (self.new_failures + self.program_new_failures > 0
+                and self.new_results + self.program_new_results == 0)
 
 
 def _plan_line(row: dict[str, Any], line_id: str) -> dict[str, Any]:
@@ -160,15 +150,20 @@ class _Session:
         self.runner_args, self.progress, self.summary = runner_args, progress, summary
         self.batch_lines = FIRST_BATCH_LINES
         self.done = 0
+        self.program_total = 0  # work units of the program phase: one export and `rounds` results each
         self.plan_changed()
 
     def plan_changed(self) -> None:
         """Recount the work after the plan grew (counting per result would rescan the plan each time)."""
-        self.total = len(self.store.plan()) * self.params.rounds
+        self.total = len(self.store.plan()) * self.params.rounds + self.program_total
 
     def report(self, **info: Any) -> None:
         if self.progress is not None:
             self.progress(self.done, self.total, info)
+
+    def advance(self, units: int, **info: Any) -> None:
+        self.done += units
+        self.report(**info)
 
     def run_round(self, round_index: int) -> None:
         pending = self.store.pending(round_index)
@@ -193,6 +188,9 @@ class _Session:
         lines = ([{**reference, "id": "ref-start"}] + [_plan_line(row, i) for i, row in by_id.items()]
                  + [{**reference, "id": "ref-end"}])
         references = []
+        held: list[tuple[dict[str, Any], dict[str, Any]]] = []  # error results, stored once the batch ends
+        reference_errors: list[str] = []
+        measured_any = False
         started = time.monotonic()
         try:
             for result in run_lines(self.device, lines, self.runner_args, self.summary):
@@ -201,19 +199,38 @@ class _Session:
                     if result.get("error") is None:
                         self.store.record_reference(batch_number, result)
                         references.append(result[ROUND_STATISTIC])
+                        measured_any = True
+                    else:
+                        reference_errors.append(str(result["error"]))
                     continue
                 row = by_id.get(line_id)
                 if row is None:
                     continue
+                if result.get("error") is not None:
+                    held.append((row, result))
+                    continue
+                measured_any = True
                 self.store.record(row["config_id"], round_index, result, batch_number)
                 self.summary.new_results += 1
-                if result.get("error") is None:
-                    self.summary.timed_seconds += float(result.get("timed_us") or 0.0) / 1e6
+                self.summary.timed_seconds += float(result.get("timed_us") or 0.0) / 1e6
                 self.done += row["config_id"] not in already_counted
                 self.report(round=round_index, batch=batch_number)
         finally:
             elapsed = time.monotonic() - started
             self.summary.device_seconds += elapsed
+        if held or reference_errors:
+            messages = reference_errors + [str(result["error"]) for _, result in held]
+            if not measured_any and len(messages) >= 2:
+                # the reference layer, which always runs, failed too: the fault is not the layers'
+                raise SystematicFailure(
+                    f"every line of a batch failed on {self.device.address}, the reference layer too, so the "
+                    f"fault is not the layers' and the run stopped: {common_error(messages)}; those failures were "
+                    f"not stored, so rerunning once this is fixed measures them")
+            for row, result in held:  # the layers' own failures: final, like a measurement
+                self.store.record(row["config_id"], round_index, result, batch_number)
+                self.summary.new_failures += 1
+                self.done += row["config_id"] not in already_counted
+            self.report(round=round_index, batch=batch_number)
         self.summary.batches += 1
         self.batch_lines = max(2, min(MAX_BATCH_LINES, int(TARGET_BATCH_SECONDS * len(lines) / max(elapsed, 1e-3))))
         deviation = self._deviation(references, batch_number)
@@ -287,40 +304,89 @@ def adaptive_target(plan: plans.Plan, adaptive_layers: int) -> int:
 
 
 def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DEFAULT_BUDGET, seed: int = 0,
-            threads: int = 1, rounds: int = DEFAULT_ROUNDS, adaptive: bool = False, holdout: int | None = None,
-            runner_args: Iterable[str] = (), progress: Progress | None = None) -> ProfileSummary:
+            threads: int | None = 1, rounds: int = DEFAULT_ROUNDS, adaptive: bool = False,
+            holdout: int | None = None, programs: int = 0, runner_args: Iterable[str] = (),
+            progress: Progress | None = None) -> ProfileSummary:
     """Plan (or extend) and measure a profile in `out_dir`; resumable by calling it again.
 
     `device` is a Device or an address ("local", "usb:SERIAL", "tcp:HOST:PORT"). `budget` counts
     training layers (each conv measured dense and sparse, each dwconv dense); a held-out set of
     real-network layers (sample "holdout") is measured too. With `adaptive`, the second half of
     the budget is chosen by the `jcw.acquisition` plug-in. `holdout` overrides the held-out set's
-    size (default max(50, budget // 5) layers; 0 for none).
+    size (default max(50, budget // 5) layers; 0 for none). After the layers, `programs` whole
+    training programs (plus program_session.program_counts' held-out and unseen ones) are exported
+    on the host and timed as .pte files in the same rounds; 0 skips them (`jcw profile` defaults to
+    DEFAULT_PROGRAMS). `threads` None means ExecuTorch's default on the device (a rerun keeps the
+    profile's own count); layers and programs are measured at that count.
     """
     if isinstance(device, str):
         with open_device(device) as opened:
             return profile(opened, out_dir, budget=budget, seed=seed, threads=threads, rounds=rounds,
-                           adaptive=adaptive, holdout=holdout, runner_args=runner_args, progress=progress)
-    params = ProfileParams(budget=budget, seed=seed, threads=threads, rounds=rounds, adaptive=adaptive,
-                           holdout=holdout)
+                           adaptive=adaptive, holdout=holdout, programs=programs, runner_args=runner_args,
+                           progress=progress)
+    params = ProfileParams(budget=budget, seed=seed, threads=1 if threads is None else threads, rounds=rounds,
+                           adaptive=adaptive, holdout=holdout)
+    if isinstance(programs, bool) or not isinstance(programs, int) or programs < 0:
+        raise ValueError(f"programs must be an integer >= 0, got {programs!r}")
+    if programs > MAX_PROGRAMS:
+        raise ValueError(f"programs must be at most {MAX_PROGRAMS}, got {programs}")
     out_dir = Path(out_dir)
     chooser = acquisition.load_chooser() if adaptive else None
+    with profile_lock(out_dir):  # a second `jcw profile` into the same directory is refused, naming this one
+        return _profile_locked(device, out_dir, params, threads=threads, budget=budget, seed=seed, rounds=rounds,
+                               adaptive=adaptive, programs=programs, runner_args=runner_args, progress=progress,
+                               chooser=chooser)
+
+
+def check_profile_dir(out_dir: str | Path) -> None:
+    """Before connecting to a device: a profile already in `out_dir` opens for writing and is sound
+    (StoreDamaged, StoreNotWritable: one sentence); nothing is written."""
+    if (Path(out_dir) / DB_NAME).exists():
+        with ProfileStore(out_dir, create=True):
+            pass
+
+
+def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, threads: int | None, budget: int,
+                    seed: int, rounds: int, adaptive: bool, programs: int, runner_args: Iterable[str],
+                    progress: Progress | None, chooser: Any) -> ProfileSummary:
     started = time.monotonic()
     summary = ProfileSummary(out_dir=str(out_dir), rounds=rounds)
     with ProfileStore(out_dir, create=True) as store:
-        params = params.merge(store.get_meta("plan_params"), out_dir)
+        stored = store.get_meta("plan_params")
+        header, unavailable = program_session.program_runner_header(device)
+        if threads is None:
+            threads = stored["threads"] if stored else program_session.default_threads(device, header)
+            params = replace(params, threads=threads)
+        params = params.merge(stored, out_dir)
         _check_device(store, device)
+        _check_programs(store, header, programs, out_dir)
         base_budget = budget - budget // 2 if adaptive else budget
         plan = plans.make_plan(base_budget, seed, holdout=params.holdout)
         store.add_plan(plan.configurations(threads))
         store.set_meta("plan_params", asdict(params))
+        store.set_meta("threads", threads)
+        store.set_meta("runtime", program_session.RUNTIME)
+        summary.threads = threads
         session = _Session(device, store, params, list(runner_args), progress, summary)
+        phase = program_session.ProgramPhase(device, store, threads=threads, rounds=rounds, seed=seed,
+                                             runner_args=program_session.shared_runner_args(runner_args),
+                                             summary=summary,
+                                             report=session.advance)
         session.done = sum(len(store.plan()) - len(store.pending(r)) for r in range(rounds))
+        if programs and header is not None:
+            summary.programs_note = program_session.plan_programs(phase, programs)
+            program_done, session.program_total = phase.work_done()
+            session.done += program_done
+            session.plan_changed()
+        elif programs:
+            summary.programs_note = unavailable
         session.report(phase="start")
         try:
             session.run_all_rounds()
             if chooser is not None:
                 session.adapt(chooser, adaptive_target(plan, budget // 2))
+            if programs and header is not None and summary.programs_note is None:
+                summary.programs_note = program_session.run_program_phase(phase)
         except DeviceDisconnected as exc:
             raise DeviceDisconnected(
                 f"{str(exc).rstrip('.')}; everything measured so far is saved in {out_dir}, rerun the same "
@@ -331,12 +397,40 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
     return summary
 
 
+def _check_programs(store: ProfileStore, header: dict[str, Any] | None, programs: int, out_dir: Path) -> None:
+    """Record the .pte runner's header and the program counts; refuse a rerun that would mix ExecuTorch
+    versions or lower --programs."""
+    if header is not None:
+        old = store.get_meta("program_runner")
+        if old is not None and old.get("executorch") != header.get("executorch"):
+            raise ProfileParamsError(
+                f"profile {out_dir} timed its programs with ExecuTorch {old.get('executorch')}, this runner has "
+                f"{header.get('executorch')}; choose another --out")
+        if old is None:
+            store.set_meta("program_runner", header)
+    if programs:
+        stored = (store.get_meta("program_params") or {}).get("programs", 0)
+        if programs < stored:
+            raise ProfileParamsError(
+                f"profile {out_dir} was planned with --programs {stored} and a rerun may raise it but not lower it "
+                f"(you asked for {programs}; --programs 0 skips them); rerun with the same value to resume or "
+                f"extend it, or choose another --out")
+        train, held, unseen = program_session.program_counts(programs)
+        store.set_meta("program_params", {"programs": train, "holdout": held, "unseen": unseen})
+
+
 def _fill_counts(store: ProfileStore, summary: ProfileSummary) -> None:
     rows = store.rounds()
     summary.configurations = len(store.plan())
     summary.failures = sum(1 for r in rows if r["error"] is not None)
     summary.measured = len(rows) - summary.failures
     summary.samples = dict(Counter(r["sample"] for r in store.plan()))
+    program_rows = store.program_rounds()
+    planned = store.programs()
+    summary.programs = len(planned)
+    summary.program_samples = dict(Counter(r["sample"] for r in planned))
+    summary.program_failures = sum(1 for r in program_rows if r["error"] is not None)
+    summary.program_measured = len(program_rows) - summary.program_failures
 
 
 # ---- measuring given layers --------------------------------------------------------------------

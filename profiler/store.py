@@ -1,20 +1,34 @@
 """The profile store: one SQLite database (WAL) per profile directory.
 
-Owns the planned configurations, every measured round (committed as it streams in, so
-Ctrl-C or a dead runner loses nothing reported), device facts, runner header, drift
-reference timings, the per-configuration aggregate the predictor trains on, and CSV export.
+Owns the planned configurations and whole programs, every measured round (committed as it streams
+in, so Ctrl-C or a dead runner loses nothing reported), device facts, runner headers, drift
+reference timings, the per-configuration and per-program aggregates the predictor trains on, CSV export,
+and the profile lock (`profile_lock`: one `jcw profile` per directory at a time).
+
+Every SQLite failure reaches the caller as one StoreError sentence: StoreDamaged (the file is not a
+sound profile database: what to do), StoreNotWritable (the file or its directory cannot be created or
+written: permissions, a read-only file system, a full disk) or StoreBusy. A store opened with
+`readonly=True` (URI mode=ro) never writes, so a profile on a read-only medium can be trained from.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
+import functools
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import statistics
 import time
+import urllib.parse
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
+from profiler import programs
 from profiler.layerspec import SPEC_FIELDS, LayerSpec
 
 SCHEMA_VERSION = 1
@@ -49,11 +63,70 @@ CREATE TABLE IF NOT EXISTS reference (
 CREATE TABLE IF NOT EXISTS drift (
     batch INTEGER PRIMARY KEY, deviation REAL, flagged_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS program (
+    program_id TEXT PRIMARY KEY, name TEXT NOT NULL, family TEXT NOT NULL, sample TEXT NOT NULL,
+    threads INTEGER NOT NULL, spec TEXT NOT NULL, partitions INTEGER, undelegated_ops TEXT,
+    position INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS program_measurement (
+    program_id TEXT NOT NULL REFERENCES program(program_id),
+    round INTEGER NOT NULL,
+    us_min REAL, us_median REAL, us_mean REAL, us_std REAL, reps INTEGER, timed_us REAL, error TEXT,
+    batch INTEGER NOT NULL, measured_at REAL NOT NULL,
+    PRIMARY KEY (program_id, round)
+);
 """
+#: Program samples: trained on, held out (families seen in training), and unseen families.
+PROGRAM_SAMPLES = ("train", "holdout", "unseen")
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+LOCK_NAME = "profile.lock"
+BUSY_TIMEOUT_S = 30.0
+#: Tables every jcw profile has had since the first schema; the later ones are added when missing.
+_CORE_TABLES = ("meta", "plan", "measurement")
+_WHAT_TO_DO = ("jcw has left it as it is: restore it from a backup, or move it aside and run `jcw profile` "
+               "again to measure anew")
 
 
 class StoreError(Exception):
     """The profile directory is missing, unreadable or of another schema; one sentence."""
+
+
+class StoreDamaged(StoreError):
+    """The profile database is damaged (or not a profile database at all): what to do, in one sentence."""
+
+
+class StoreNotWritable(StoreError):
+    """The profile (its directory, database or side files) cannot be created or written here."""
+
+
+class StoreBusy(StoreError):
+    """Another process held the database's write lock for longer than BUSY_TIMEOUT_S."""
+
+
+class ProfileLocked(StoreError):
+    """Another `jcw profile` is measuring into the same directory; names its PID and host."""
+
+
+def _reason(exc: OSError) -> str:
+    from profiler.cliargs import os_error_reason  # the shared phrasing of OSErrors
+    return os_error_reason(exc)
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every SQLite error (and a damaged stored value) of a store method into one StoreError."""
+    @functools.wraps(method)
+    def guarded(self: "ProfileStore", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise  # a bug (a closed store, a bad query), not the file's fault
+        except sqlite3.Error as exc:
+            raise self._sqlite_error(exc) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreDamaged(self._damaged(f"a stored value is unreadable: {exc}")) from None
+    return guarded
 
 
 def config_id(spec: LayerSpec, impl: str, threads: int) -> str:
@@ -64,32 +137,219 @@ def config_id(spec: LayerSpec, impl: str, threads: int) -> str:
 class ProfileStore:
     """A profile directory. Use as a context manager; every write commits at once."""
 
-    def __init__(self, directory: str | Path, *, create: bool = False) -> None:
+    def __init__(self, directory: str | Path, *, create: bool = False, readonly: bool = False) -> None:
+        """Open the profile in `directory`.
+
+        create: make the directory and an empty profile when there is none (`jcw profile`).
+        readonly: open with SQLite's URI mode=ro (immutable=1 when even the side files cannot be made, as
+        on a read-only medium): nothing is ever written, every write raises StoreNotWritable.
+        Without either, the store is opened for reading and writing when the files allow it and read-only
+        otherwise, so a profile that cannot be written still reads. A damaged database is refused at once
+        (StoreDamaged) before anything is written to it.
+        """
+        if create and readonly:
+            raise ValueError("a store cannot be created read-only")
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
-        if not self.path.exists():
-            if not create:
-                raise StoreError(f"no profile at {self.directory} (expected {self.path}); run `jcw profile` first")
+        self.readonly = readonly
+        self._db: sqlite3.Connection | None = None
+        if not self._inspect_file(create):
+            self._create_database()
+        if readonly:
+            self._db = self._connect_readonly()
+        else:
             try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create profile directory {self.directory}: {exc.strerror or exc}") from None
+                self._db = self._connect_readwrite()
+            except StoreNotWritable:
+                if create:
+                    raise
+                self._db, self.readonly = self._connect_readonly(), True
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a readable profile database ({exc})") from None
+            self._check_schema()
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- opening -----------------------------------------------------------------------
+    def _damaged(self, reason: str) -> str:
+        return f"{self.path} is not a readable profile database: it is damaged ({reason.rstrip('.')}); {_WHAT_TO_DO}"
+
+    def _sqlite_error(self, exc: sqlite3.Error) -> StoreError:
+        """The one sentence for an SQLite error: damaged, cannot write here, or busy."""
+        text = str(exc) or type(exc).__name__
+        low = text.lower()
+        if isinstance(exc, sqlite3.OperationalError):
+            if "locked" in low or "busy" in low:
+                return StoreBusy(f"profile {self.directory} stayed locked by another process for more than "
+                                 f"{BUSY_TIMEOUT_S:g} s ({text}); try again once it is done")
+            if "readonly" in low or "read-only" in low:
+                return StoreNotWritable(f"cannot write the profile {self.directory}: it is read-only here (file "
+                                        f"permissions or a read-only file system); reading it still works")
+            if "unable to open" in low:
+                return StoreNotWritable(f"cannot open the profile database {self.path} for writing: its directory "
+                                        f"does not let SQLite create its side files (-wal, -shm); check the "
+                                        f"permissions or copy the profile somewhere writable")
+            if "disk is full" in low or "full" in low and "database" in low:
+                return StoreNotWritable(f"cannot write the profile {self.directory}: no space left on the device; "
+                                        f"free some space and rerun (everything stored so far is kept)")
+            if "i/o error" in low:
+                return StoreNotWritable(f"cannot read or write the profile {self.directory}: the disk reported an "
+                                        f"input/output error ({text}); check the disk, then restore the profile "
+                                        f"from a backup if it was damaged")
+            if "no such table" in low or "no such column" in low or "has no column" in low:
+                return StoreDamaged(self._damaged(f"it lacks jcw's tables: {text}"))
+        return StoreDamaged(self._damaged(text))
+
+    def _inspect_file(self, create: bool) -> bool:
+        """Whether the database file exists (and starts like an SQLite database); StoreError otherwise."""
+        try:
+            info = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            if not create:
+                raise StoreError(f"no profile at {self.directory} (expected {self.path}); "
+                                 f"run `jcw profile` first") from None
+            return False
+        except OSError as exc:
+            raise StoreError(f"cannot read the profile {self.directory}: {_reason(exc)}") from None
+        if not os.path.isfile(self.path):
+            raise StoreError(f"{self.path} is not a file, so {self.directory} is not a profile directory")
+        if info.st_size == 0:
+            raise StoreDamaged(self._damaged("the file is empty, 0 bytes, as an interrupted copy or a full disk "
+                                             "leaves it"))
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise StoreError(f"cannot read the profile database {self.path}: {_reason(exc)}") from None
+        if head != SQLITE_HEADER:
+            raise StoreDamaged(self._damaged("file is not a database: it lacks the SQLite header"))
+        return True
+
+    def _create_database(self) -> None:
+        """Create the directory and the database, initialised in a temporary file and then linked into
+        place, so a crash never leaves a half-made (or 0-byte) profile.sqlite behind."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreNotWritable(f"cannot create profile directory {self.directory}: {_reason(exc)}") from None
+        temp = self.directory / f".{DB_NAME}.{os.getpid()}.tmp"
+        try:
+            db = sqlite3.connect(temp)
+            try:
+                db.executescript(_SCHEMA)
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                           (json.dumps(SCHEMA_VERSION),))
+                db.commit()
+                db.execute("PRAGMA journal_mode=WAL")
+            finally:
+                db.close()
+            try:
+                os.link(temp, self.path)
+            except FileExistsError:
+                pass  # another process made it first: open theirs
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                if not self.path.exists():  # a file system without hard links
+                    os.replace(temp, self.path)
+        except sqlite3.Error as exc:
+            raise StoreNotWritable(f"cannot create the profile database in {self.directory}: {exc}") from None
+        except OSError as exc:
+            raise StoreNotWritable(f"cannot create the profile database in {self.directory}: "
+                                   f"{_reason(exc)}") from None
+        finally:
+            for leftover in (temp, *(temp.with_name(temp.name + s) for s in ("-journal", "-wal", "-shm"))):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+
+    def _uri(self, **params: str) -> str:
+        return f"file:{urllib.parse.quote(str(self.path.absolute()))}?{urllib.parse.urlencode(params)}"
+
+    def _quick_check(self, db: sqlite3.Connection) -> None:
+        """StoreDamaged unless SQLite's structural check passes (linear in the file, milliseconds)."""
+        try:
+            rows = db.execute("PRAGMA quick_check(1)").fetchall()
+        except sqlite3.Error as exc:
+            raise self._sqlite_error(exc) from None
+        if not rows or rows[0][0] != "ok":
+            detail = " ".join(str(rows[0][0]).replace("*** in database main ***", "").split()) if rows \
+                else "no answer from the check"
+            raise StoreDamaged(self._damaged(detail))
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        db = None
+        try:
+            db = sqlite3.connect(self._uri(mode="ro"), uri=True, timeout=BUSY_TIMEOUT_S)
+            self._quick_check(db)
+            return db
+        except StoreNotWritable:
+            # mode=ro still needs the WAL side files; a read-only directory without them is read as immutable
+            if db is not None:
+                db.close()
+            db = sqlite3.connect(self._uri(mode="ro", immutable="1"), uri=True, timeout=BUSY_TIMEOUT_S)
+            try:
+                self._quick_check(db)
+            except BaseException:
+                db.close()
+                raise
+            return db
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+
+    def _connect_readwrite(self) -> sqlite3.Connection:
+        try:
+            os.close(os.open(self.path, os.O_RDWR))  # SQLite would quietly open a write-protected file read-only
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY):
+                raise StoreNotWritable(f"cannot write the profile {self.directory}: {_reason(exc)}") from None
+            raise StoreError(f"cannot open the profile database {self.path}: {_reason(exc)}") from None
+        db = sqlite3.connect(self._uri(mode="rw"), uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            self._quick_check(db)  # before the first write: a damaged file is left exactly as it is
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "plan" not in tables and "meta" not in tables:
+                raise StoreDamaged(self._damaged(f"it is an SQLite database but not a jcw profile (its tables: "
+                                                 f"{', '.join(sorted(tables)[:5])})"))
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            db.close()
+            raise self._sqlite_error(exc) from None
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @_guarded
+    def _check_schema(self) -> None:
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if self.readonly:
+            missing_core = [t for t in _CORE_TABLES if t not in tables]
+            if missing_core:
+                raise StoreDamaged(self._damaged(f"it is an SQLite database but not a jcw profile (no "
+                                                 f"{', '.join(missing_core)} table)"))
+            # tables added since (programs, drift, ...) read as empty, in memory: the file is not touched
+            for statement in _SCHEMA.split(";"):
+                words = statement.split()
+                if len(words) > 5 and words[5] not in tables:
+                    self._db.execute(statement.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1)
+                                     .replace(" REFERENCES plan(config_id)", "")
+                                     .replace(" REFERENCES program(program_id)", ""))
         version = self.get_meta("schema_version")
-        if version is None:
+        if version is None and not self.readonly:
             self.set_meta("schema_version", SCHEMA_VERSION)
-        elif version != SCHEMA_VERSION:
+        elif version is not None and version != SCHEMA_VERSION:
             raise StoreError(f"profile {self.directory} has schema version {version}; this jcw reads {SCHEMA_VERSION}")
 
     # ---- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
 
     def __enter__(self) -> "ProfileStore":
         return self
@@ -169,9 +429,8 @@ class ProfileStore:
         return self._rows("SELECT * FROM reference ORDER BY measured_at")
 
     def next_batch_number(self) -> int:
-        row = self._db.execute("SELECT COALESCE(MAX(batch), -1) + 1 FROM measurement").fetchone()
-        ref = self._db.execute("SELECT COALESCE(MAX(batch), -1) + 1 FROM reference").fetchone()
-        return max(row[0], ref[0])
+        return max(self._db.execute(f"SELECT COALESCE(MAX(batch), -1) + 1 FROM {table}").fetchone()[0]
+                   for table in ("measurement", "reference", "program_measurement"))
 
     def rounds(self) -> list[dict[str, Any]]:
         """Every stored round joined with its configuration, in measurement order."""
@@ -218,11 +477,104 @@ class ProfileStore:
         return [r for r in self.rounds() if r["error"] is not None]
 
     def fingerprint(self) -> str:
-        """SHA-256 of the aggregated measurements: identifies the data a predictor was trained on."""
+        """SHA-256 of the aggregated measurements, layers and programs: identifies the data a predictor
+        was trained on (a profile without programs keeps the fingerprint it always had)."""
         digest = hashlib.sha256()
         for row in sorted(self.measurements(), key=lambda r: r["config_id"]):
             digest.update(f"{row['config_id']}={row['latency_us']:.6g};".encode())
+        for row in sorted(self.program_measurements(), key=lambda r: r["program_id"]):
+            digest.update(f"program:{row['program_id']}:{row['sample']}={row['latency_us']:.6g};".encode())
         return digest.hexdigest()
+
+    # ---- whole programs (program specs, profiler/programs.py) ----------------------------
+    def add_programs(self, entries: Iterable[tuple[dict[str, Any], str, int]]) -> int:
+        """Add (program spec, sample, threads) entries; known programs are kept as they are.
+
+        The spec is validated and stored as canonical JSON; its id is programs.program_id(spec, threads).
+        Returns how many were new.
+        """
+        start = self._db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM program").fetchone()[0]
+        rows = []
+        for offset, (spec, sample, threads) in enumerate(entries):
+            if sample not in PROGRAM_SAMPLES:
+                raise ValueError(f"program sample must be one of {', '.join(PROGRAM_SAMPLES)}, got {sample!r}")
+            spec = programs.validate(spec)
+            rows.append((programs.program_id(spec, int(threads)), spec["name"], spec["family"], sample,
+                         int(threads), programs.canonical_json(spec), start + offset))
+        with self._db:
+            before = self._db.total_changes
+            self._db.executemany("INSERT OR IGNORE INTO program(program_id, name, family, sample, threads, spec,"
+                                 " position) VALUES (?,?,?,?,?,?,?)", rows)
+            return self._db.total_changes - before
+
+    def programs(self, sample: str | None = None) -> list[dict[str, Any]]:
+        """Planned programs in plan order ("spec" as a dict, "undelegated_ops" as a list or None)."""
+        query = "SELECT * FROM program" + (" WHERE sample = ?" if sample else "") + " ORDER BY position"
+        return [_program_row(r) for r in self._rows(query, (sample,) if sample else ())]
+
+    def set_program_export(self, program_id: str, partitions: int | None,
+                           undelegated_ops: list[str] | None = None) -> None:
+        """What the host export of a program reported: XNNPACK partitions and operators left undelegated."""
+        with self._db:
+            self._db.execute("UPDATE program SET partitions = ?, undelegated_ops = ? WHERE program_id = ?",
+                             (partitions, None if undelegated_ops is None else json.dumps(list(undelegated_ops)),
+                              program_id))
+
+    def pending_programs(self, round_index: int) -> list[dict[str, Any]]:
+        """Planned programs that have no result (measurement or error) for this round."""
+        return [_program_row(r) for r in self._rows(
+            "SELECT p.* FROM program p WHERE NOT EXISTS (SELECT 1 FROM program_measurement m"
+            " WHERE m.program_id = p.program_id AND m.round = ?) ORDER BY p.position", (round_index,))]
+
+    def record_program(self, program_id: str, round_index: int, result: dict[str, Any], batch: int) -> None:
+        """Store one .pte runner result (a measurement or an error) for one round; commits at once."""
+        values = [result.get(f) for f in ("us_min", "us_median", "us_mean", "us_std", "reps", "timed_us")]
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO program_measurement(program_id, round, us_min, us_median, us_mean, us_std,"
+                " reps, timed_us, error, batch, measured_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (program_id, round_index, *values, result.get("error"), batch, time.time()))
+
+    def program_rounds(self) -> list[dict[str, Any]]:
+        """Every stored program round joined with its program, in measurement order."""
+        return [_program_row(r) for r in self._rows(
+            "SELECT p.*, m.round, m.us_min, m.us_median, m.us_mean, m.us_std, m.reps, m.timed_us, m.error, m.batch,"
+            " m.measured_at FROM program_measurement m JOIN program p USING (program_id) ORDER BY m.measured_at")]
+
+    def program_measurements(self, sample: str | None = None) -> list[dict[str, Any]]:
+        """One row per program with at least one good round, in plan order.
+
+        `latency_us` is the fastest round's us_min (ROUND_STATISTIC aggregated by ROUND_AGGREGATE, as
+        for layers), `us_median` the median over rounds of each round's us_median, `rounds` the
+        rounds used, `round_latencies` every good round's us_min in round order, `spread` their
+        (max - min) / median.
+        """
+        by_program: dict[str, dict[str, Any]] = {}
+        for row in self.program_rounds():
+            if row["error"] is not None or row[ROUND_STATISTIC] is None:
+                continue
+            if sample is not None and row["sample"] != sample:
+                continue
+            entry = by_program.setdefault(row["program_id"], {**{k: row[k] for k in (
+                "program_id", "name", "family", "sample", "threads", "spec", "partitions", "undelegated_ops",
+                "position")}, "_rounds": []})
+            entry["_rounds"].append((row["round"], row[ROUND_STATISTIC], row["us_median"]))
+        out = []
+        for entry in sorted(by_program.values(), key=lambda e: e["position"]):
+            rounds = sorted(entry.pop("_rounds"))
+            del entry["position"]
+            values = [v for _, v, _ in rounds]
+            middle = statistics.median(values)
+            medians = [m for _, _, m in rounds if m is not None]
+            entry.update(latency_us=_AGGREGATES[ROUND_AGGREGATE](values),
+                         us_median=statistics.median(medians) if medians else None, rounds=len(values),
+                         round_latencies=values, spread=(max(values) - min(values)) / middle if middle > 0 else 0.0)
+            out.append(entry)
+        return out
+
+    def program_errors(self) -> list[dict[str, Any]]:
+        """Program rounds the runner (or the host export) reported an error for, like errors() for layers."""
+        return [r for r in self.program_rounds() if r["error"] is not None]
 
     def export_csv(self, path: str | Path) -> int:
         """Write every round (errors included) as CSV; returns the number of rows."""
@@ -239,3 +591,122 @@ class ProfileStore:
         cursor = self._db.execute(query, args)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+for _name, _method in list(vars(ProfileStore).items()):
+    if callable(_method) and (not _name.startswith("_") or _name == "_rows") and _name != "close":
+        setattr(ProfileStore, _name, _guarded(_method))
+del _name, _method
+
+
+# ---- one `jcw profile` per directory -------------------------------------------------------------
+_HELD: dict[str, list[Any]] = {}  # resolved directory -> [fd, depth]: the lock is re-entrant in a process
+
+
+def lock_holder(directory: str | Path) -> dict[str, Any] | None:
+    """What the lock file of a profile directory says about its holder (pid, host, started), if anything."""
+    try:
+        text = (Path(directory) / LOCK_NAME).read_text(encoding="utf-8")
+        holder = json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _holder_words(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another process"
+    started = holder.get("started")
+    when = (f", started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}"
+            if isinstance(started, (int, float)) else "")
+    return f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}{when}"
+
+
+@contextlib.contextmanager
+def profile_lock(directory: str | Path) -> Iterator[Path]:
+    """Hold the profile lock of `directory` (created if needed) while the block runs.
+
+    The lock is an fcntl.flock on `<directory>/profile.lock`, which also records the holder's PID and
+    host: the kernel drops it when the holder exits, however it ends, so a crashed run never leaves a
+    stale lock. A second holder is refused at once with ProfileLocked naming the first one's PID and
+    host. Re-entrant within a process. Directories this call created are removed again on the way out
+    when nothing else was written into them.
+    """
+    directory = Path(directory)
+    key = os.path.realpath(directory)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield directory
+        finally:
+            _HELD[key][1] -= 1
+        return
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreNotWritable(f"cannot create profile directory {directory}: {_reason(exc)}") from None
+    path = directory / LOCK_NAME
+    try:
+        fd = _acquire(path, directory)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    _HELD[key] = [fd, 1]
+    try:
+        yield directory
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still holding it; a waiter re-checks the inode it locked
+        os.close(fd)
+        _remove_empty(created)
+
+
+def _acquire(path: Path, directory: Path) -> int:
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreNotWritable(f"cannot write in profile directory {directory}: {_reason(exc)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ProfileLocked(
+                f"profile {directory} is being measured by another `jcw profile` ({_holder_words(lock_holder(directory))}); "
+                f"wait for it to finish or stop it, or choose another --out") from None
+        except OSError as exc:
+            os.close(fd)
+            raise StoreNotWritable(f"cannot lock profile directory {directory}: {_reason(exc)}") from None
+        try:
+            mine, there = os.fstat(fd), os.stat(path)
+            same = (mine.st_ino, mine.st_dev) == (there.st_ino, there.st_dev)
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file as we opened it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.time()}).encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise StoreNotWritable(f"cannot write in profile directory {directory}: {_reason(exc)}") from None
+    return fd
+
+
+def _remove_empty(created: list[Path]) -> None:
+    for directory in created:  # deepest first
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+def _program_row(row: dict[str, Any]) -> dict[str, Any]:
+    row["spec"] = json.loads(row["spec"])
+    if row.get("undelegated_ops") is not None:
+        row["undelegated_ops"] = json.loads(row["undelegated_ops"])
+    return row

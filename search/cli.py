@@ -3,28 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import math
+import signal
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
+
+from profiler.cliargs import check_output_dir, check_output_file, os_error_reason, short_path
 
 from .errors import SearchError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "search", help="search per-layer channel width x weight density against a latency predictor",
+        "search", help="search per-layer channel width (x weight density) against a latency predictor",
         description="Multi-objective evolutionary search (NSGA-II with JCW's target-wise selection) over "
-                    "per-layer channel width and weight density; latency from a trained predictor, accuracy "
-                    "from an estimator. Writes front.json, front.png, budgets.json and run.json to --out.")
+                    "per-layer channel width (and, with --runtime sparse, weight density); latency from a trained "
+                    "predictor for one runtime, accuracy from an estimator. Writes front.json, front.png, "
+                    "budgets.json, programs.jsonl and run.json to --out.")
     p.add_argument("--predictor", required=True, help="predictor directory written by `jcw train`")
     p.add_argument("--model", required=True,
                    help="zoo model (resnet18, resnet50, mobilenetv1, mobilenetv2, digits) or module:function "
                         "returning a torch.nn.Module")
-    p.add_argument("--input-shape", help="example input shape N,C,H,W (required for module:function)")
+    p.add_argument("--input-shape", help="example input shape N,C,H,W (required for module:function; at most "
+                                         "256 MB of float32, e.g. 1,3,224,224)")
+    p.add_argument("--runtime", default="executorch", choices=("executorch", "sparse"),
+                   help="what the latency objective is: executorch (default) = the whole exported .pte as "
+                        "ExecuTorch runs it, every layer dense, so the genome is per-group width only; sparse = "
+                        "per layer the faster of dense and sparse kernels, summed, with per-layer density genes, "
+                        "for the sparse network engine (not built yet: the exported .pte still runs dense)")
     p.add_argument("--budgets", default="", help="comma-separated latency budgets in ms for the summary table")
-    p.add_argument("--pop", type=int, default=64, help="population size (default 64, as in JCW)")
+    p.add_argument("--pop", type=int, default=64,
+                   help="population size (default 64, as in JCW; at most what fits the search's 2 GB memory cap, "
+                        "about 9000)")
     p.add_argument("--gens", type=int, default=128, help="generations (default 128, as in JCW)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the search (same seed, same front)")
     p.add_argument("--accuracy", default="proxy",
@@ -41,16 +57,24 @@ def register(subparsers) -> None:
     p.set_defaults(handler=search_command)
 
     e = subparsers.add_parser(
-        "export", help="export one candidate of a search run to an ExecuTorch .pte and time it",
+        "export", help="export one candidate of a search run to an ExecuTorch .pte and measure it on the device",
         description="Rebuild the most accurate candidate within --pick ms as a pruned torch model, check it "
-                    "against its layer specs, save it with pruning masks (.pruned.pt) and its layers "
-                    "(.layers.jsonl), export it with the XNNPACK partitioner and time it with executorch.runtime.")
+                    "against its layer specs, save it with pruning masks (.pruned.pt), its layers (.layers.jsonl) "
+                    "and its program spec (.program.json), export it with the XNNPACK partitioner, check the "
+                    ".pte's output, and measure it on the predictor's device with the native ExecuTorch runner at "
+                    "the predictor's thread count: measured against predicted, both latency_ms = us_min of the "
+                    "fastest round. The report is also written to .export.json.")
     e.add_argument("--run", required=True, help="run directory written by `jcw search`")
     e.add_argument("--pick", type=float, required=True, help="latency budget in ms; the best candidate within it")
     e.add_argument("--out", required=True, help="output .pte path")
-    e.add_argument("--reps", type=int, default=20, help="timed runs of the .pte (default 20)")
+    e.add_argument("--device", help="where to measure the .pte: local, <usb serial>, tcp:HOST:PORT, or host "
+                                    "(this machine through executorch.runtime in Python, a fallback); default: "
+                                    "the predictor's device recorded in the run")
+    e.add_argument("--rounds", type=int, default=1, help="timing rounds on the device; the fastest counts (default 1)")
+    e.add_argument("--reps", type=int, default=20, help="timed runs with --device host (default 20)")
+    e.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a table")
     e.add_argument("--compare-unpruned", action="store_true",
-                   help="also export and time the unpruned network: measured against predicted speed-up")
+                   help="also export and measure the unpruned network: measured against predicted speed-up")
     e.add_argument("--model", metavar="MODULE:FUNCTION",
                    help="for a run of your own module:function model: name it again to confirm you trust the "
                         "code the run directory points at (it is imported to rebuild the model)")
@@ -115,11 +139,10 @@ def _accuracy(kind: str, model_name: str, model, space, seed: int, run_dir: Path
 def search_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from . import zoo
-    from .run import (SearchSettings, best_per_budget, build_space, candidates, references, run_search,
-                      settings_to_json, write_run)
+    from .run import (SearchInterrupted, SearchSettings, build_space, candidates, check_input_shape,
+                      program_records, references, run_meta, run_search, settings_to_json)
     console = Console(stderr=True)
     budgets = _budgets(args.budgets)
     if args.max_latency is not None and not (math.isfinite(args.max_latency) and args.max_latency > 0):
@@ -128,7 +151,7 @@ def search_command(args: argparse.Namespace) -> int:
         raise SearchError(f"--min-latency must be >= 0 and below --max-latency, got {args.min_latency}")
     shape = zoo.parse_shape(args.input_shape) if args.input_shape else None
     settings = SearchSettings(pop=args.pop, gens=args.gens, seed=args.seed, budgets=budgets,
-                              bounds=_bounds(args.bound),
+                              bounds=_bounds(args.bound), runtime=args.runtime,
                               latency_range=None if args.max_latency is None and not args.min_latency
                               else (args.min_latency, args.max_latency))
     if ":" not in args.model and args.model not in zoo.ZOO:
@@ -140,64 +163,176 @@ def search_command(args: argparse.Namespace) -> int:
     if args.accuracy == "digits" and args.model != "digits":
         raise SearchError("--accuracy digits needs --model digits")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise SearchError(f"--out {out} exists and is not a directory")
+    check_output_dir(out, "--out")  # before the search, not after it: a run that cannot be written is not run
+    if shape is not None:
+        check_input_shape(shape)
     latency_predictor = _load_predictor(args.predictor)
     model, shape = zoo.resolve(args.model, shape)
-    space = build_space(model, shape, settings)
-    try:  # before the search, not after it: a run that cannot be written should not be run
+    space = build_space(model, shape, settings, args.model)
+    if settings.runtime == "executorch":
+        space.program  # noqa: B018  (an operator no program spec can express is said before any work)
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SearchError(f"cannot create run directory {out}: {exc.strerror or exc}") from None
-    accuracy, model = _accuracy(args.accuracy, args.model, model, space, args.seed, out)
+        raise SearchError(f"cannot create run directory {out}: {os_error_reason(exc)}") from None
+    try:
+        accuracy, model = _accuracy(args.accuracy, args.model, model, space, args.seed, out)
 
-    with Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("gens", total=settings.gens, info="")
+        with Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                      TimeElapsedColumn(), console=console, transient=False) as progress:
+            task = progress.add_task("gens", total=settings.gens, info="")
 
-        def tick(gen, result):
-            front = result.front
-            info = f"front {len(front)}, {result.F[front, 0].min():.3g}-{result.F[front, 0].max():.3g} ms" \
-                if len(front) else "no feasible candidate yet"
-            progress.update(task, completed=gen, info=info)
+            def tick(gen, result):
+                front = result.front
+                info = f"front {len(front)}, {result.F[front, 0].min():.3g}-{result.F[front, 0].max():.3g} ms" \
+                    if len(front) else "no feasible candidate yet"
+                progress.update(task, completed=gen, info=info)
 
-        try:
-            result, latency, seconds = run_search(space, latency_predictor, accuracy, settings, tick)
-        except BaseException:  # the error sentence should stand alone, not under a half-filled bar
-            progress.live.transient = True
-            if not console.is_terminal:
-                console.file = io.StringIO()
-            raise
-    front = candidates(space, latency, accuracy, result.X[result.front])
-    if not front:
-        raise SearchError("no candidate satisfies the --min-latency/--max-latency range; widen it")
-    refs = references(space, latency, accuracy)
-    meta = {"model": args.model, "input_shape": list(shape), "model_seed": 0, "predictor": str(args.predictor),
-            "accuracy": args.accuracy, "settings": settings_to_json(settings), "evaluations": result.evaluations,
-            "predictor_calls": latency.calls, "wall_s": seconds, "n_layers": space.n_layers,
-            "n_genes": space.n_var}
-    write_run(out, meta, front, refs, budgets)
-
-    table = Table(title=f"jcw search: {args.model}, {len(front)} candidates on the front, {seconds:.1f} s")
-    for col in ("budget ms", "latency ms", "accuracy", "sparse layers", "mean width", "mean density"):
-        table.add_column(col, justify="right")
-    shown = budgets or tuple(np.quantile([c["latency_ms"] for c in front], [0.25, 0.5, 1.0]).round(3))
-    for budget, cand in zip(shown, best_per_budget(front, shown)):
-        if cand is None:
-            table.add_row(f"{budget:g}", "none fits", "", "", "", "")
-            continue
-        sparse = sum(layer["impl"] == "sparse" for layer in cand["layers"])
-        table.add_row(f"{budget:g}", f"{cand['latency_ms']:.3f}", f"{cand['accuracy']:.4f}",
-                      f"{sparse}/{len(cand['layers'])}", f"{np.mean(cand['widths']):.2f}",
-                      f"{np.mean(cand['densities']):.2f}")
-    base = next((r for r in refs if r["kind"] == "width" and r["value"] == 1.0), None)
-    if base:
-        table.caption = f"unpruned: {base['latency_ms']:.3f} ms, accuracy {base['accuracy']:.4f}; written to {out}"
-    Console().print(table)
+            try:
+                result, latency, seconds = run_search(space, latency_predictor, accuracy, settings, tick)
+                stopped = None
+            except SearchInterrupted as stop:
+                progress.live.transient = True
+                if stop.result is None:
+                    raise KeyboardInterrupt from None
+                result, latency, seconds, stopped = stop.result, stop.latency, stop.seconds, stop
+            except BaseException:  # the error sentence should stand alone, not under a half-filled bar
+                progress.live.transient = True
+                if not console.is_terminal:
+                    console.file = io.StringIO()
+                raise
+    except KeyboardInterrupt:
+        _remove_empty(created)  # nothing to keep: no run directory left behind empty
+        print("jcw search: interrupted before the first generation finished; nothing was written.", file=sys.stderr)
+        return 130
+    except BaseException:
+        _remove_empty(created)
+        raise
+    with _deferred_ctrl_c(stopped is not None):  # writing what an interrupted search found must not be cut
+        front = candidates(space, latency, accuracy, result.X[result.front])
+        if not front and stopped is None:
+            raise SearchError("no candidate satisfies the --min-latency/--max-latency range; widen it")
+        refs = references(space, latency, accuracy)
+        card = getattr(latency_predictor, "card", None)
+        meta = {"model": args.model, "input_shape": list(shape), "model_seed": 0, "predictor": str(args.predictor),
+                "accuracy": args.accuracy, "settings": settings_to_json(settings), **run_meta(latency, card),
+                "evaluations": result.evaluations, "predictor_calls": latency.calls, "wall_s": seconds,
+                "n_layers": space.n_layers, "n_genes": space.n_var, "generations_done": result.generations}
+        if stopped is not None:
+            meta["interrupted"] = True
+        written, failure = _write_or_rescue(out, meta, front, refs, budgets, program_records(space, front))
+    if failure is not None:
+        raise SearchError(f"cannot write the run to {short_path(out)} ({failure}); the finished search was saved to "
+                          f"{written} instead, move it where you want it")
+    if stopped is not None:
+        print(f"jcw search: interrupted after generation {result.generations} of {settings.gens}; the front so far "
+              f"({len(front)} candidates) is written to {written} (run.json says \"interrupted\": true), rerun "
+              f"for the full search.", file=sys.stderr)
+        return 130
+    Console().print(summary_table(front, refs, budgets, meta, seconds, out))
+    notes = Console(soft_wrap=True, highlight=False)
+    for line in run_notes(meta):
+        notes.print(line)
     return 0
 
 
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the directories this run created (deepest first) while they are empty."""
+    for directory in created:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+@contextlib.contextmanager
+def _deferred_ctrl_c(active: bool):
+    """While writing what an interrupted search found, a further Ctrl-C waits until the files are written."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _write_or_rescue(out: Path, meta, front, refs, budgets, program_lines) -> tuple[Path, str | None]:
+    """Write the run to `out`; if that fails after the search (a full disk, a directory made read-only
+    meanwhile), write it to a new directory under the system's temporary directory instead, so the finished
+    search is never lost. Returns (where it went, why `out` failed or None)."""
+    from .run import write_run
+    try:
+        return write_run(out, meta, front, refs, budgets, program_lines), None
+    except (OSError, SearchError) as exc:
+        reason = os_error_reason(exc) if isinstance(exc, OSError) else str(exc)
+    rescue = Path(tempfile.mkdtemp(prefix="jcw-search-rescued-"))
+    write_run(rescue, {**meta, "written_instead_of": str(out)}, front, refs, budgets, program_lines)
+    return rescue, reason
+
+
+def summary_rows(front: list[dict], budgets) -> list[tuple[str, dict | None]]:
+    """(label, candidate) rows of the summary table, never the same budget or candidate twice: the given
+    budgets (label: the budget), or else the front's candidates at its quartiles of latency."""
+    from .run import best_per_budget
+    if budgets:
+        shown = tuple(dict.fromkeys(budgets))
+        return [(f"{b:g}", c) for b, c in zip(shown, best_per_budget(front, shown))]
+    ordered = sorted(front, key=lambda c: c["latency_ms"])
+    picks = dict.fromkeys(int(round(q * (len(ordered) - 1))) for q in (0.25, 0.5, 1.0))
+    return [(f"{100 * i / max(1, len(ordered) - 1):.0f}%", ordered[i]) for i in picks]
+
+
+def summary_table(front: list[dict], refs: list[dict], budgets, meta: dict, seconds: float, out: Path):
+    from rich.table import Table
+    runtime = meta["runtime"]
+    threads = meta.get("threads")
+    table = Table(title=f"jcw search: {meta['model']}, {len(front)} candidates on the front, {seconds:.1f} s; "
+                        f"latency = {runtime}" + (f", {threads} thread(s)" if threads else ""))
+    columns = ["budget ms" if budgets else "front position", f"{runtime} ms", "accuracy", "mean width"]
+    if runtime == "sparse":
+        columns += ["sparse layers", "mean density", ".pte (executorch) ms"]
+    for col in columns:
+        table.add_column(col, justify="right")
+    for label, cand in summary_rows(front, budgets):
+        if cand is None:
+            table.add_row(label, "none fits", *[""] * (len(columns) - 2))
+            continue
+        row = [label, f"{cand['latency_ms']:.4g}", f"{cand['accuracy']:.4f}",
+               f"{np.mean(cand['widths']):.2f}"]
+        if runtime == "sparse":
+            sparse = sum(layer["impl"] == "sparse" for layer in cand["layers"])
+            pte = cand.get("latency_ms_by_runtime", {}).get("executorch")
+            row += [f"{sparse}/{len(cand['layers'])}", f"{np.mean(cand['densities']):.2f}",
+                    "unknown" if pte is None else f"{pte:.4g}"]
+        table.add_row(*row)
+    base = next((r for r in refs if r["kind"] == "width" and r["value"] == 1.0), None)
+    if base:
+        table.caption = f"unpruned: {base['latency_ms']:.4g} ms, accuracy {base['accuracy']:.4f}; written to {out}"
+    return table
+
+
+def run_notes(meta: dict) -> list[str]:
+    """Sentences under the table: how latency was predicted, unmodelled operators, the sparse caveat."""
+    notes = [f"latency: {meta['latency_meaning']}; whole programs by {meta.get('program_model')}"]
+    unmodelled = meta.get("unmodelled_ops") or []
+    if unmodelled:
+        kinds = sorted({op["op"] for op in unmodelled})
+        notes.append(f"unmodelled operators: {len(unmodelled)} ({', '.join(kinds)}) run in the deployed program but "
+                     "the whole-program prediction does not count them, so it is optimistic by their cost")
+    if meta.get("program_unavailable"):
+        notes.append(f"whole-program (executorch) latency unknown: {meta['program_unavailable']}")
+    if meta.get("note"):
+        notes.append(f"[bold]NOTE[/bold]: {meta['note']}")
+    return notes
+
+
 def export_command(args: argparse.Namespace) -> int:
+    import json
+
     from rich.console import Console
     from rich.table import Table
 
@@ -205,31 +340,44 @@ def export_command(args: argparse.Namespace) -> int:
         raise SearchError(f"--pick must be a positive number of ms, got {args.pick}")
     if args.reps < 1:
         raise SearchError(f"--reps must be >= 1, got {args.reps}")
+    if args.rounds < 1:
+        raise SearchError(f"--rounds must be >= 1, got {args.rounds}")
     out = Path(args.out)
-    if out.is_dir() or not out.parent.is_dir():  # fail before minutes of export, not after
-        raise SearchError(f"cannot write {out}: " + ("it is a directory" if out.is_dir()
-                                                      else f"directory {out.parent} does not exist"))
+    check_output_file(out, "--out")  # before minutes of rebuilding and exporting, not after
     from .export import export_candidate  # deferred past the checks above: it imports torch
     console = Console(stderr=True)
-    with console.status("rebuilding, checking and exporting the candidate"):
-        report = export_candidate(args.run, args.pick, args.out, args.reps, args.compare_unpruned, args.model)
+    with console.status("rebuilding, checking and exporting the candidate") as status:
+        report = export_candidate(args.run, args.pick, args.out, args.reps, args.compare_unpruned, args.model,
+                                  device=args.device, rounds=args.rounds, say=lambda text: status.update(text))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    threads = report["threads"]
     table = Table(title=f"jcw export: candidate {report['candidate']} -> {report['pte']}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    table.add_row("predicted latency (predictor's device)", f"{report['predicted_ms']:.3f} ms")
-    table.add_row("measured .pte latency (this machine, median)", f"{report['measured_ms']:.3f} ms")
-    table.add_row("measured / predicted", f"{report['measured_ms'] / report['predicted_ms']:.2f}")
+    table.add_row(f"predicted ({report['predicted_what']}, {report['predictor_device'] or 'predictor device'}, "
+                  f"{report['predictor_threads'] or 'default'} thread(s))", f"{report['predicted_ms']:.4g} ms")
+    table.add_row(f"measured on {report['device']} ({report['runtime']}, {threads or 'default'} thread(s))",
+                  f"{report['measured_ms']:.4g} ms")
+    table.add_row("measured / predicted", f"{report['ratio']:.2f}")
     if report.get("unpruned_predicted_ms"):
         measured = report["unpruned_measured_ms"] / report["measured_ms"]
         predicted = report["unpruned_predicted_ms"] / report["predicted_ms"]
-        table.add_row("unpruned .pte measured (median)", f"{report['unpruned_measured_ms']:.3f} ms")
+        table.add_row("unpruned .pte measured", f"{report['unpruned_measured_ms']:.4g} ms")
         table.add_row("speed-up measured / predicted", f"{measured:.2f}x / {predicted:.2f}x")
     table.add_row("accuracy estimate", f"{report['accuracy']:.4f}")
     table.add_row("max |pte - torch|", f"{report['max_abs_err']:.2e}")
     sparse = report["sparse_layers"]
-    table.add_row("layers the predictor runs sparse", f"{len(sparse)}/{report['n_layers']}")
-    table.caption = ("ExecuTorch runs every layer dense; the sparse layers (" + ", ".join(sparse[:8])
-                     + (" ..." if len(sparse) > 8 else "") + ") are only faster with a sparse kernel."
-                     if sparse else "every layer runs dense, as ExecuTorch executes it.")
+    if report["run_runtime"] == "sparse":
+        table.add_row("layers the search ran sparse", f"{len(sparse)}/{report['n_layers']}")
+    caption = [f"both sides: {report['statistic']}"]
+    if report["run_runtime"] == "sparse":
+        caption.append(f"the run optimised runtime sparse ({report['run_latency_ms']:.4g} ms); this .pte runs every "
+                       "layer dense on ExecuTorch" + (" (sparse in the search: " + ", ".join(sparse[:8])
+                                                      + (" ..." if len(sparse) > 8 else "") + ")" if sparse else ""))
+    if report["unmodelled_ops"]:
+        caption.append(f"{len(report['unmodelled_ops'])} unmodelled operators are not in the prediction")
+    table.caption = "; ".join(caption)
     Console().print(table)
     return 0

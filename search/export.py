@@ -1,11 +1,13 @@
 """`jcw export`: rebuild a chosen front candidate as a real pruned torch model, check it against its
-layer specs, save it with its pruning masks and its layer list (JSONL), export the channel-pruned
-network to ExecuTorch (.pte, XNNPACK partitioner), run it through executorch.runtime and time it.
+layer specs, save it with its pruning masks, its layer list (JSONL) and its program spec, export the
+channel-pruned network to ExecuTorch (.pte, XNNPACK partitioner), check its output, and measure it on
+the predictor's device with the native ExecuTorch runner (or on this host through executorch.runtime).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 import tempfile
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from profiler.cliargs import os_error_reason, short_path
 from profiler.layerspec import write_jsonl
 
 from .errors import SearchError
@@ -59,7 +62,7 @@ def rebuild(run_dir: str | Path, confirmed_model: str | None = None
         except Exception as exc:  # a damaged file or one of another model; torch raises several types
             raise SearchError(f"{base} is not a state dict of the run's model {meta['model']} "
                               f"({type(exc).__name__})") from None
-    return model.eval(), shape, build_space(model, shape, settings), meta, front
+    return model.eval(), shape, build_space(model, shape, settings, str(meta["model"])), meta, front
 
 
 @contextlib.contextmanager
@@ -97,7 +100,7 @@ def export_pte(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pat
     try:
         path.write_bytes(program.buffer)
     except OSError as exc:
-        raise SearchError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise SearchError(f"cannot write {short_path(path)}: {os_error_reason(exc)}") from None
     return path
 
 
@@ -117,9 +120,45 @@ def run_pte(path: str | Path, example: torch.Tensor, reps: int = 20, warmup: int
             "reps": reps}
 
 
+HOST = "host"
+#: The statistic on both sides of measured / predicted: the predictor is trained on it, the runner reports it.
+STATISTIC = "latency_ms = us_min of the fastest round (the fastest single run)"
+
+
+def predicted_pte_ms(candidate: dict) -> tuple[float, str]:
+    """The predicted latency of the .pte itself (ExecuTorch, every layer dense) and what it is."""
+    by = candidate.get("latency_ms_by_runtime") or {}
+    if by.get("executorch") is not None:
+        return float(by["executorch"]), "whole program, executorch"
+    if by:
+        return float(candidate["latency_ms"]), "sum of layers at their faster kernel (no whole-program prediction)"
+    return float(candidate["latency_ms"]), "sum of layers (a run from before whole-program prediction)"
+
+
+def measure(paths: list[Path], device: str, threads: int | None, rounds: int, reps: int,
+            example: torch.Tensor) -> list[dict]:
+    """Time .pte files on `device` with the native ExecuTorch runner (profiler.session.measure_programs),
+    or on this machine through executorch.runtime in Python when `device` is "host"."""
+    if device == HOST:
+        out = []
+        for path in paths:
+            timing = run_pte(path, example, reps)
+            out.append({"latency_ms": timing["min_ms"], "us_min": 1e3 * timing["min_ms"],
+                        "us_median": 1e3 * timing["median_ms"], "reps": reps, "rounds": 1, "threads": None,
+                        "runtime": "executorch", "device": "host (executorch.runtime in Python)"})
+        return out
+    from profiler import session  # deferred: the device harness is loaded only to measure
+    return session.measure_programs(device, [str(p) for p in paths], threads=threads, rounds=rounds)
+
+
 def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, reps: int = 20,
-                     compare_unpruned: bool = False, confirmed_model: str | None = None) -> dict:
-    """Everything `jcw export` does; returns a report dict for the summary table."""
+                     compare_unpruned: bool = False, confirmed_model: str | None = None,
+                     device: str | None = None, rounds: int = 1, say=lambda text: None) -> dict:
+    """Everything `jcw export` does; returns the report (also written to <out>.export.json).
+
+    The .pte is measured on `device` (default: the predictor's device recorded in run.json) at the
+    predictor's thread count, against the candidate's predicted whole-program ExecuTorch latency.
+    """
     out = Path(out)
     model, shape, space, meta, front = rebuild(run_dir, confirmed_model)
     index, candidate = pick(front, budget_ms)
@@ -128,33 +167,77 @@ def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, rep
         raise SearchError(f"candidate {index} of {run_dir} has a genome that does not fit the run's model; "
                           f"front.json was edited or belongs to another run")
     x = x.astype(np.int64)
+    device = device or meta.get("device_address") or HOST
+    threads = meta.get("threads")
     expected = space.layer_specs(x)
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    say("rebuilding and checking the candidate")
     pruned = apply_genome(model, space, x).eval()
     check_against_specs(pruned, example, expected)
     stem = out.with_suffix("")
+    side = {kind: stem.with_name(stem.name + suffix) for kind, suffix in (
+        ("pruned", ".pruned.pt"), ("layers", ".layers.jsonl"), ("program", ".program.json"),
+        ("report", ".export.json"), ("unpruned", ".unpruned.pte"))}
     try:
-        save_pruned(pruned, stem.with_name(stem.name + ".pruned.pt"))
-        write_jsonl(stem.with_name(stem.name + ".layers.jsonl"),
-                    [{"id": layer["name"], **spec.to_dict(), "impl": layer["impl"]}
-                     for spec, layer in zip(expected, candidate["layers"])])
+        save_pruned(pruned, side["pruned"])
+        write_jsonl(side["layers"], [{"id": layer["name"], **spec.to_dict(), "impl": layer["impl"]}
+                                     for spec, layer in zip(expected, candidate["layers"])])
+        program = _program_spec(space, x)
+        if program is not None:
+            side["program"].write_text(json.dumps(program, indent=1))
     except OSError as exc:
-        raise SearchError(f"cannot write next to {out}: {exc.strerror or exc}") from None
+        raise SearchError(f"cannot write next to {short_path(out)}: {os_error_reason(exc)}") from None
+    except RuntimeError as exc:  # torch.save reports an unwritable path as a RuntimeError
+        raise SearchError(f"cannot write {short_path(side['pruned'])}: {' '.join(str(exc).split())[:200]}") from None
     dense = make_permanent(copy.deepcopy(pruned))
     with torch.no_grad():
         reference = dense(example)
+    say("exporting to ExecuTorch")
     export_pte(dense, example, out)
-    timing = run_pte(out, example, reps)
-    err = float((timing["output"] - reference).abs().max())
-    unpruned = {}
+    paths = [out]
     if compare_unpruned:
-        # the unpruned network timed the same way: measured speed-up against predicted speed-up
-        full_path = stem.with_name(stem.name + ".unpruned.pte")
-        export_pte(model, example, full_path)
+        export_pte(model, example, side["unpruned"])
+        paths.append(side["unpruned"])
+    say("checking the .pte's output on this machine")
+    err = float((run_pte(out, example, reps=1, warmup=0)["output"] - reference).abs().max())
+    say(f"measuring the .pte on {device}")
+    written = ", ".join(str(p) for p in (out, side["pruned"], side["layers"]))
+    from profiler.program_session import DeviceError  # the harness's error type, as the profiler raises it
+    try:
+        measured = measure(paths, device, threads, rounds, reps, example)
+    except (DeviceError, ValueError) as exc:
+        raise SearchError(f"the .pte could not be measured on {device} ({str(exc).rstrip('.')}); "
+                          f"{written} are written and stay") from None
+    predicted, predicted_what = predicted_pte_ms(candidate)
+    result = measured[0]
+    report = {"candidate": index, "pte": str(out), "device": result.get("device", device),
+              "runtime": result.get("runtime", "executorch"), "threads": result.get("threads"),
+              "predicted_ms": predicted, "predicted_what": predicted_what, "measured_ms": result["latency_ms"],
+              "ratio": result["latency_ms"] / predicted, "statistic": STATISTIC,
+              "measured_median_ms": None if result.get("us_median") is None else result["us_median"] / 1e3,
+              "reps": result.get("reps"), "rounds": result.get("rounds"), "predictor_threads": threads,
+              "predictor_device": meta.get("device_address"), "run_runtime": candidate.get("runtime", "sparse"),
+              "run_latency_ms": candidate["latency_ms"], "accuracy": candidate["accuracy"], "max_abs_err": err,
+              "sparse_layers": [layer["name"] for layer in candidate["layers"] if layer["impl"] == "sparse"],
+              "unmodelled_ops": candidate.get("unmodelled_ops", []), "predictor": meta.get("predictor"),
+              "n_layers": len(expected), "files": {k: str(v) for k, v in side.items()
+                                                   if k != "unpruned" or compare_unpruned}}
+    if compare_unpruned:
         refs = {(r["kind"], r["value"]): r for r in meta.get("references", [])}
-        unpruned = {"unpruned_measured_ms": run_pte(full_path, example, reps)["median_ms"],
-                    "unpruned_predicted_ms": refs.get(("width", 1.0), {}).get("latency_ms")}
-    return {**unpruned, "candidate": index, "predicted_ms": candidate["latency_ms"], "measured_ms": timing["median_ms"],
-            "measured_min_ms": timing["min_ms"], "accuracy": candidate["accuracy"], "max_abs_err": err,
-            "sparse_layers": [layer["name"] for layer in candidate["layers"] if layer["impl"] == "sparse"],
-            "predictor": meta.get("predictor"), "pte": str(out), "n_layers": len(expected)}
+        full = refs.get(("width", 1.0), {})
+        report["unpruned_measured_ms"] = measured[1]["latency_ms"]
+        report["unpruned_predicted_ms"] = (full.get("latency_ms_by_runtime") or {}).get(
+            "executorch", full.get("latency_ms"))
+    try:
+        side["report"].write_text(json.dumps(report, indent=1))
+    except OSError as exc:
+        raise SearchError(f"cannot write {short_path(side['report'])}: {os_error_reason(exc)}; the .pte and the "
+                          f"files beside it are written, and it measured {report['measured_ms']:.4g} ms") from None
+    return report
+
+
+def _program_spec(space, x) -> dict | None:
+    try:
+        return space.program_spec(x)
+    except SearchError:
+        return None      # a sparse-runtime run of a model no program spec expresses: no program file

@@ -2,7 +2,8 @@
 index into a candidate list (JCW: steps of 0.1), with lower bounds for sensitive layers.
 
 A population is an int array (individuals x genes); `SearchSpace` decodes it to channel counts,
-densities and vectorized layer-spec columns for the predictor.
+densities, vectorized layer-spec columns for the predictor and the whole program (`program_spec`).
+Without density genes (`prune_densities=False`, the executorch runtime) the genome is width-only.
 """
 from __future__ import annotations
 
@@ -49,8 +50,10 @@ class SearchSpace:
     """Decodes genomes of one model graph: gene j < n_width is a width index, the rest density indices."""
 
     def __init__(self, graph: ModelGraph, width_choices=STEPS, density_choices=STEPS,
-                 bounds: Bounds | None = None, prune_widths: bool = True, prune_densities: bool = True) -> None:
-        self.graph = graph
+                 bounds: Bounds | None = None, prune_widths: bool = True, prune_densities: bool = True,
+                 name: str = "model") -> None:
+        self.graph, self.name = graph, name
+        self._program = None      # the program template, built on first use (see `program`)
         self.width_choices = np.array(_check_choices("width_choices", width_choices))
         self.density_choices = np.array(_check_choices("density_choices", density_choices))
         self.bounds = bounds or Bounds()
@@ -159,6 +162,20 @@ class SearchSpace:
         d = int(np.argmin(np.abs(self.density_choices - density)))
         x = np.array([w] * self.n_width + [d] * self.n_density, dtype=np.int64)
         return np.clip(x, self.xl, self.xu)
+
+    # ---- the whole program ---------------------------------------------------------------------
+    @property
+    def program(self):
+        """The model's program template (search.program.ProgramTemplate), built on first use."""
+        if self._program is None:
+            from .program import ProgramTemplate
+            self._program = ProgramTemplate(self.graph, self.name)
+        return self._program
+
+    def program_spec(self, x) -> dict:
+        """The whole program of genome x as a validated program spec (profiler.programs format)."""
+        x = np.atleast_2d(x)[:1]
+        return self.program.spec(self.channels(x)[0], self.densities(x)[0])
 
     def describe(self, x) -> dict[str, dict[str, float]]:
         """Per layer name: width ratio of its output channels and weight density."""

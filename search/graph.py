@@ -77,6 +77,10 @@ class ModelGraph:
     layers: list[Layer]
     groups: list[ChannelGroup]
     input_shape: tuple[int, ...]
+    #: fx node name -> index of the channel group its output tensor belongs to (absent: not prunable-coupled)
+    tensor_groups: dict[str, int] = field(default_factory=dict, repr=False)
+    #: the traced module with tensor shapes on every node (read by search.program)
+    traced: fx.GraphModule | None = field(default=None, repr=False, compare=False)
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
@@ -265,7 +269,10 @@ def read_model(model: nn.Module, example: torch.Tensor) -> ModelGraph:
                 if lname == name:
                     uf.fix(gin, f"layer {name} is called more than once")
                     uf.fix(gout, f"layer {name} is called more than once")
-    return _assemble(raw_layers, norms, uf, tuple(example.shape))
+    graph, index = _assemble(raw_layers, norms, uf, tuple(example.shape))
+    graph.tensor_groups = {node.name: index[uf.find(e)] for node, e in elem.items() if uf.find(e) in index}
+    graph.traced = gm
+    return graph
 
 
 def _keeps_channels(src: fx.Node, node: fx.Node) -> bool:
@@ -285,7 +292,7 @@ def _flatten(node: fx.Node, src: fx.Node, elem: dict, uf: _UnionFind) -> None:
             elem[node] = uf.new(f"{node.name} flattens spatial positions into channels")
 
 
-def _assemble(raw_layers, norms, uf: _UnionFind, input_shape) -> ModelGraph:
+def _assemble(raw_layers, norms, uf: _UnionFind, input_shape) -> tuple[ModelGraph, dict[int, int]]:
     index: dict[int, int] = {}
     groups: list[ChannelGroup] = []
 
@@ -314,4 +321,4 @@ def _assemble(raw_layers, norms, uf: _UnionFind, input_shape) -> ModelGraph:
         raise SearchError("the model has no Conv2d or Linear layer to prune")
     for layer in layers:
         layer.last = groups[layer.out_group].fixed and groups[layer.out_group].why_fixed == "network output"
-    return ModelGraph(layers, groups, input_shape)
+    return ModelGraph(layers, groups, input_shape), index

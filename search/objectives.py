@@ -1,5 +1,6 @@
-"""Objectives of the search, vectorized over a population: predicted latency (per layer the faster of
-dense and sparse, summed; one predictor call per population) and pluggable accuracy estimators —
+"""Objectives of the search, vectorized over a population: predicted latency under a runtime (executorch:
+the whole deployed program, layers dense; sparse: per layer the faster kernel, summed; a couple of
+predictor calls per population) and pluggable accuracy estimators —
 a data-free weight-magnitude proxy, a real evaluator on held-out data, or a user `module:function`.
 """
 from __future__ import annotations
@@ -16,30 +17,127 @@ from .prune import apply_genome, channel_order, recalibrate_batchnorm
 from .zoo import load_callable, user_failure
 
 
-class LatencyModel:
-    """Predicted latency of genomes; counts predictor calls and layer rows (the search's cost)."""
+#: Runtimes a search can optimise for (ARCHITECTURE.md, "Runtimes").
+RUNTIMES = ("executorch", "sparse")
+#: What latency_ms means under each runtime (run.json records it).
+LATENCY_MEANING = {
+    "executorch": "whole ExecuTorch program (.pte, XNNPACK delegate) with every layer dense: the predictor's "
+                  "program model over the conv layers' dense latency and every other operator",
+    "sparse": "sum over convolution and linear layers of the faster of the dense and the sparse kernel "
+              "(other operators not counted), for the sparse network engine",
+}
+#: The loud note of --runtime sparse: what is searched is not what `jcw export` deploys.
+SPARSE_NOTE = ("--runtime sparse optimises for the sparse network engine (issue 10, not built yet): latency_ms sums "
+               "each layer at its faster kernel, but the .pte `jcw export` writes runs every layer dense on "
+               "ExecuTorch, whose predicted latency is latency_ms_by_runtime.executorch")
+NO_PROGRAM_MODEL = "sum of dense layers (this predictor has no whole-program model)"
 
-    def __init__(self, predictor, space: SearchSpace) -> None:
+
+class LatencyModel:
+    """Predicted latency of genomes under one runtime; counts predictor calls and layer rows (the cost).
+
+    executorch (the default): the deployed .pte, where pruned weights run dense — densities are ignored
+    (set to 1) and the whole program is predicted from the conv layers' dense latency plus every other
+    operator of the program template, one layer call and one program call per population.
+    sparse: per layer the faster of the dense and the sparse kernel, summed.
+    """
+
+    def __init__(self, predictor, space: SearchSpace, runtime: str = "executorch") -> None:
+        if runtime not in RUNTIMES:
+            raise SearchError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         if not hasattr(predictor, "predict"):
             raise SearchError("the latency predictor must have a predict(layers) method")
-        self.predictor, self.space = predictor, space
+        self.predictor, self.space, self.runtime = predictor, space, runtime
         self.calls = self.rows = 0
+        self.whole_program = hasattr(predictor, "predict_program_parts")
+        self.program_note = getattr(predictor, "program_note", None) if self.whole_program else NO_PROGRAM_MODEL
+        self._is_conv = np.array([not layer.is_linear for layer in space.graph.layers])
+        self.program_error: str | None = None
 
-    def per_layer(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """(n, n_layers) best latency in ms and (n, n_layers) bool: the sparse kernel is the faster one."""
+    def check_program(self) -> None:
+        """Build the program template now. Under executorch an operator a program spec cannot express is
+        a SearchError; under sparse the whole-program latency is then only left unknown (program_error)."""
+        if self.program_error is not None:
+            return
+        try:
+            self.space.program  # noqa: B018
+        except SearchError as exc:
+            if self.runtime == "executorch":
+                raise
+            self.program_error = str(exc)
+
+    @property
+    def program_ok(self) -> bool:
+        self.check_program()
+        return self.program_error is None
+
+    @property
+    def unmodelled(self) -> list[dict[str, str]]:
+        """Operators of the program the whole-program prediction does not know (they are not free)."""
+        return list(self.space.program.unmodelled) if self.program_ok else []
+
+    def _checked(self, values, what: str) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(values)) or (values <= 0).any():
+            raise SearchError(f"the predictor returned a non-positive or non-finite {what} latency")
+        return values
+
+    def dense_layers(self, X) -> np.ndarray:
+        """(n, n_layers) dense-kernel ms of every layer, densities ignored (as ExecuTorch runs them)."""
+        X = np.atleast_2d(X)
+        cols = self.space.columns(X)
+        cols["density"] = np.ones(len(cols["density"]))
+        if hasattr(self.predictor, "predict_dense"):
+            dense = self.predictor.predict_dense(cols)
+        else:
+            dense = self.predictor.predict(cols)["dense_ms"]
+        self.calls += 1
+        self.rows += X.shape[0] * self.space.n_layers
+        return self._checked(dense, "layer").reshape(X.shape[0], self.space.n_layers)
+
+    def best_layers(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(n, n_layers) faster-kernel ms and (n, n_layers) bool: the sparse kernel is the faster one."""
         X = np.atleast_2d(X)
         out = self.predictor.predict(self.space.columns(X))
         self.calls += 1
         self.rows += X.shape[0] * self.space.n_layers
         shape = (X.shape[0], self.space.n_layers)
-        best = np.asarray(out["best_ms"], dtype=np.float64).reshape(shape)
-        sparse = (np.asarray(out["best_impl"]) == "sparse").reshape(shape)
-        if not np.all(np.isfinite(best)) or (best <= 0).any():
-            raise SearchError("the predictor returned a non-positive or non-finite latency")
-        return best, sparse
+        best = self._checked(out["best_ms"], "layer").reshape(shape)
+        return best, (np.asarray(out["best_impl"]) == "sparse").reshape(shape)
+
+    def program(self, X, dense: np.ndarray | None = None) -> np.ndarray:
+        """(n,) whole-program ms of the deployed .pte (executorch runtime)."""
+        X = np.atleast_2d(X)
+        dense = self.dense_layers(X) if dense is None else dense
+        if not self.whole_program:
+            return dense.sum(axis=1)
+        template, n = self.space.program, X.shape[0]
+        ops = template.op_arrays(self.space.channels(X))
+        total = self.predictor.predict_program_parts(dense[:, self._is_conv].sum(axis=1), ops,
+                                                     np.full(n, template.n_nodes), np.full(n, template.n_conv))
+        self.calls += 1
+        return self._checked(total, "program")
+
+    def per_layer(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Per-layer ms under this runtime and which layers run sparse (never under executorch)."""
+        if self.runtime == "executorch":
+            dense = self.dense_layers(X)
+            return dense, np.zeros(dense.shape, dtype=bool)
+        return self.best_layers(X)
+
+    def by_runtime(self, X) -> dict[str, np.ndarray]:
+        """Latency of genomes under every runtime, plus the per-layer ms and kernels of this run's runtime."""
+        dense = self.dense_layers(X)
+        best, sparse = self.best_layers(X)
+        out = {"executorch": self.program(X, dense) if self.program_ok else None, "sparse": best.sum(axis=1)}
+        out["layers"], out["sparse_layers"] = (dense, np.zeros(dense.shape, dtype=bool)) \
+            if self.runtime == "executorch" else (best, sparse)
+        return out
 
     def __call__(self, X) -> np.ndarray:
-        return self.per_layer(X)[0].sum(axis=1)
+        if self.runtime == "executorch":
+            return self.program(X)
+        return self.best_layers(X)[0].sum(axis=1)
 
 
 class ProxyAccuracy:

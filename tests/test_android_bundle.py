@@ -1,5 +1,7 @@
 """The Android arm64 runner bundle: complete, checksummed, and under qemu-aarch64-static it runs
-the same plans as the host runner with the same operands and the same correctness checks.
+the same plans as the host runner with the same operands and the same correctness checks, dense
+and sparse lines alike on the XNNPACK inside the executorch wheel (its arm64 build has the SpMM
+kernel the x86 one lacks, so Debian's XNNPACK is not in the bundle).
 
 Requires `make runner-android` beforehand; a missing bundle fails (it is never built here)."""
 from __future__ import annotations
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 FAST = ["--warmup", "0", "--min-reps", "2", "--min-time-ms", "0"]
 EM_AARCH64 = 183
+WHEEL_LIBS = {"libexecutorch.so", "libexecutorch_backend_xnnpack.so", "libexecutorch_threadpool.so"}
 
 CASES = [
     {"id": "dense_k3", "op": "conv", "cin": 4, "cout": 5, "k": 3, "h": 7, "w": 6, "density": 0.7},
@@ -65,7 +68,8 @@ def test_manifest_checksums_cover_every_file(bundle: Path) -> None:
     assert sorted(manifest["files"]) == on_disk
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest, name
-    assert {"convbench", "convbench.sh", runner.ANDROID_LOADER, "libXNNPACK.so.0"} <= set(on_disk)
+    assert {"convbench", "convbench.sh", runner.ANDROID_LOADER, "libstdc++.so.6"} | WHEEL_LIBS <= set(on_disk)
+    assert "libXNNPACK.so.0" not in on_disk  # convbench's XNNPACK is the wheel's
 
 
 def test_binaries_are_arm64_and_the_library_closure_is_complete(bundle: Path) -> None:
@@ -92,6 +96,8 @@ def test_launcher_is_posix_sh_and_runs_from_any_directory(bundle: Path, qemu_com
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)["runner"]
     assert info["arch"] == "aarch64" and info["xnnpack_initialized"] is True
+    assert info["xnnpack"].startswith("executorch-") and info["xnnpack_sparse"] == info["xnnpack"]
+    assert info["version"].startswith("0.2.") and info["default_threads"] >= 1
 
 
 def test_bundle_under_qemu_matches_host_runner_and_torch(qemu_command: list[str], tmp_path: Path) -> None:
@@ -100,11 +106,17 @@ def test_bundle_under_qemu_matches_host_runner_and_torch(qemu_command: list[str]
     plan = CASES + ['{"id": "broken"', {**CASES[0], "id": "after_broken"}]
     host_info, host_results = run([str(runner.host_binary())], plan, FAST + ["--dump", str(host_dump)])
     arm_info, arm_results = run(qemu_command, plan, FAST + ["--dump", str(arm_dump)])
+    # Dense on the same wheel's XNNPACK on both; sparse on the wheel's too on arm64.
     assert arm_info["arch"] == "aarch64" and arm_info["xnnpack"] == host_info["xnnpack"]
+    assert arm_info["xnnpack_sparse"] == arm_info["xnnpack"]
+    # Where the (emulated) CPU has SME, dense conv lines run the pf32 operator ExecuTorch picks there;
+    # the torch comparison below checks that path as much as the plain f32 one.
+    assert isinstance(arm_info["xnnpack_pf32"], bool)
     assert [r["id"] for r in arm_results] == [r["id"] for r in host_results]
     assert "error" in arm_results[-2] and "error" not in arm_results[-1]
     for case, result in zip(CASES, arm_results):
         assert "error" not in result, result
+        assert result["xnnpack"] == arm_info["xnnpack"], result
         cid = case["id"]
         # Same seeded operands on both architectures: the same operator is measured.
         for part in ("input", "weights"):
@@ -120,3 +132,14 @@ def test_bundle_under_qemu_matches_host_runner_and_torch(qemu_command: list[str]
         got = torch.from_numpy(np.fromfile(arm_dump / f"{cid}.output.f32", "<f4").astype(np.float64))
         scale = F.conv2d(x.abs(), w.abs(), stride=case["stride"], padding=pad, groups=groups)
         assert torch.all((got.reshape(expected.shape) - expected).abs() <= 1e-5 * scale + 1e-7), cid
+
+
+def test_wheel_spmm_under_qemu_scales_with_density(qemu_command: list[str]) -> None:
+    spec = {"op": "conv", "cin": 128, "cout": 128, "k": 1, "h": 28, "w": 28, "impl": "sparse", "threads": 1}
+    info, (sparse, full) = run(qemu_command, [{"id": "d005", "density": 0.05, **spec},
+                                              {"id": "d100", "density": 1.0, **spec}],
+                               ["--warmup", "1", "--min-reps", "3", "--min-time-ms", "0"])
+    assert "error" not in sparse and "error" not in full
+    assert sparse["xnnpack"] == full["xnnpack"] == info["xnnpack"]
+    # 20x fewer multiply-adds: even emulated, the SpMM kernel must show it.
+    assert sparse["us_min"] < 0.5 * full["us_min"], (sparse, full)

@@ -39,7 +39,7 @@ def made(tmp_path_factory):
     """A real (tiny) profile and predictor, plus files a user gets wrong."""
     root = tmp_path_factory.mktemp("bad_input")
     profile, predictor = root / "profile", root / "predictor"
-    proc = jcw("profile", "--device", "local", "--out", profile, "--budget", "12", *FAST)
+    proc = jcw("profile", "--device", "local", "--out", profile, "--budget", "12", "--programs", "0", *FAST)
     if proc.returncode != 0:
         pytest.fail(f"could not make the shared profile (is the host runner built? `make -C android_harness/native "
                     f"host`): {proc.stderr[-2000:]}")
@@ -148,13 +148,13 @@ def test_profile_bad_out_csv_and_corrupt_database(made):
     good = made["good"]
     assert_one_sentence(jcw("profile", "--device", "local", "--out", good, *FAST), "not a directory")
     # --csv is checked before measuring, not after a long profile
-    assert_one_sentence(jcw("profile", "--device", "local", "--out", made["root"] / "p2", "--budget", "2",
+    assert_one_sentence(jcw("profile", "--device", "local", "--out", made["root"] / "p2", "--budget", "2", "--programs", "0",
                             "--csv", good / "x.csv", *FAST), "--csv")
     assert not (made["root"] / "p2").exists()
     corrupt = made["root"] / "corrupt"
     corrupt.mkdir()
     (corrupt / "profile.sqlite").write_bytes(os.urandom(4096))
-    assert_one_sentence(jcw("profile", "--device", "local", "--out", corrupt, "--budget", "2", *FAST),
+    assert_one_sentence(jcw("profile", "--device", "local", "--out", corrupt, "--budget", "2", "--programs", "0", *FAST),
                         "not a readable profile database")
 
 

@@ -219,7 +219,7 @@ def installed_bundle(sandbox: Path) -> Path:
 
 
 def profile_command(device: str, out: Path, budget: int = 6) -> list[str]:
-    return ["profile", "--device", device, "--out", str(out), "--budget", str(budget), "--rounds", "1", "--holdout", "3", *FAST]
+    return ["profile", "--device", device, "--out", str(out), "--budget", str(budget), "--rounds", "1", "--holdout", "3", "--programs", "0", *FAST]
 
 
 def assert_clean_stderr(result) -> None:

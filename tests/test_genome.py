@@ -74,10 +74,10 @@ def test_uniform_references(resnet):
     assert sum(s.macs for s in half) < 0.35 * sum(s.macs for s in full)
 
 
-def test_latency_is_vectorized_and_summed(resnet):
+def test_sparse_runtime_latency_is_vectorized_and_summed(resnet):
     _, space = resnet
     predictor = MacsPredictor()
-    latency = LatencyModel(predictor, space)
+    latency = LatencyModel(predictor, space, "sparse")
     rng = np.random.default_rng(2)
     X = rng.integers(space.xl, space.xu + 1, size=(7, space.n_var))
     total = latency(X)
@@ -87,6 +87,20 @@ def test_latency_is_vectorized_and_summed(resnet):
         assert total[i] == pytest.approx(one["best_ms"].sum())
     per_layer, sparse = latency.per_layer(space.uniform(1.0, 0.1)[None])
     assert sparse.any() and per_layer.sum() < latency(space.uniform(1.0, 1.0)[None])[0]
+
+
+def test_executorch_runtime_without_program_model_sums_dense_layers(resnet):
+    """A predictor that cannot predict whole programs: the sum of dense layers, said as such; density is free."""
+    _, space = resnet
+    predictor = MacsPredictor()
+    latency = LatencyModel(predictor, space)
+    assert latency.runtime == "executorch" and not latency.whole_program and "no whole-program" in latency.program_note
+    X = np.array([space.uniform(0.7, 1.0), space.uniform(0.7, 0.1)])
+    dense = predictor.predict(space.columns(X))["dense_ms"].reshape(2, -1).sum(1)
+    total = latency(X)
+    assert total[0] == total[1] == pytest.approx(dense[0])
+    per_layer, sparse = latency.per_layer(X)
+    assert not sparse.any() and np.array_equal(per_layer[0], per_layer[1])
 
 
 def test_proxy_accuracy_ranks_pruning(resnet):

@@ -80,7 +80,7 @@ def test_duplicate_elimination():
 def test_spread_sampling_covers_more_latency_than_uniform_genes():
     model, shape = zoo.build("resnet18")
     space = SearchSpace(read_model(model, torch.randn(*shape)))
-    latency = LatencyModel(MacsPredictor(), space)
+    latency = LatencyModel(MacsPredictor(), space, "sparse")
     problem = PruningProblem(space, latency, lambda X: np.zeros(len(X)))
     rng = np.random.default_rng(0)
     spread = np.ptp(latency(SpreadSampling()(problem, 64, rng)))
@@ -109,7 +109,7 @@ def digits_problem():
 
 
 def _run(space, proxy, seed, survival=None):
-    problem = PruningProblem(space, LatencyModel(MacsPredictor(), space), proxy)
+    problem = PruningProblem(space, LatencyModel(MacsPredictor(), space, "sparse"), proxy)
     return NSGA2(16, survival=survival or JCWSurvival()).run(problem, 15, seed=seed)
 
 
@@ -124,7 +124,7 @@ def test_same_seed_same_front(digits_problem):
 def test_search_improves_on_its_initial_population(digits_problem):
     space, proxy = digits_problem
     history = []
-    problem = PruningProblem(space, LatencyModel(MacsPredictor(), space), proxy)
+    problem = PruningProblem(space, LatencyModel(MacsPredictor(), space, "sparse"), proxy)
     NSGA2(16, survival=JCWSurvival()).run(problem, 20, seed=0, callback=lambda g, r: history.append(
         hypervolume_2d(r.F[r.front], (r.F[:, 0].max() * 2, 0.0))))
     assert history[-1] > history[0]
@@ -132,7 +132,7 @@ def test_search_improves_on_its_initial_population(digits_problem):
 
 def test_latency_budget_constraint(digits_problem):
     space, proxy = digits_problem
-    latency = LatencyModel(MacsPredictor(), space)
+    latency = LatencyModel(MacsPredictor(), space, "sparse")
     full, smallest = latency(np.array([space.uniform(1, 1), space.xl]))
     limit = 0.5 * (full + smallest)
     problem = PruningProblem(space, latency, proxy, latency_range=(0.0, limit))

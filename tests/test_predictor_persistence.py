@@ -53,7 +53,7 @@ def rewrite_card(directory, **changes):
 def test_round_trip_gives_identical_predictions(small_rows, tmp_path, kind):
     training, holdout = small_rows
     model = LatencyPredictor(kind).fit(training)
-    predictor.save(model, tmp_path / kind, {"runner": {"version": "0.1.0"}})
+    predictor.save(model, tmp_path / kind, {"runner": {"version": "0.2.0"}})
     loaded = predictor.load(tmp_path / kind)
     columns = as_columns(rows_to_columns(training + holdout))
     before, after = model.predict(columns), loaded.predict(columns)
@@ -118,9 +118,9 @@ def test_foreign_versions_are_refused(saved_copy, change, words):
 
 
 def test_a_different_runner_series_is_refused_when_asked(saved_copy):
-    predictor.load(saved_copy, runner_version="0.1.9")
-    with pytest.raises(PredictorError, match="not on runner 0.2.0"):
-        predictor.load(saved_copy, runner_version="0.2.0")
+    predictor.load(saved_copy, runner_version="0.2.9")
+    with pytest.raises(PredictorError, match="not on runner 0.3.0"):
+        predictor.load(saved_copy, runner_version="0.3.0")
 
 
 def test_missing_or_garbled_directories_are_refused(tmp_path, saved_copy):

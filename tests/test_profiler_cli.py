@@ -68,7 +68,7 @@ def count_results(out):
 
 def start_profile(out):
     command = [sys.executable, "-m", "jcw", "profile", "--device", "local", "--out", str(out), "--budget", "6",
-               "--rounds", "2", "--runner-arg=--warmup=0", "--runner-arg=--min-reps=2",
+               "--rounds", "2", "--programs", "0", "--runner-arg=--warmup=0", "--runner-arg=--min-reps=2",
                "--runner-arg=--min-time-ms=8"]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -103,7 +103,7 @@ def test_profile_killed_halfway_then_rerun_measures_everything_exactly_once(tmp_
     assert len(second) < total and set(first) <= set(second)
 
     done = subprocess.run([sys.executable, "-m", "jcw", "profile", "--device", "local", "--out", str(out),
-                           "--budget", "6", "--rounds", "2", *FAST], cwd=ROOT, capture_output=True, text=True,
+                           "--budget", "6", "--rounds", "2", "--programs", "0", *FAST], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "results measured (all rounds)" in done.stdout
@@ -123,7 +123,7 @@ def test_profile_killed_halfway_then_rerun_measures_everything_exactly_once(tmp_
 def test_profile_prints_summary_and_exports_csv(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(session, "DRIFT_THRESHOLD", 10.0)
     status, out, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "p"), "--budget", "2",
-                               "--holdout", "2", "--rounds", "1", "--csv", str(tmp_path / "all.csv"), *FAST)
+                               "--holdout", "2", "--rounds", "1", "--programs", "0", "--csv", str(tmp_path / "all.csv"), *FAST)
     assert status == 0, err
     with ProfileStore(tmp_path / "p") as store:
         n = len(store.plan())
@@ -150,10 +150,10 @@ def test_profile_bad_input_is_one_sentence(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(session, "DRIFT_THRESHOLD", 10.0)
     status, _, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "p"), "--budget", "2",
-                             "--holdout", "2", "--rounds", "1", *FAST)
+                             "--holdout", "2", "--rounds", "1", "--programs", "0", *FAST)
     assert status == 0, err
     status, _, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "p"), "--budget", "2",
-                             "--holdout", "2", "--rounds", "1", "--seed", "3", *FAST)
+                             "--holdout", "2", "--rounds", "1", "--seed", "3", "--programs", "0", *FAST)
     assert_one_sentence(status, err, "was planned with --seed 0 (you asked for 3)")
     status, _, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "q"), "--budget", "2",
                              "--rounds", "1", "--runner-arg=--min-reps=zero")

@@ -1,8 +1,13 @@
 """convbench, the native runner: agreement with torch, the sparse speed-up, robustness to bad
-lines, determinism and the header (runner contract in ARCHITECTURE.md)."""
+lines, determinism, the header and which XNNPACK build timed each line (runner contract in
+ARCHITECTURE.md: dense on the executorch wheel's XNNPACK; sparse on the wheel's where its SpMM runs,
+on x86 on Debian's 2022 build loaded in its own linker namespace)."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -14,6 +19,10 @@ import torch.nn.functional as F
 from android_harness import runner
 
 FAST = ["--warmup", "1", "--min-reps", "2", "--min-time-ms", "1"]
+#: The build dense lines must report: the XNNPACK inside the executorch wheel the kit pins.
+WHEEL_BUILD = "executorch-" + importlib.metadata.version("executorch").split("+")[0]
+#: The wheel's x86 XNNPACK has no SpMM kernel (its NCHW convolution says unsupported hardware).
+SPARSE_ON_DEBIAN = platform.machine() in ("x86_64", "AMD64", "i686")
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +55,13 @@ TORCH_CASES = [
     layer("dense_fc_one_nonzero", cin=10, cout=3, k=1, h=1, w=1, density=0.01),
     layer("dense_k3_p2", cin=3, cout=4, k=3, pad=2, h=7, w=5),
     layer("dense_k3_threads2", cin=8, cout=16, k=3, stride=2, h=15, w=15, threads=2),
+    layer("dense_k1_wide", cin=48, cout=40, k=1, h=14, w=14, density=0.5),
+    layer("dense_k3_s2_wide", cin=32, cout=24, k=3, stride=2, h=17, w=16),
+    layer("dense_k7_s2_stem", cin=3, cout=16, k=7, stride=2, h=23, w=21),
     layer("dw_k3_s2", op="dwconv", cin=6, cout=6, k=3, stride=2, h=10, w=9),
     layer("dw_k5_p2", op="dwconv", cin=5, cout=5, k=5, h=8, w=8, density=0.5),
+    layer("dw_k3_wide", op="dwconv", cin=40, cout=40, k=3, h=14, w=13),
+    layer("dw_k5_s2_threads2", op="dwconv", cin=24, cout=24, k=5, stride=2, h=15, w=15, threads=2),
     layer("sparse_k1", cin=16, cout=12, k=1, h=7, w=9, density=0.3, impl="sparse"),
     layer("sparse_k1_p1", cin=6, cout=5, k=1, pad=1, h=4, w=5, density=0.5, impl="sparse"),
     layer("sparse_k1_s2", cin=10, cout=8, k=1, stride=2, h=9, w=8, density=0.5, impl="sparse"),
@@ -55,6 +69,9 @@ TORCH_CASES = [
     layer("sparse_k3_p0", cin=5, cout=7, k=3, pad=0, h=8, w=9, density=0.6, impl="sparse"),
     layer("sparse_k5_s3", cin=3, cout=4, k=5, stride=3, pad=2, h=14, w=13, density=0.5, impl="sparse"),
     layer("sparse_k3_threads2", cin=8, cout=16, k=3, stride=1, h=12, w=12, density=0.2, impl="sparse", threads=2),
+    layer("sparse_k1_wide", cin=64, cout=48, k=1, h=14, w=14, density=0.1, impl="sparse"),
+    layer("sparse_k1_dense_weights", cin=40, cout=36, k=1, h=9, w=10, density=1.0, impl="sparse"),
+    layer("sparse_k3_wide_threads2", cin=24, cout=32, k=3, h=13, w=12, density=0.25, impl="sparse", threads=2),
 ]
 
 
@@ -66,9 +83,12 @@ def read_f32(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
 
 def test_results_agree_with_torch_conv2d(binary: Path, tmp_path: Path) -> None:
     header, results = run(binary, TORCH_CASES, FAST + ["--dump", str(tmp_path)])
+    info = header["runner"]
     assert [r["id"] for r in results] == [c["id"] for c in TORCH_CASES]
     for case, result in zip(TORCH_CASES, results):
         assert "error" not in result, result
+        # Each line names the build that timed it: the header's dense or sparse build.
+        assert result["xnnpack"] == info["xnnpack" if case["impl"] == "dense" else "xnnpack_sparse"], result
         cin, cout, k, h, w = (case[key] for key in ("cin", "cout", "k", "h", "w"))
         groups = cin if case["op"] == "dwconv" else 1
         pad = case.get("pad", k // 2)
@@ -83,13 +103,57 @@ def test_results_agree_with_torch_conv2d(binary: Path, tmp_path: Path) -> None:
         assert result["max_abs_err"] <= float((got - expected).abs().max()) + 1e-6
 
 
+def test_dense_runs_on_the_wheel_and_sparse_on_a_build_with_spmm(binary: Path) -> None:
+    header, results = run(binary, [layer("dense", cin=8, cout=8, k=3, h=9, w=9),
+                                   layer("dw", op="dwconv", cin=8, cout=8, k=3, h=9, w=9),
+                                   layer("sparse", cin=8, cout=8, k=1, h=9, w=9, density=0.3, impl="sparse")])
+    info = header["runner"]
+    assert info["xnnpack"] == WHEEL_BUILD
+    assert [r["xnnpack"] for r in results[:2]] == [WHEEL_BUILD, WHEEL_BUILD]
+    if SPARSE_ON_DEBIAN:
+        assert info["xnnpack_sparse"].startswith("debian-"), info
+    else:
+        assert info["xnnpack_sparse"] == WHEEL_BUILD, info
+    assert results[2]["xnnpack"] == info["xnnpack_sparse"]
+
+
 def test_sparse_spmm_is_much_faster_at_low_density(binary: Path) -> None:
-    spec = dict(cin=128, cout=128, k=1, h=28, w=28, impl="sparse")
+    spec = dict(cin=256, cout=256, k=1, h=28, w=28, impl="sparse")
     _, results = run(binary, [layer("d005", density=0.05, **spec), layer("d100", density=1.0, **spec)],
                      ["--min-time-ms", "20"])
     sparse, dense = results
     assert "error" not in sparse and "error" not in dense
-    assert sparse["us_median"] < 0.7 * dense["us_median"], (sparse, dense)
+    assert sparse["xnnpack"] == dense["xnnpack"]
+    assert sparse["us_median"] < 0.5 * dense["us_median"], (sparse, dense)
+
+
+def test_sparse_lines_say_why_when_no_build_runs_spmm(binary: Path, tmp_path: Path) -> None:
+    """Where the wheel has no SpMM, an unloadable Debian library leaves sparse lines an error naming why."""
+    (tmp_path / "libXNNPACK.so.0").write_bytes(b"not a library")
+    env = {**os.environ, "LD_LIBRARY_PATH": str(tmp_path)}
+    text = "".join(json.dumps(line) + "\n" for line in [
+        layer("s", cin=8, cout=8, k=1, h=5, w=5, density=0.5, impl="sparse"), layer("d", cin=8, cout=8, k=1, h=5, w=5)])
+    done = subprocess.run([str(binary), *FAST], input=text, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    header, sparse, dense = (json.loads(line) for line in done.stdout.splitlines())
+    assert "error" not in dense and dense["xnnpack"] == WHEEL_BUILD
+    if not SPARSE_ON_DEBIAN:  # the wheel's own SpMM runs: Debian's library is never looked at
+        assert header["runner"]["xnnpack_sparse"] == WHEEL_BUILD and "error" not in sparse
+        return
+    assert header["runner"]["xnnpack_sparse"] is None
+    assert "unsupported hardware" in sparse["error"] and "libXNNPACK.so.0" in sparse["error"], sparse
+    assert sparse["error"] == header["runner"]["xnnpack_sparse_error"]
+
+
+def test_debian_build_on_request_times_dense_lines_too(binary: Path) -> None:
+    line = layer("dense", cin=8, cout=8, k=3, h=9, w=9)
+    bad = subprocess.run([str(binary), "--xnnpack", "2019"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--xnnpack" in bad.stderr
+    if not SPARSE_ON_DEBIAN:
+        return
+    header, (result,) = run(binary, [line], FAST + ["--xnnpack", "debian"])
+    assert header["runner"]["xnnpack"].startswith("debian-") and "error" not in result
+    assert result["xnnpack"] == header["runner"]["xnnpack"]
 
 
 def test_bad_lines_give_error_results_and_later_lines_still_run(binary: Path) -> None:
@@ -171,10 +235,14 @@ def test_same_line_measures_the_same_operator(binary: Path, tmp_path: Path) -> N
 def test_header_and_result_fields(binary: Path) -> None:
     header, (result,) = run(binary, [layer('we"ird \\ id ✓', cin=3, cout=3, k=1, h=2, w=2)])
     info = header["runner"]
-    assert info["version"] and info["xnnpack"] and info["cpu"] and info["arch"]
-    assert info["xnnpack_initialized"] is True
+    assert info["version"].startswith("0.2.") and info["xnnpack"] and info["cpu"] and info["arch"]
+    assert info["xnnpack_initialized"] is True and "xnnpack_sparse" in info
+    # Dense conv lines use the packed-LHS pf32 operator only where Arm SME makes ExecuTorch use it.
+    assert isinstance(info["xnnpack_pf32"], bool) and not (SPARSE_ON_DEBIAN and info["xnnpack_pf32"])
+    assert info["default_threads"] == len(os.sched_getaffinity(0))
     assert result["id"] == 'we"ird \\ id ✓'
-    for key in ("impl", "threads", "us_min", "us_median", "us_mean", "us_std", "reps", "max_abs_err", "timed_us"):
+    for key in ("impl", "threads", "us_min", "us_median", "us_mean", "us_std", "reps", "max_abs_err", "timed_us",
+                "xnnpack"):
         assert key in result
     assert result["us_min"] <= result["us_median"] and result["reps"] >= 2
     assert result["timed_us"] >= result["us_min"] * result["reps"]
@@ -197,6 +265,8 @@ def test_info_flags_and_plan_file(binary: Path, tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0
     assert json.loads(done.stdout.splitlines()[1])["id"] == "from_file"
+    # --affinity narrows what the header calls the default thread count.
+    assert json.loads(done.stdout.splitlines()[0])["runner"]["default_threads"] == 1
 
 
 def test_runner_paths_explain_how_to_build(tmp_path: Path) -> None:

@@ -50,15 +50,17 @@ def test_search_package_imports_neither_sqlite_nor_the_harness():
 
 @pytest.fixture(scope="module")
 def local_predictor(tmp_path_factory):
-    """A real predictor: a small profile of this machine measured by the real runner, a linear model."""
+    """A real predictor: a small profile of this machine measured by the real runner, a linear model, and no
+    whole-program model (a profile without programs): whole programs are the sum of dense layers."""
     from predictor import persistence, pipeline
     from predictor.models import LatencyPredictor
     root = tmp_path_factory.mktemp("pred")
     subprocess.run([sys.executable, "-m", "jcw", "profile", "--device", "local", "--out", str(root / "profile"),
-                    "--budget", "40", "--rounds", "1"], check=True, capture_output=True)
+                    "--budget", "40", "--rounds", "1", "--programs", "0"], check=True, capture_output=True)
     data = pipeline.read_profile(root / "profile")
     model = LatencyPredictor(model="linear").fit(data["training"])
-    persistence.save(model, root / "predictor", {"runner": data["runner"], "profile": str(root / "profile")})
+    persistence.save(model, root / "predictor", {"runner": data["runner"], "profile": str(root / "profile"),
+                                                 "threads": data["threads"]})
     return root / "predictor"
 
 
@@ -68,11 +70,14 @@ def test_search_writes_a_reproducible_run_and_exports(capsys, tmp_path, local_pr
             "--seed", "3", "--budgets", "0.05,1"]
     status, out, _ = _run(capsys, *args, "--out", str(tmp_path / "a"))
     assert status == 0 and "jcw search: digits" in out
+    assert "sum of dense layers (no program model" in out       # said, not hidden
     front = json.loads((tmp_path / "a" / "front.json").read_text())
-    assert front and all({"latency_ms", "accuracy", "layers", "widths", "densities"} <= set(c) for c in front)
+    assert front and all({"latency_ms", "accuracy", "layers", "widths", "densities", "latency_ms_by_runtime"}
+                         <= set(c) for c in front)
     for cand in front:
         assert len(cand["layers"]) == 5 == len(cand["widths"]) == len(cand["densities"])
-        assert {layer["impl"] for layer in cand["layers"]} <= {"dense", "sparse"}
+        assert {layer["impl"] for layer in cand["layers"]} == {"dense"} and set(cand["densities"]) == {1.0}
+        # no program model: the whole program is the sum of its layers, dense
         assert cand["latency_ms"] == pytest.approx(sum(layer["predicted_ms"] for layer in cand["layers"]))
     latencies = [c["latency_ms"] for c in front]
     assert latencies == sorted(latencies)
@@ -88,6 +93,9 @@ def test_search_writes_a_reproducible_run_and_exports(capsys, tmp_path, local_pr
     status, out, _ = _run(capsys, "export", "--run", str(tmp_path / "a"), "--pick", str(pick), "--reps", "3",
                           "--out", str(tmp_path / "m.pte"))
     assert status == 0 and "measured / predicted" in out
+    report = json.loads((tmp_path / "m.export.json").read_text())   # the run knows no device: this host
+    assert report["device"].startswith("host") and report["ratio"] == pytest.approx(
+        report["measured_ms"] / report["predicted_ms"])
     assert (tmp_path / "m.pte").stat().st_size > 0 and (tmp_path / "m.pruned.pt").exists()
     layers = (tmp_path / "m.layers.jsonl").read_text().splitlines()
     assert len(layers) == 5 and json.loads(layers[0])["id"] == "conv1"

@@ -117,6 +117,7 @@ class EmulatedPhone:
         self._connections: set[Connection] = set()
         self._processes: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        self._sandbox_lock = threading.Lock()   # a reboot rebuilds /proc; readers wait for it
         self._stopping = threading.Event()
         self.connections_served = 0
         self.host, self.port = host, port
@@ -203,7 +204,8 @@ class EmulatedPhone:
 
     @property
     def boot_id(self) -> str:
-        return (self._real_root / "proc/sys/kernel/random/boot_id").read_text().strip()
+        with self._sandbox_lock:
+            return (self._real_root / "proc/sys/kernel/random/boot_id").read_text().strip()
 
     @property
     def active_connections(self) -> int:
@@ -264,8 +266,9 @@ class EmulatedPhone:
             processes = list(self._processes)
         for proc in processes:
             shell.terminate(proc)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        build_sandbox(self._real_root, self.phone)
+        with self._sandbox_lock:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            build_sandbox(self._real_root, self.phone)
 
     # -- internals --
     def _service(self, name: str) -> Callable[[Stream, str], None] | None:

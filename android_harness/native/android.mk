@@ -1,17 +1,17 @@
-# Android arm64 bundle: Debian's arm64 XNNPACK/pthreadpool/cpuinfo/glibc fetched as .debs into a
-# build sysroot, convbench cross-compiled against them, then binary + loader + libraries + launcher
-# in one directory (see README.md for why not a static binary).
+# Android arm64 bundle: Debian's arm64 glibc/libgcc/libstdc++ fetched as .debs into a build sysroot,
+# convbench and ptebench cross-compiled against the arm64 executorch wheel's libraries (executorch.mk),
+# then binaries + loader + libraries + launchers in one directory (see README.md for why not static).
 ANDROID_CC      ?= aarch64-linux-gnu-gcc
 SYSROOT         := $(BUILD)/sysroot-arm64
 DEBS            := $(BUILD)/debs-arm64
 BUNDLE          := $(BUILD)/android-arm64
 SUDO            := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Runtime closure of convbench (readelf -d, re-checked below on every build): the three
-# libraries, glibc (libc, libm, libpthread, the loader) and libgcc_s, which libXNNPACK needs.
-ARM64_PACKAGES  := libxnnpack0 libxnnpack-dev libpthreadpool0 libpthreadpool-dev libcpuinfo0 libcpuinfo-dev \
-                   libc6 libgcc-s1
-BUNDLE_LIBS     := libXNNPACK.so.0 libpthreadpool.so.0 libcpuinfo.so.0 \
-                   libc.so.6 libm.so.6 libpthread.so.0 libgcc_s.so.1
+# Runtime closure of convbench and ptebench (readelf -d, re-checked below on every build): the executorch
+# wheel's libraries ($(ET_RUNTIME_LIBS), from $(ET_ARM64_LIB); convbench's XNNPACK, pthreadpool and cpuinfo
+# are the ones inside them), glibc (libc, libm, libpthread, libdl, the loader), libgcc_s and libstdc++,
+# which the wheel's C++ libraries need. Debian's arm64 XNNPACK is no longer part of it.
+ARM64_PACKAGES  := libc6 libgcc-s1 libstdc++6
+BUNDLE_LIBS     := libc.so.6 libm.so.6 libpthread.so.0 libgcc_s.so.1 libstdc++.so.6 libdl.so.2
 ARM64_LIBDIR    := $(SYSROOT)/usr/lib/aarch64-linux-gnu
 ARM64_BASE_LIBDIR := $(SYSROOT)/lib/aarch64-linux-gnu
 
@@ -36,24 +36,26 @@ $(SYSROOT)/.complete: android.mk
 	for deb in $(DEBS)/*.deb; do dpkg -x "$$deb" $(SYSROOT); done
 	touch $@
 
-$(BUILD)/arm64/convbench: $(SOURCES) $(HEADERS) $(SYSROOT)/.complete
+# convbench on the arm64 wheel's XNNPACK (dense and sparse: its NCHW SpMM runs on arm64); the cross
+# toolchain's glibc and libstdc++ resolve the wheel libraries' own needs at link time.
+$(BUILD)/arm64/convbench: $(SOURCES) $(HEADERS) $(ET_ARM64_STAMP)
 	@mkdir -p $(dir $@)
-	$(ANDROID_CC) $(CFLAGS) -DCONVBENCH_VERSION='"$(VERSION)"' \
-	  -DXNNPACK_VERSION='"'"$$(dpkg-deb -f $(DEBS)/libxnnpack0_*_arm64.deb Version)"'"' \
-	  -I$(SYSROOT)/usr/include -L$(ARM64_LIBDIR) -Wl,-rpath-link,$(ARM64_LIBDIR) \
-	  -o $@ $(SOURCES) $(LIBS)
+	$(ANDROID_CC) $(CFLAGS) $(CONVBENCH_DEFS) -o $@ $(SOURCES) \
+	  -L$(ET_ARM64_LIB) -Wl,-rpath-link,$(ET_ARM64_LIB) $(LIBS)
 
-$(BUNDLE)/manifest.json: $(BUILD)/arm64/convbench convbench.sh
+$(BUNDLE)/manifest.json: $(BUILD)/arm64/convbench convbench.sh $(BUILD)/arm64/ptebench ptebench.sh $(ET_ARM64_STAMP) \
+                         $(SYSROOT)/.complete
 	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)
-	cp $(BUILD)/arm64/convbench $(BUNDLE)/convbench
-	cp convbench.sh $(BUNDLE)/convbench.sh
+	cp $(BUILD)/arm64/convbench $(BUILD)/arm64/ptebench convbench.sh ptebench.sh $(BUNDLE)/
 	cp -L $(SYSROOT)/lib/ld-linux-aarch64.so.1 $(BUNDLE)/ld-linux-aarch64.so.1
 	for lib in $(BUNDLE_LIBS); do \
 	  if [ -e $(ARM64_LIBDIR)/$$lib ]; then cp -L $(ARM64_LIBDIR)/$$lib $(BUNDLE)/; \
 	  else cp -L $(ARM64_BASE_LIBDIR)/$$lib $(BUNDLE)/; fi; done
-	chmod 755 $(BUNDLE)/convbench $(BUNDLE)/convbench.sh $(BUNDLE)/ld-linux-aarch64.so.1
+	for lib in $(ET_RUNTIME_LIBS); do cp -L $(ET_ARM64_LIB)/$$lib $(BUNDLE)/; done
+	chmod 755 $(BUNDLE)/convbench $(BUNDLE)/convbench.sh $(BUNDLE)/ptebench $(BUNDLE)/ptebench.sh \
+	  $(BUNDLE)/ld-linux-aarch64.so.1
 	@# The bundle must be closed: every NEEDED library of every file is in it.
-	@set -e; for f in $(BUNDLE)/convbench $(BUNDLE)/*.so*; do \
+	@set -e; for f in $(BUNDLE)/convbench $(BUNDLE)/ptebench $(BUNDLE)/*.so*; do \
 	  for need in $$(readelf -d "$$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do \
 	    [ -e "$(BUNDLE)/$$need" ] || { echo "bundle is missing $$need (needed by $$f)"; exit 1; }; \
 	  done; done

@@ -9,22 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include <xnnpack.h>
-
 #include "tensors.h"
-
-static const char* status_name(enum xnn_status s) {
-  switch (s) {
-    case xnn_status_success: return "success";
-    case xnn_status_uninitialized: return "XNNPACK is not initialized";
-    case xnn_status_invalid_parameter: return "invalid parameter";
-    case xnn_status_invalid_state: return "invalid state";
-    case xnn_status_unsupported_parameter: return "unsupported parameter";
-    case xnn_status_unsupported_hardware: return "unsupported hardware";
-    case xnn_status_out_of_memory: return "out of memory";
-  }
-  return "unknown status";
-}
 
 static double now_us(void) {
   struct timespec ts;
@@ -41,11 +26,14 @@ static int compare_doubles(const void* a, const void* b) {
 struct buffers {
   float *input, *weights, *input_op, *weights_op, *columns, *output, *output_nchw;
   double* samples;
+  void* workspace;
   xnn_operator_t op;
+  const struct xnn_build* build;
 };
 
 static void free_buffers(struct buffers* b) {
-  if (b->op != NULL) xnn_delete_operator(b->op);
+  if (b->op != NULL) b->build->delete_op(b->op);
+  free(b->workspace);
   free(b->input); free(b->weights); free(b->input_op); free(b->weights_op);
   free(b->columns); free(b->output); free(b->output_nchw); free(b->samples);
   memset(b, 0, sizeof *b);
@@ -84,13 +72,14 @@ static int write_floats(const char* dir, const char* id, const char* suffix, con
   return 0;
 }
 
-int bench_run(const struct plan_line* L, const struct bench_options* opt, pthreadpool_t pool,
-              struct bench_result* res, char* err, size_t errlen) {
+int bench_run(const struct plan_line* L, const struct bench_options* opt, const struct xnn_build* build,
+              pthreadpool_t pool, struct bench_result* res, char* err, size_t errlen) {
   struct buffers b;
   struct rng r;
   enum xnn_status st;
   const double line_start = now_us();
   memset(&b, 0, sizeof b);
+  b.build = build;
   memset(res, 0, sizeof *res);
 
   const int sparse = L->impl == IMPL_SPARSE;
@@ -132,32 +121,34 @@ int bench_run(const struct plan_line* L, const struct bench_options* opt, pthrea
         alloc_floats(&b.weights_op, w_count, "OHWI weights", err, errlen)) goto fail;
     nchw_to_nhwc(b.input, b.input_op, (size_t) L->cin, (size_t) (L->h * L->w));
     oihw_to_ohwi(b.weights, b.weights_op, (size_t) L->cout, (size_t) L->cin_per_group, (size_t) L->k);
-    st = xnn_create_convolution2d_nhwc_f32(
-        (uint32_t) L->pad, (uint32_t) L->pad, (uint32_t) L->pad, (uint32_t) L->pad, (uint32_t) L->k, (uint32_t) L->k,
-        (uint32_t) L->stride, (uint32_t) L->stride, 1, 1, (uint32_t) L->groups, (size_t) L->cin_per_group,
-        (size_t) (L->cout / L->groups), (size_t) L->cin, (size_t) L->cout, b.weights_op, NULL,
-        -INFINITY, INFINITY, 0, &b.op);
+    const struct conv_shape shape = {
+        (uint32_t) L->pad, (uint32_t) L->k, (uint32_t) L->stride, (uint32_t) L->groups, (size_t) L->cin_per_group,
+        (size_t) (L->cout / L->groups), (size_t) L->cin, (size_t) L->cout };
+    st = build_create(build, 0, &shape, b.weights_op, &b.op);
     if (st != xnn_status_success) {
-      snprintf(err, errlen, "XNNPACK could not create the dense convolution: %s", status_name(st));
+      snprintf(err, errlen, "XNNPACK (%s) could not create the dense convolution: %s", build->name, build_status_name(st));
       goto fail;
     }
-    st = xnn_setup_convolution2d_nhwc_f32(b.op, 1, (size_t) L->h, (size_t) L->w, b.input_op, b.output, pool);
+    st = build_setup(build, 0, &shape, b.op, (size_t) L->h, (size_t) L->w, (size_t) L->out_h, (size_t) L->out_w,
+                     b.input_op, b.output, pool, &b.workspace);
   } else {
     /* A 1x1, unpadded, stride-1, single-group NCHW convolution is the only case XNNPACK
      * routes to its SpMM microkernel, so creation succeeding means SpMM runs. */
     if (!direct_spmm && alloc_floats(&b.columns, col_count, "im2col buffer", err, errlen)) goto fail;
     const size_t channels = (size_t) col_rows;
-    st = xnn_create_convolution2d_nchw_f32(0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, channels, (size_t) L->cout, channels,
-                                           (size_t) L->cout, b.weights, NULL, -INFINITY, INFINITY, 0, &b.op);
+    const struct conv_shape shape = { 0, 1, 1, 1, channels, (size_t) L->cout, channels, (size_t) L->cout };
+    st = build_create(build, 1, &shape, b.weights, &b.op);
     if (st != xnn_status_success) {
-      snprintf(err, errlen, "XNNPACK could not create the sparse (SpMM) convolution: %s", status_name(st));
+      snprintf(err, errlen, "XNNPACK (%s) could not create the sparse (SpMM) convolution: %s", build->name,
+               build_status_name(st));
       goto fail;
     }
-    st = xnn_setup_convolution2d_nchw_f32(b.op, 1, (size_t) L->out_h, (size_t) L->out_w,
-                                          direct_spmm ? b.input : b.columns, b.output, pool);
+    st = build_setup(build, 1, &shape, b.op, (size_t) L->out_h, (size_t) L->out_w, (size_t) L->out_h, (size_t) L->out_w,
+                     direct_spmm ? b.input : b.columns, b.output, pool, &b.workspace);
   }
   if (st != xnn_status_success) {
-    snprintf(err, errlen, "XNNPACK could not set up the %s convolution: %s", sparse ? "sparse" : "dense", status_name(st));
+    snprintf(err, errlen, "XNNPACK (%s) could not set up the %s convolution: %s", build->name,
+             sparse ? "sparse" : "dense", build_status_name(st));
     goto fail;
   }
 
@@ -167,11 +158,12 @@ int bench_run(const struct plan_line* L, const struct bench_options* opt, pthrea
   int warmup_left = opt->warmup;
   for (;;) {
     const double t0 = now_us();
-    if (sparse && !direct_spmm) im2col(L, b.input, b.columns, pool);
-    st = xnn_run_operator(b.op, pool);
+    if (sparse && !direct_spmm) im2col(L, b.input, b.columns, build->parallelize_1d, pool);
+    st = build->run(b.op, pool);
     const double dt = now_us() - t0;
     if (st != xnn_status_success) {
-      snprintf(err, errlen, "XNNPACK failed to run the %s convolution: %s", sparse ? "sparse" : "dense", status_name(st));
+      snprintf(err, errlen, "XNNPACK (%s) failed to run the %s convolution: %s", build->name, sparse ? "sparse" : "dense",
+               build_status_name(st));
       goto fail;
     }
     if (warmup_left > 0) {

@@ -4,8 +4,7 @@
 
 #include <stddef.h>
 
-#include <pthreadpool.h>
-
+#include "builds.h"
 #include "plan.h"
 
 struct bench_options {
@@ -27,8 +26,9 @@ struct bench_result {
   int reps;
 };
 
-/* Returns 0 and fills result, or -1 with a one-sentence error in err. */
-int bench_run(const struct plan_line* line, const struct bench_options* options, pthreadpool_t pool,
-              struct bench_result* result, char* err, size_t errlen);
+/* Times the line with `build` (its operators, its pool). Returns 0 and fills result, or -1 with a
+ * one-sentence error in err. */
+int bench_run(const struct plan_line* line, const struct bench_options* options, const struct xnn_build* build,
+              pthreadpool_t pool, struct bench_result* result, char* err, size_t errlen);
 
 #endif

@@ -1,6 +1,8 @@
 /* convbench: reads plan JSON Lines (stdin or --plan FILE), measures each line with XNNPACK and
  * writes one result JSON line per plan line, in order, flushed at once (runner contract in
- * ARCHITECTURE.md). A bad line yields an error result; only an unreadable plan fails the run. */
+ * ARCHITECTURE.md). A bad line yields an error result; only an unreadable plan fails the run.
+ * Dense lines run on the ExecuTorch wheel's XNNPACK; sparse lines on the first build whose NCHW
+ * SpMM runs here (the wheel's, else Debian's 2022 one); every result names the build that timed it. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -11,19 +13,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cpuinfo.h>
-#include <pthreadpool.h>
-#include <xnnpack.h>
-
 #include "bench.h"
+#include "builds.h"
 #include "json.h"
 #include "plan.h"
 
 #ifndef CONVBENCH_VERSION
-#define CONVBENCH_VERSION "0.1.0"
+#define CONVBENCH_VERSION "0.2.0"
 #endif
-#ifndef XNNPACK_VERSION
-#define XNNPACK_VERSION "unknown"
+/* The wheel's build ("executorch-<version>") and, when Debian's libxnnpack0 was there at build
+ * time, Debian's ("debian-<package version>"), loaded at run time only if the wheel has no SpMM. */
+#ifndef XNNPACK_BUILD
+#define XNNPACK_BUILD "executorch-unknown"
 #endif
 #if defined(__aarch64__)
 #define ARCH "aarch64"
@@ -41,6 +42,9 @@ static const char usage[] =
   "usage: convbench [--plan FILE] [--info] [options] < plan.jsonl\n"
   "Measures XNNPACK dense (NHWC) and sparse (NCHW SpMM) convolutions, one JSON result per plan line.\n"
   "  --plan FILE          read the plan from FILE instead of stdin\n"
+  "  --xnnpack BUILD      executorch (default: dense on the ExecuTorch wheel's XNNPACK, sparse on the\n"
+  "                       first build with SpMM here) or debian (every line on Debian's 2022 build,\n"
+  "                       to compare builds; x86 hosts with libxnnpack0 only)\n"
   "  --info               print the header line {\"runner\": {...}} and exit\n"
   "  --warmup N           untimed runs before timing (default 2) ...\n"
   "  --warmup-ms X        ... but no more once they took X ms; at least one runs (default 5)\n"
@@ -100,8 +104,10 @@ static int set_affinity(const char* mask_text) {
 static void cpu_name(char* out, size_t cap) {
   out[0] = '\0';
   if (cpuinfo_initialize()) {
-    const struct cpuinfo_package* pkg = cpuinfo_get_package(0);
-    if (pkg != NULL && pkg->name[0] != '\0' && strcmp(pkg->name, "Unknown") != 0) snprintf(out, cap, "%s", pkg->name);
+    /* The package name is the first member of struct cpuinfo_package (see xnn_api.h). */
+    const char* name = (const char*) cpuinfo_get_package(0);
+    if (name != NULL && name[0] != '\0' && strncmp(name, "Unknown", 8) != 0)
+      snprintf(out, cap, "%.*s", (int) strnlen(name, CONVBENCH_CPUINFO_PACKAGE_NAME_MAX), name);
   }
   if (out[0] != '\0') return;
   /* cpuinfo leaves the name empty on many ARM boards and under emulation. */
@@ -121,20 +127,86 @@ static void cpu_name(char* out, size_t cap) {
   if (out[0] == '\0') snprintf(out, cap, "unknown");
 }
 
-static void write_header(const struct bench_options* o, enum xnn_status init) {
+/* Cores this process may run on (after --affinity): what a pool of "all cores" would get. */
+static int default_threads(void) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  const int n = CPU_COUNT(&set);
+  return n > 0 ? n : 1;
+}
+
+struct builds {
+  struct xnn_build wheel, debian;
+  struct xnn_build* dense;        /* times dense lines */
+  struct xnn_build* sparse;       /* times sparse lines, NULL when no build runs SpMM here ... */
+  char sparse_error[400];         /* ... and why */
+};
+
+static void write_header(const struct bench_options* o, const struct builds* b) {
   char cpu[256];
   cpu_name(cpu, sizeof cpu);
   printf("{\"runner\": {\"version\": ");
   json_write_string(stdout, CONVBENCH_VERSION);
   printf(", \"xnnpack\": ");
-  json_write_string(stdout, XNNPACK_VERSION);
-  printf(", \"xnnpack_initialized\": %s, \"cpu\": ", init == xnn_status_success ? "true" : "false");
+  json_write_string(stdout, b->dense->name);
+  printf(", \"xnnpack_sparse\": ");
+  if (b->sparse != NULL) json_write_string(stdout, b->sparse->name);
+  else printf("null");
+  if (b->sparse == NULL) {
+    printf(", \"xnnpack_sparse_error\": ");
+    json_write_string(stdout, b->sparse_error);
+  }
+  /* Dense conv lines on the pf32 (packed-LHS, Arm SME) operator, as ExecuTorch's delegate runs them. */
+  printf(", \"xnnpack_pf32\": %s", b->dense->pf32 ? "true" : "false");
+  printf(", \"xnnpack_initialized\": %s, \"cpu\": ", b->dense->initialized ? "true" : "false");
   json_write_string(stdout, cpu);
-  printf(", \"arch\": \"%s\", \"cores\": %u, \"timing\": {\"warmup\": %d, \"warmup_ms\": %g, \"min_reps\": %d, \"min_time_ms\": %g, "
-         "\"max_reps\": %d, \"max_time_ms\": %g, \"clock\": \"CLOCK_MONOTONIC\"}, \"tolerance\": %g}}\n",
-         ARCH, cpuinfo_initialize() ? cpuinfo_get_processors_count() : 0u, o->warmup, o->warmup_ms, o->min_reps,
-         o->min_time_ms, o->max_reps, o->max_time_ms, o->tolerance);
+  printf(", \"arch\": \"%s\", \"cores\": %u, \"default_threads\": %d, \"timing\": {\"warmup\": %d, \"warmup_ms\": %g, "
+         "\"min_reps\": %d, \"min_time_ms\": %g, \"max_reps\": %d, \"max_time_ms\": %g, \"clock\": \"CLOCK_MONOTONIC\"}, "
+         "\"tolerance\": %g}}\n",
+         ARCH, cpuinfo_initialize() ? cpuinfo_get_processors_count() : 0u, default_threads(), o->warmup, o->warmup_ms,
+         o->min_reps, o->min_time_ms, o->max_reps, o->max_time_ms, o->tolerance);
   fflush(stdout);
+}
+
+/* Opens the builds: dense on the wheel's (or Debian's with --xnnpack debian); sparse on the wheel's
+ * when its NCHW SpMM runs here, else on Debian's when it loads and runs it. Returns 0, or -1 with
+ * a sentence in err when the requested --xnnpack build is unavailable. */
+static int open_builds(struct builds* b, int want_debian, char* err, size_t errlen) {
+  char why[300] = "";
+  memset(b, 0, sizeof *b);
+  build_open_wheel(&b->wheel, XNNPACK_BUILD);
+  b->dense = &b->wheel;
+  enum xnn_status st = build_probe_spmm(&b->wheel);
+  if (st == xnn_status_success && !want_debian) {
+    b->sparse = &b->wheel;
+    return 0;
+  }
+#ifdef XNNPACK_DEBIAN_BUILD
+  if (want_debian || st == xnn_status_unsupported_hardware) {
+    if (build_open_debian(&b->debian, XNNPACK_DEBIAN_BUILD, why, sizeof why) == 0) {
+      const enum xnn_status dst = build_probe_spmm(&b->debian);
+      if (want_debian) b->dense = &b->debian;
+      if (dst == xnn_status_success) {
+        b->sparse = &b->debian;
+        return 0;
+      }
+      snprintf(why, sizeof why, "%s says %s", b->debian.name, build_status_name(dst));
+    } else if (want_debian) {
+      snprintf(err, errlen, "--xnnpack debian: %s", why);
+      return -1;
+    }
+  }
+#else
+  if (want_debian) {
+    snprintf(err, errlen, "--xnnpack debian: this convbench was built without Debian's XNNPACK");
+    return -1;
+  }
+#endif
+  snprintf(b->sparse_error, sizeof b->sparse_error,
+           "no XNNPACK build here runs the sparse (NCHW SpMM) convolution: %s says %s%s%s",
+           b->wheel.name, build_status_name(st), why[0] ? "; " : "", why[0] ? why : "");
+  return 0;
 }
 
 static void write_error(const struct plan_line* line, const char* message) {
@@ -147,9 +219,11 @@ static void write_error(const struct plan_line* line, const char* message) {
   fflush(stdout);
 }
 
-static void write_result(const struct plan_line* line, const struct bench_result* r) {
+static void write_result(const struct plan_line* line, const struct xnn_build* build, const struct bench_result* r) {
   printf("{\"id\": ");
   json_write_string(stdout, line->id);
+  printf(", \"xnnpack\": ");
+  json_write_string(stdout, build->name);
   printf(", \"impl\": \"%s\", \"threads\": %lld, \"us_min\": %.3f, \"us_median\": %.3f, \"us_mean\": %.3f, "
          "\"us_std\": %.3f, \"reps\": %d, \"max_abs_err\": ",
          line->impl == IMPL_DENSE ? "dense" : "sparse", (long long) line->threads, r->us_min, r->us_median,
@@ -162,7 +236,7 @@ static void write_result(const struct plan_line* line, const struct bench_result
 int main(int argc, char** argv) {
   struct bench_options o = { 2, 5.0, 5, 30.0, 1000, 5000.0, 1e-4, 64, 1024.0, NULL };
   const char* plan_path = NULL;
-  int info_only = 0;
+  int info_only = 0, want_debian = 0;
   for (int i = 1; i < argc; i++) {
     const char* a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -172,6 +246,10 @@ int main(int argc, char** argv) {
     if (v == NULL) return usage_error("unknown option or missing value for %s", a);
     i++;
     if (strcmp(a, "--plan") == 0) plan_path = v;
+    else if (strcmp(a, "--xnnpack") == 0) {
+      if (strcmp(v, "debian") == 0) want_debian = 1;
+      else if (strcmp(v, "executorch") != 0) return usage_error("--xnnpack needs executorch or debian, got \"%s\"", v);
+    }
     else if (strcmp(a, "--dump") == 0) o.dump_dir = v;
     else if (strcmp(a, "--affinity") == 0) {
       const int rc = set_affinity(v);
@@ -191,9 +269,14 @@ int main(int argc, char** argv) {
   }
   if (o.min_reps > o.max_reps) o.min_reps = o.max_reps; /* --max-reps is a hard cap */
 
-  const enum xnn_status init = xnn_initialize(NULL);
-  write_header(&o, init);
-  if (info_only) return init == xnn_status_success ? 0 : 1;
+  static struct builds builds;
+  char err[512];
+  if (open_builds(&builds, want_debian, err, sizeof err) != 0) {
+    fprintf(stderr, "convbench: %s.\n", err);
+    return 2;
+  }
+  write_header(&o, &builds);
+  if (info_only) return builds.dense->initialized ? 0 : 1;
 
   FILE* plan = stdin;
   if (plan_path != NULL && strcmp(plan_path, "-") != 0) {
@@ -204,12 +287,9 @@ int main(int argc, char** argv) {
     }
   }
 
-  pthreadpool_t pool = NULL;
-  int64_t pool_threads = 1;
   char* text = NULL;
   size_t cap = 0;
   ssize_t len;
-  char err[512];
   while ((len = getline(&text, &cap, plan)) != -1) {
     struct plan_line line;
     size_t n = (size_t) len;
@@ -222,27 +302,25 @@ int main(int argc, char** argv) {
       continue;
     }
     if (plan_parse(text, &line, err, sizeof err) != 0) { write_error(&line, err); continue; }
-    if (init != xnn_status_success) {
+    if (!builds.dense->initialized) {
       write_error(&line, "XNNPACK failed to initialize on this CPU");
       continue;
     }
-    if (line.threads != pool_threads) {
-      if (pool != NULL) pthreadpool_destroy(pool);
-      pool = line.threads > 1 ? pthreadpool_create((size_t) line.threads) : NULL;
-      pool_threads = line.threads;
-      if (line.threads > 1 && pool == NULL) {
-        pool_threads = 1;
-        write_error(&line, "could not create the thread pool");
-        continue;
-      }
+    struct xnn_build* build = line.impl == IMPL_DENSE ? builds.dense : builds.sparse;
+    if (build == NULL) { write_error(&line, builds.sparse_error); continue; }
+    pthreadpool_t pool;
+    if (build_pool(build, line.threads, &pool) != 0) {
+      write_error(&line, "could not create the thread pool");
+      continue;
     }
     struct bench_result result;
-    if (bench_run(&line, &o, pool, &result, err, sizeof err) != 0) write_error(&line, err);
-    else write_result(&line, &result);
+    if (bench_run(&line, &o, build, pool, &result, err, sizeof err) != 0) write_error(&line, err);
+    else write_result(&line, build, &result);
   }
   const int read_failed = ferror(plan);
   free(text);
-  if (pool != NULL) pthreadpool_destroy(pool);
+  build_close(&builds.wheel);
+  if (builds.debian.initialized) build_close(&builds.debian);
   if (plan != stdin) fclose(plan);
   if (read_failed) {
     fprintf(stderr, "convbench: reading the plan failed: %s.\n", strerror(errno));

@@ -105,9 +105,10 @@ static void im2col_row(void* opaque, size_t row) {
   }
 }
 
-void im2col(const struct plan_line* line, const float* input, float* columns, pthreadpool_t pool) {
+void im2col(const struct plan_line* line, const float* input, float* columns, parallelize_1d_fn parallelize,
+            pthreadpool_t pool) {
   struct im2col_context ctx = { line, input, columns };
-  pthreadpool_parallelize_1d(pool, im2col_row, &ctx, (size_t) (line->cin * line->k * line->k), 0);
+  parallelize(pool, im2col_row, &ctx, (size_t) (line->cin * line->k * line->k), 0);
 }
 
 static void check_one(const struct plan_line* L, const float* input, const float* weights,

@@ -6,9 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <pthreadpool.h>
-
 #include "plan.h"
+#include "xnn_api.h"
 
 struct rng { uint64_t state; };
 
@@ -25,9 +24,13 @@ void oihw_to_ohwi(const float* src, float* dst, size_t cout, size_t cin_g, size_
 void nchw_to_nhwc(const float* src, float* dst, size_t c, size_t hw);
 void nhwc_to_nchw(const float* src, float* dst, size_t c, size_t hw);
 
+/* The pthreadpool_parallelize_1d of the build whose pool is passed (pools of two builds do not mix). */
+typedef void (*parallelize_1d_fn)(pthreadpool_t, pthreadpool_task_1d_t, void*, size_t, uint32_t);
+
 /* im2col: NCHW input [cin][h][w] -> [cin*k*k][out_h*out_w], rows ordered (c, ky, kx) to
  * match flattened OIHW weights; parallel over rows through the pool (NULL = caller thread). */
-void im2col(const struct plan_line* line, const float* input, float* columns, pthreadpool_t pool);
+void im2col(const struct plan_line* line, const float* input, float* columns, parallelize_1d_fn parallelize,
+            pthreadpool_t pool);
 
 struct reference_check {
   double max_abs_err;

@@ -1,0 +1,98 @@
+"""Same library, same kernel (issue 9): one convolution timed as a single-layer ExecuTorch program
+(`ptebench`, the XNNPACK delegate inside ExecuTorch's runtime) and as a `convbench` line (the same
+XNNPACK, called directly), on the same device, thread count and statistic (us_min of the fastest round).
+
+The ratio .pte / convbench is the whole-program overhead one layer carries (delegate entry, layout
+work, runtime); it should be close to 1 for large layers and grow for tiny ones.
+
+Reproduce:
+    .venv/bin/python benchmarks/bench_same_kernel.py [--threads T] [--rounds 3] [--device local|tcp:HOST:PORT]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from profiler import programs  # noqa: E402
+from profiler.layerspec import LayerSpec  # noqa: E402
+
+#: About 20 shapes across the space the kit profiles: 1x1, 3x3, strided, depthwise 3x3/5x5, stems, FC.
+SHAPES = [
+    ("conv", 3, 32, 3, 2, 224), ("conv", 3, 64, 7, 2, 224), ("conv", 32, 64, 1, 1, 112),
+    ("conv", 64, 64, 3, 1, 56), ("conv", 64, 128, 3, 2, 56), ("conv", 64, 256, 1, 1, 56),
+    ("conv", 128, 128, 3, 1, 28), ("conv", 128, 512, 1, 1, 28), ("conv", 256, 256, 3, 1, 14),
+    ("conv", 256, 1024, 1, 1, 14), ("conv", 512, 512, 3, 1, 7), ("conv", 512, 2048, 1, 1, 7),
+    ("conv", 96, 24, 1, 1, 56), ("conv", 144, 32, 1, 1, 28), ("conv", 40, 240, 1, 1, 28),
+    ("dwconv", 32, 32, 3, 1, 112), ("dwconv", 144, 144, 3, 2, 56), ("dwconv", 240, 240, 5, 1, 14),
+    ("dwconv", 512, 512, 3, 1, 14), ("conv", 1280, 1000, 1, 1, 1),
+]
+
+
+def program_of(spec: LayerSpec) -> dict:
+    node = {"name": "conv", "op": "conv", "cout": spec.cout, "k": spec.k, "stride": spec.stride, "pad": spec.pad,
+            "groups": spec.cin if spec.op == "dwconv" else 1}
+    return programs.validate({"name": "single", "input": [1, spec.cin, spec.h, spec.w], "nodes": [node]})
+
+
+def fastest(results: list[dict]) -> float:
+    bad = [r for r in results if "error" in r]
+    if bad:
+        raise SystemExit(f"runner error: {bad[0]['error']}")
+    return min(r["us_min"] for r in results)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="local")
+    parser.add_argument("--threads", type=int, default=None, help="default: ExecuTorch's default on the device")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shapes", type=int, default=len(SHAPES), help="use the first N shapes")
+    args = parser.parse_args()
+
+    from profiler import program_build, session
+
+    device = session.open_device(args.device)
+    threads = args.threads or int(device.program_runner_info().get("default_threads") or 1)
+    specs = [LayerSpec(op=op, cin=cin, cout=cout, k=k, stride=s, h=h, w=h)
+             for op, cin, cout, k, s, h in SHAPES[:args.shapes]]
+    print(f"# same kernel: {len(specs)} convolutions on {device.address}, threads {threads}, "
+          f"{args.rounds} rounds, statistic us_min of the fastest round", flush=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        ptes = []
+        for i, spec in enumerate(specs):
+            path = Path(tmp) / f"conv{i}.pte"
+            program_build.export_pte(program_of(spec), path)
+            ptes.append(path)
+        rows = []
+        for i, (spec, pte) in enumerate(zip(specs, ptes)):
+            conv_line = {"id": f"c{i}", **spec.to_dict(), "impl": "dense", "threads": threads}
+            pte_line = {"id": f"p{i}", "pte": str(pte), "threads": threads}
+            conv = [list(device.run_batch([conv_line]))[0] for _ in range(args.rounds)]
+            pte_results = [list(device.run_programs([pte_line]))[0] for _ in range(args.rounds)]
+            rows.append((spec, fastest(conv), fastest(pte_results), conv[0].get("xnnpack", "?")))
+    print(f"\n| layer | convbench us | .pte us | .pte / convbench |")
+    print("|---|---|---|---|")
+    for spec, conv_us, pte_us, build in rows:
+        label = f"{spec.op} {spec.cin}->{spec.cout} k{spec.k} s{spec.stride} @{spec.h}"
+        print(f"| {label} | {conv_us:.1f} | {pte_us:.1f} | {pte_us / conv_us:.3f}× |")
+    ratios = [pte / conv for _, conv, pte, _ in rows]
+    big = [pte / conv for _, conv, pte, _ in rows if conv >= 200]
+    print(f"\nconvbench XNNPACK build: {rows[0][3]}")
+    print(f"median .pte / convbench over {len(rows)} shapes: {statistics.median(ratios):.3f}×  "
+          f"(min {min(ratios):.3f}×, max {max(ratios):.3f}×)")
+    if big:
+        print(f"median over the {len(big)} layers of ≥ 200 µs: {statistics.median(big):.3f}×")
+    print(f"took {time.monotonic() - started:.0f} s")
+    device.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

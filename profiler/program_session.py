@@ -1,0 +1,412 @@
+"""Whole ExecuTorch programs on a device: the program phase of `jcw profile` (plan, export each program
+once on the host, time it in rounds, commit each result as it arrives) and `measure_programs` (behind
+`jcw measure --pte` and the search stage's `jcw export`), plus the .pte file check and thread defaults.
+"""
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+from concurrent import futures
+from typing import Any, Callable, Iterable
+
+from android_harness.device import Device, DeviceDisconnected, DeviceError
+from profiler.batches import SystematicFailure, common_error, run_lines, same_failure
+from profiler.cliargs import MAX_THREADS
+from profiler.store import ROUND_STATISTIC, ProfileStore
+
+RUNTIME = "executorch"
+#: ExecuTorch flatbuffer files carry this file identifier at bytes 4..8 (after the root table offset).
+PTE_MAGIC = b"ET12"
+#: The extended header that follows it: magic, length, program size, segment base offset, segment size.
+PTE_EXTENDED_MAGIC = b"eh00"
+PROGRAM_DIR = "programs"
+#: Held-out and unseen programs per training program, and their floor.
+PROGRAM_EVAL_SHARE = 3
+MIN_EVAL_PROGRAMS = 10
+FIRST_PROGRAM_BATCH = 2
+MAX_PROGRAM_BATCH = 16
+TARGET_PROGRAM_BATCH_SECONDS = 3.0
+#: Parallel host exports at most (each worker holds its own torch, ~1.5 GB).
+EXPORT_WORKERS = 4
+#: Training programs a profile may plan at most (held-out and unseen ones come on top): each is a .pte
+#: file of up to ~100 MB and minutes of host export.
+MAX_PROGRAMS = 1000
+
+Progress = Callable[[int, int, dict[str, Any]], None]
+
+
+#: Layer-runner timing flags the .pte runner takes too: `jcw profile --runner-arg` passes only these on.
+SHARED_RUNNER_FLAGS = ("--warmup", "--min-reps", "--min-time-ms", "--max-reps", "--max-time-ms")
+
+
+def _export_one(spec: dict[str, Any], temp: str) -> dict[str, Any]:
+    """One host export (in a worker process): the delegation facts, or {"error": sentence}."""
+    from profiler import program_build
+    try:
+        built = program_build.export_pte(spec, temp, seed=0)
+    except program_build.ProgramBuildError as exc:
+        return {"error": str(exc)}
+    return {"partitions": built.get("partitions"), "undelegated_ops": built.get("undelegated_ops")}
+
+
+def _exported(jobs: list[tuple[dict[str, Any], Path, Path]]):
+    """Yield (job, result) as each export finishes; an OSError propagates.
+
+    Exports are single-threaded Python and run before anything is timed, so one worker process per
+    core (at most EXPORT_WORKERS) cuts the host's share of a profile without disturbing a measurement.
+    Ctrl-C cancels what has not started; finished exports are already renamed into place.
+    """
+    workers = max(1, min(EXPORT_WORKERS, len(os.sched_getaffinity(0)), len(jobs)))
+    if workers == 1:
+        for job in jobs:
+            yield job, _export_one(job[0]["spec"], str(job[1]))
+        return
+    pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending = {pool.submit(_export_one, job[0]["spec"], str(job[1])): job for job in jobs}
+        for done in futures.as_completed(pending):
+            yield pending[done], done.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+def shared_runner_args(runner_args: Iterable[str]) -> list[str]:
+    """The timing flags of layer-runner arguments that mean the same to the .pte runner (others dropped)."""
+    tokens, out = [str(a) for a in runner_args], []
+    i = 0
+    while i < len(tokens):
+        name, sep, _ = tokens[i].partition("=")
+        takes_value = not sep and i + 1 < len(tokens) and not tokens[i + 1].startswith("--")
+        if name in SHARED_RUNNER_FLAGS:
+            out.extend(tokens[i:i + 2] if takes_value else tokens[i:i + 1])
+        i += 2 if takes_value else 1
+    return out
+
+
+class PteError(DeviceError):
+    """A .pte cannot be measured: missing, not an ExecuTorch program, truncated, or refused by the runner."""
+
+
+class ProgramsUnavailable(Exception):
+    """Whole programs cannot be measured here (no torch/executorch, or a device without the .pte runner)."""
+
+
+def program_counts(n_train: int) -> tuple[int, int, int]:
+    """(train, holdout, unseen) programs for `--programs N`: N/3 held out and N/3 unseen, at least 10 each."""
+    if n_train <= 0:
+        return 0, 0, 0
+    extra = max(MIN_EVAL_PROGRAMS, n_train // PROGRAM_EVAL_SHARE)
+    return n_train, extra, extra
+
+
+def check_pte(path: str | os.PathLike[str]) -> Path:
+    """The path of a readable, complete ExecuTorch program; PteError (one sentence) otherwise."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            size = os.fstat(fh.fileno()).st_size
+    except FileNotFoundError:
+        raise PteError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise PteError(f"{path} is a directory, not an ExecuTorch program (.pte)") from None
+    except OSError as exc:
+        raise PteError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(head) < 8 or head[4:8] != PTE_MAGIC:
+        raise PteError(f"{path} is not an ExecuTorch program (.pte): it lacks the ET12 identifier at bytes 4-8")
+    if head[8:12] == PTE_EXTENDED_MAGIC and len(head) >= 32:
+        program_size = int.from_bytes(head[16:24], "little")
+        segment_base = int.from_bytes(head[24:32], "little")
+        header_length = int.from_bytes(head[12:16], "little")
+        segment_size = int.from_bytes(head[32:40], "little") if header_length > 24 and len(head) >= 40 else 0
+        needed = max(program_size, segment_base + segment_size if segment_base else 0)
+        if size < needed:
+            raise PteError(f"{path} is truncated: {size} bytes where its header announces {needed}")
+    return path
+
+
+# ---- thread counts and runner headers ----------------------------------------------------------
+def program_runner_header(device: Device) -> tuple[dict[str, Any] | None, str | None]:
+    """(the .pte runner's header on this device, None) or (None, one sentence why it cannot run programs)."""
+    info = getattr(device, "program_runner_info", None)
+    if info is None:
+        return None, f"{device.address} cannot run whole programs (this harness has no .pte runner for it)"
+    try:
+        return info(), None
+    except DeviceDisconnected:
+        raise
+    except DeviceError as exc:
+        return None, f"whole programs cannot be measured on {device.address}: {str(exc).rstrip('.')}"
+
+
+def default_threads(device: Device, program_header: dict[str, Any] | None) -> int:
+    """The threads ExecuTorch uses on this device by default: the .pte runner's `default_threads`,
+    else the layer runner's, else 1."""
+    for header in (program_header, None):
+        if header is None:
+            try:
+                header = device.runner_info()
+            except DeviceDisconnected:
+                raise
+            except DeviceError:
+                continue
+        value = header.get("default_threads")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return 1
+
+
+# ---- the program phase of `jcw profile` --------------------------------------------------------
+class ProgramPhase:
+    """Plan, export and measure a profile's whole programs. Every result is committed as it arrives;
+    a rerun exports only missing files and measures only missing (program, round) results."""
+
+    def __init__(self, device: Device, store: ProfileStore, *, threads: int, rounds: int, seed: int,
+                 runner_args: list[str], summary: Any, report: Callable[..., None]) -> None:
+        self.device, self.store, self.threads, self.rounds, self.seed = device, store, threads, rounds, seed
+        self.runner_args, self.summary, self.report = runner_args, summary, report
+        self.directory = store.directory / PROGRAM_DIR
+        self.batch_size = FIRST_PROGRAM_BATCH
+        # Failures are held back until this run has seen one success: identical ones before that are the
+        # setup's (SystematicFailure), not the programs', and are never stored.
+        self._held: list[tuple[str, int, dict[str, Any], int]] = []
+        self._measured_any = False
+
+    def plan(self, n_train: int) -> None:
+        from profiler import program_zoo
+        train, holdout, unseen = program_counts(n_train)
+        entries = program_zoo.program_plan(train, holdout, unseen, self.seed)
+        self.store.add_programs((spec, sample, self.threads) for spec, sample in entries)
+
+    def path(self, program_id: str) -> Path:
+        return self.directory / f"{program_id}.pte"
+
+    def work_done(self) -> tuple[int, int]:
+        """(done, total) units: one export and `rounds` results per program."""
+        rows = self.store.programs()
+        pending = [{r["program_id"] for r in self.store.pending_programs(i)} for i in range(self.rounds)]
+        exported = sum(1 for r in rows if self.path(r["program_id"]).exists()
+                       or not any(r["program_id"] in p for p in pending))  # a failed export counts as done
+        measured = sum(len(rows) - len(p) for p in pending)
+        return exported + measured, len(rows) * (1 + self.rounds)
+
+    def export_missing(self) -> None:
+        """Export every planned program still to measure that has no .pte file yet (temp file + rename:
+        Ctrl-C loses nothing finished)."""
+        pending = {r["program_id"] for i in range(self.rounds) for r in self.store.pending_programs(i)}
+        missing = [r for r in self.store.programs()
+                   if r["program_id"] in pending and not self.path(r["program_id"]).exists()]
+        if not missing:
+            return
+        absent = [m for m in ("torch", "executorch") if importlib.util.find_spec(m) is None]
+        if absent:
+            raise ProgramsUnavailable(f"this host has no {' or '.join(absent)}, so whole programs cannot be "
+                                      f"exported; run `make setup` and rerun the same command to add them")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ProgramsUnavailable(f"cannot create {self.directory}: {exc.strerror or exc}") from None
+        for stale in self.directory.glob(".*.tmp.pte"):  # left by an export that Ctrl-C cut short
+            stale.unlink(missing_ok=True)
+        jobs = []
+        for row in missing:
+            final = self.path(row["program_id"])
+            jobs.append((row, final.with_name(f".{final.stem}.{os.getpid()}.tmp.pte"), final))
+        results = _exported(jobs)
+        held: list[tuple[dict[str, Any], str]] = []  # export failures before the first success of this run
+        exported_any = False
+        try:
+            while True:
+                try:
+                    (row, temp, final), built = next(results)
+                except StopIteration:
+                    break
+                except OSError as exc:
+                    raise ProgramsUnavailable(f"cannot write the exported programs in {self.directory}: "
+                                              f"{exc.strerror or exc}") from None
+                if "error" in built:
+                    if exported_any:
+                        self._fail_export(row, built["error"])
+                        continue
+                    held.append((row, built["error"]))
+                    if same_failure([reason for _, reason in held]):
+                        raise SystematicFailure(
+                            f"the host export of every program so far failed the same way, so the fault is not the "
+                            f"programs' and the run stopped: {common_error([r for _, r in held])}; those failures "
+                            f"were not stored, so rerunning once this is fixed exports them")
+                    continue
+                if not exported_any:
+                    exported_any = True
+                    for failed, reason in held:
+                        self._fail_export(failed, reason)
+                    held = []
+                self.store.set_program_export(row["program_id"], built.get("partitions"),
+                                              built.get("undelegated_ops"))
+                os.replace(temp, final)
+                self.summary.programs_exported += 1
+                self.report(1, phase="export")
+        finally:
+            results.close()
+        for failed, reason in held:  # too few, or too different, to be the setup's
+            self._fail_export(failed, reason)
+
+    def _fail_export(self, row: dict[str, Any], reason: str) -> None:
+        """An export error stands for every round still to measure (like a runner error for a layer)."""
+        batch = self.store.next_batch_number()
+        recorded = 0
+        for round_index in range(self.rounds):
+            if row["program_id"] in {r["program_id"] for r in self.store.pending_programs(round_index)}:
+                self.store.record_program(row["program_id"], round_index,
+                                          {"error": f"host export failed: {reason}"}, batch)
+                self.summary.program_new_failures += 1
+                recorded += 1
+        self.report(1 + recorded, phase="export")
+
+    def run_rounds(self) -> None:
+        for round_index in range(self.rounds):
+            pending = [r for r in self.store.pending_programs(round_index) if self.path(r["program_id"]).exists()]
+            random.Random(f"programs:{self.seed}:{round_index}:{len(pending)}").shuffle(pending)
+            while pending:
+                batch, pending = pending[:self.batch_size], pending[self.batch_size:]
+                self.run_batch(batch, round_index)
+        self._store_held()  # too few, or too different, to be the setup's: the programs' own failures
+
+    def _store_held(self) -> None:
+        for program_id, round_index, result, batch_number in self._held:
+            self.store.record_program(program_id, round_index, result, batch_number)
+            self.summary.program_new_failures += 1
+            self.report(1, phase="programs", round=round_index, batch=batch_number)
+        self._held = []
+
+    def _failed(self, row: dict[str, Any], round_index: int, result: dict[str, Any], batch_number: int) -> None:
+        """A program's error result: stored at once after a success this run, else held back (and the run
+        stopped when SYSTEMATIC_FAILURES of them say the same thing)."""
+        if self._measured_any:
+            self._held.append((row["program_id"], round_index, result, batch_number))
+            self._store_held()
+            return
+        self._held.append((row["program_id"], round_index, result, batch_number))
+        messages = [str(r["error"]) for _, _, r, _ in self._held]
+        if same_failure(messages):
+            raise SystematicFailure(
+                f"every program timed so far failed the same way on {self.device.address}, so the fault is not the "
+                f"programs' and the run stopped: {common_error(messages)}; those failures were not stored, so "
+                f"rerunning once this is fixed measures them")
+
+    def run_batch(self, rows: list[dict[str, Any]], round_index: int) -> None:
+        batch_number = self.store.next_batch_number()
+        by_id = {f"g{row['position']}": row for row in rows}
+        lines = [{"id": line_id, "pte": str(self.path(row["program_id"]).resolve()), "threads": self.threads}
+                 for line_id, row in by_id.items()]
+        started = time.monotonic()
+        try:
+            for result in run_lines(self.device, lines, self.runner_args, self.summary, run=self.device.run_programs):
+                row = by_id.get(str(result.get("id")))
+                if row is None:
+                    continue
+                if result.get("error") is not None:
+                    self._failed(row, round_index, result, batch_number)
+                    continue
+                self.store.record_program(row["program_id"], round_index, result, batch_number)
+                self.summary.program_new_results += 1
+                self.summary.timed_seconds += float(result.get("timed_us") or 0.0) / 1e6
+                self.report(1, phase="programs", round=round_index, batch=batch_number)
+                if not self._measured_any:
+                    self._measured_any = True
+                    self._store_held()
+        finally:
+            elapsed = time.monotonic() - started
+            self.summary.device_seconds += elapsed
+        self.summary.batches += 1
+        self.batch_size = max(1, min(MAX_PROGRAM_BATCH,
+                                     int(TARGET_PROGRAM_BATCH_SECONDS * len(lines) / max(elapsed, 1e-3))))
+
+
+def _guarded(phase: ProgramPhase, step: Callable[[], None]) -> str | None:
+    try:
+        step()
+    except ProgramsUnavailable as exc:
+        return str(exc)
+    except (DeviceDisconnected, SystematicFailure):
+        raise
+    except DeviceError as exc:
+        return f"whole programs were not measured on {phase.device.address}: {str(exc).rstrip('.')}"
+    return None
+
+
+def plan_programs(phase: ProgramPhase, n_train: int) -> str | None:
+    """Add the profile's programs to the store; one sentence if the program plan is unavailable here."""
+    def step() -> None:
+        try:
+            phase.plan(n_train)
+        except ImportError as exc:
+            raise ProgramsUnavailable(f"whole programs cannot be planned on this host ({exc})") from None
+    return _guarded(phase, step)
+
+
+def run_program_phase(phase: ProgramPhase) -> str | None:
+    """Export and measure the planned programs; returns one sentence when programs cannot be measured
+    here (the layer profile is untouched), None otherwise. A dropped connection propagates: resumable."""
+    def step() -> None:
+        phase.export_missing()
+        phase.run_rounds()
+    return _guarded(phase, step)
+
+
+# ---- measuring given .pte files ------------------------------------------------------------------
+def _open(address: str) -> Device:
+    from android_harness.connect import open_device
+    return open_device(address)
+
+
+def measure_programs(device_or_address: Device | str, pte_paths: Iterable[str | os.PathLike[str]],
+                     threads: int | None = None, rounds: int = 1, runner_args: Iterable[str] = (),
+                     progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Time each .pte on a device in `rounds` passes; one dict per file, in order.
+
+    `threads` None runs ExecuTorch's default thread count on that device. Each dict holds "pte",
+    "device", "runtime" ("executorch"), "threads" (as run), "latency_ms" (the fastest round's us_min
+    / 1000: the statistic the kit stands by, as for layers), "us_min", "us_median" (median over rounds
+    of each round's median), "reps" (all rounds), "rounds", "round_us_min", and the runner's
+    "load_us", "input_shape", "output_shape". PteError (one sentence) for a file that is missing,
+    not a .pte, truncated, or refused by the runner (e.g. an int input or several inputs).
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} or None, got {threads!r}")
+    given = [str(p) for p in pte_paths]
+    paths = [check_pte(p) for p in given]
+    if isinstance(device_or_address, str):
+        with _open(device_or_address) as device:
+            return measure_programs(device, given, threads, rounds, runner_args, progress)
+    device = device_or_address
+    if not hasattr(device, "run_programs"):
+        raise DeviceError(f"{device.address} cannot run whole programs (no .pte runner)")
+    lines = [{"id": f"{r}:{i}", "pte": str(path.resolve()), "threads": threads or 0}
+             for r in range(rounds) for i, path in enumerate(paths)]
+    by_file: list[list[dict[str, Any]]] = [[] for _ in paths]
+    for done, result in enumerate(run_lines(device, lines, runner_args, run=device.run_programs), start=1):
+        index = int(str(result.get("id")).split(":")[1])
+        if result.get("error"):
+            raise PteError(f"{given[index]}: {str(result['error']).rstrip('.')}")
+        by_file[index].append(result)
+        if progress is not None:
+            progress(done, len(lines), {})
+    return [_summarise(name, device.address, results) for name, results in zip(given, by_file)]
+
+
+def _summarise(pte: str, address: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    fastest = min(results, key=lambda r: r[ROUND_STATISTIC])
+    medians = [r["us_median"] for r in results if r.get("us_median") is not None]
+    return {"pte": pte, "device": address, "runtime": fastest.get("runtime", RUNTIME),
+            "threads": fastest.get("threads"), "latency_ms": fastest[ROUND_STATISTIC] / 1000.0,
+            "us_min": fastest["us_min"], "us_median": statistics.median(medians) if medians else None,
+            "reps": sum(int(r.get("reps") or 0) for r in results), "rounds": len(results),
+            "round_us_min": [r["us_min"] for r in results],
+            **{k: fastest[k] for k in ("load_us", "input_shape", "output_shape") if k in fastest}}
