@@ -162,7 +162,8 @@ class Address:
 
 
 def _bad(address: str, why: str = "") -> DeviceError:
-    return DeviceError(f"{address!r} is not a device address{why}; use local, usb:<serial>, "
+    shown = repr(address) if len(str(address)) <= 80 else repr(f"{str(address)[:40]}…{str(address)[-20:]}")
+    return DeviceError(f"{shown} is not a device address{why}; use local, usb:<serial>, "
                        f"tcp:<host>:<port> or a serial shown by `jcw devices`.")
 
 

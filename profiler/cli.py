@@ -45,6 +45,16 @@ _RUNNER_FLAGS = {"--warmup": (0, 1e6, True), "--warmup-ms": (0, 1e9, False), "--
                  "--tolerance": (0, 1e9, False), "--check-samples": (0, 1e6, True), "--max-mb": (1, 1e9, False)}
 
 
+def _program_sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be whole numbers separated by commas, got {text!r}") from None
+    if not sizes or sizes[0] < 32 or sizes[-1] > 1024:
+        raise argparse.ArgumentTypeError(f"must be input sizes between 32 and 1024, got {text!r}")
+    return sizes
+
+
 def _holdout(text: str) -> int:
     value = _non_negative_int(text)
     if value > plans.HOLDOUT_POOL:
@@ -101,6 +111,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            f"{session.DEFAULT_PROGRAMS}; N/3 held-out and N/3 unseen-family programs, at least "
                            f"{program_session.MIN_EVAL_PROGRAMS} each, come on top; 0 skips programs; at most "
                            f"{session.MAX_PROGRAMS})")
+    prof.add_argument("--program-sizes", type=_program_sizes, default=None, metavar="R[,R...]",
+                      help="input resolutions of the whole programs (default 128,160,192,224; small sizes such as "
+                           "32,48 keep an emulated phone's programs fast); fixed when the programs are first planned")
     prof.add_argument("--csv", metavar="FILE", help="also export every measured layer round as CSV")
     prof.set_defaults(handler=cmd_profile)
 
@@ -307,7 +320,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
                 summary = session.profile(device, out, budget=args.budget, seed=args.seed, threads=args.threads,
                                           rounds=args.rounds, adaptive=args.adaptive, holdout=args.holdout,
-                                          programs=args.programs, runner_args=runner_argv, progress=progress)
+                                          programs=args.programs, program_sizes=args.program_sizes,
+                                          runner_args=runner_argv, progress=progress)
                 ctrl_c.check()
     except AcquisitionError as exc:
         return _fail("profile", str(exc))

@@ -15,6 +15,7 @@ from concurrent import futures
 from typing import Any, Callable, Iterable
 
 from android_harness.device import Device, DeviceDisconnected, DeviceError
+from profiler import programs
 from profiler.batches import SystematicFailure, common_error, run_lines, same_failure
 from profiler.cliargs import MAX_THREADS
 from profiler.store import ROUND_STATISTIC, ProfileStore
@@ -115,7 +116,8 @@ def check_pte(path: str | os.PathLike[str]) -> Path:
     except IsADirectoryError:
         raise PteError(f"{path} is a directory, not an ExecuTorch program (.pte)") from None
     except OSError as exc:
-        raise PteError(f"cannot read {path}: {exc.strerror or exc}") from None
+        from profiler.cliargs import os_error_reason, short_path
+        raise PteError(f"cannot read {short_path(path)}: {os_error_reason(exc)}") from None
     if len(head) < 8 or head[4:8] != PTE_MAGIC:
         raise PteError(f"{path} is not an ExecuTorch program (.pte): it lacks the ET12 identifier at bytes 4-8")
     if head[8:12] == PTE_EXTENDED_MAGIC and len(head) >= 32:
@@ -166,8 +168,10 @@ class ProgramPhase:
     a rerun exports only missing files and measures only missing (program, round) results."""
 
     def __init__(self, device: Device, store: ProfileStore, *, threads: int, rounds: int, seed: int,
-                 runner_args: list[str], summary: Any, report: Callable[..., None]) -> None:
+                 runner_args: list[str], summary: Any, report: Callable[..., None],
+                 resolutions: Iterable[int] | None = None) -> None:
         self.device, self.store, self.threads, self.rounds, self.seed = device, store, threads, rounds, seed
+        self.resolutions = tuple(resolutions) if resolutions else None
         self.runner_args, self.summary, self.report = runner_args, summary, report
         self.directory = store.directory / PROGRAM_DIR
         self.batch_size = FIRST_PROGRAM_BATCH
@@ -179,17 +183,19 @@ class ProgramPhase:
     def plan(self, n_train: int) -> None:
         from profiler import program_zoo
         train, holdout, unseen = program_counts(n_train)
-        entries = program_zoo.program_plan(train, holdout, unseen, self.seed)
+        entries = program_zoo.program_plan(train, holdout, unseen, self.seed, resolutions=self.resolutions)
         self.store.add_programs((spec, sample, self.threads) for spec, sample in entries)
 
-    def path(self, program_id: str) -> Path:
-        return self.directory / f"{program_id}.pte"
+    def path(self, row: dict[str, Any]) -> Path:
+        """The exported file of a planned program: named by the spec alone, since the thread count is a
+        runtime setting, so a profile of the same programs at another thread count reuses the exports."""
+        return self.directory / f"{programs.program_id(row['spec'])}.pte"
 
     def work_done(self) -> tuple[int, int]:
         """(done, total) units: one export and `rounds` results per program."""
         rows = self.store.programs()
         pending = [{r["program_id"] for r in self.store.pending_programs(i)} for i in range(self.rounds)]
-        exported = sum(1 for r in rows if self.path(r["program_id"]).exists()
+        exported = sum(1 for r in rows if self.path(r).exists()
                        or not any(r["program_id"] in p for p in pending))  # a failed export counts as done
         measured = sum(len(rows) - len(p) for p in pending)
         return exported + measured, len(rows) * (1 + self.rounds)
@@ -199,7 +205,7 @@ class ProgramPhase:
         Ctrl-C loses nothing finished)."""
         pending = {r["program_id"] for i in range(self.rounds) for r in self.store.pending_programs(i)}
         missing = [r for r in self.store.programs()
-                   if r["program_id"] in pending and not self.path(r["program_id"]).exists()]
+                   if r["program_id"] in pending and not self.path(r).exists()]
         if not missing:
             return
         absent = [m for m in ("torch", "executorch") if importlib.util.find_spec(m) is None]
@@ -214,7 +220,7 @@ class ProgramPhase:
             stale.unlink(missing_ok=True)
         jobs = []
         for row in missing:
-            final = self.path(row["program_id"])
+            final = self.path(row)
             jobs.append((row, final.with_name(f".{final.stem}.{os.getpid()}.tmp.pte"), final))
         results = _exported(jobs)
         held: list[tuple[dict[str, Any], str]] = []  # export failures before the first success of this run
@@ -268,7 +274,7 @@ class ProgramPhase:
 
     def run_rounds(self) -> None:
         for round_index in range(self.rounds):
-            pending = [r for r in self.store.pending_programs(round_index) if self.path(r["program_id"]).exists()]
+            pending = [r for r in self.store.pending_programs(round_index) if self.path(r).exists()]
             random.Random(f"programs:{self.seed}:{round_index}:{len(pending)}").shuffle(pending)
             while pending:
                 batch, pending = pending[:self.batch_size], pending[self.batch_size:]
@@ -300,7 +306,7 @@ class ProgramPhase:
     def run_batch(self, rows: list[dict[str, Any]], round_index: int) -> None:
         batch_number = self.store.next_batch_number()
         by_id = {f"g{row['position']}": row for row in rows}
-        lines = [{"id": line_id, "pte": str(self.path(row["program_id"]).resolve()), "threads": self.threads}
+        lines = [{"id": line_id, "pte": str(self.path(row).resolve()), "threads": self.threads}
                  for line_id, row in by_id.items()]
         started = time.monotonic()
         try:

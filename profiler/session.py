@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from android_harness.device import Device, DeviceDisconnected
 from profiler import acquisition, plans, program_session
@@ -305,8 +305,8 @@ def adaptive_target(plan: plans.Plan, adaptive_layers: int) -> int:
 
 def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DEFAULT_BUDGET, seed: int = 0,
             threads: int | None = 1, rounds: int = DEFAULT_ROUNDS, adaptive: bool = False,
-            holdout: int | None = None, programs: int = 0, runner_args: Iterable[str] = (),
-            progress: Progress | None = None) -> ProfileSummary:
+            holdout: int | None = None, programs: int = 0, program_sizes: Sequence[int] | None = None,
+            runner_args: Iterable[str] = (), progress: Progress | None = None) -> ProfileSummary:
     """Plan (or extend) and measure a profile in `out_dir`; resumable by calling it again.
 
     `device` is a Device or an address ("local", "usb:SERIAL", "tcp:HOST:PORT"). `budget` counts
@@ -316,14 +316,15 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
     size (default max(50, budget // 5) layers; 0 for none). After the layers, `programs` whole
     training programs (plus program_session.program_counts' held-out and unseen ones) are exported
     on the host and timed as .pte files in the same rounds; 0 skips them (`jcw profile` defaults to
-    DEFAULT_PROGRAMS). `threads` None means ExecuTorch's default on the device (a rerun keeps the
+    DEFAULT_PROGRAMS); `program_sizes` bounds their input resolutions (default 128-224; small sizes keep an
+    emulated phone fast) and is fixed when the programs are first planned. `threads` None means ExecuTorch's default on the device (a rerun keeps the
     profile's own count); layers and programs are measured at that count.
     """
     if isinstance(device, str):
         with open_device(device) as opened:
             return profile(opened, out_dir, budget=budget, seed=seed, threads=threads, rounds=rounds,
-                           adaptive=adaptive, holdout=holdout, programs=programs, runner_args=runner_args,
-                           progress=progress)
+                           adaptive=adaptive, holdout=holdout, programs=programs, program_sizes=program_sizes,
+                           runner_args=runner_args, progress=progress)
     params = ProfileParams(budget=budget, seed=seed, threads=1 if threads is None else threads, rounds=rounds,
                            adaptive=adaptive, holdout=holdout)
     if isinstance(programs, bool) or not isinstance(programs, int) or programs < 0:
@@ -334,8 +335,8 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
     chooser = acquisition.load_chooser() if adaptive else None
     with profile_lock(out_dir):  # a second `jcw profile` into the same directory is refused, naming this one
         return _profile_locked(device, out_dir, params, threads=threads, budget=budget, seed=seed, rounds=rounds,
-                               adaptive=adaptive, programs=programs, runner_args=runner_args, progress=progress,
-                               chooser=chooser)
+                               adaptive=adaptive, programs=programs, program_sizes=program_sizes,
+                               runner_args=runner_args, progress=progress, chooser=chooser)
 
 
 def check_profile_dir(out_dir: str | Path) -> None:
@@ -347,7 +348,8 @@ def check_profile_dir(out_dir: str | Path) -> None:
 
 
 def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, threads: int | None, budget: int,
-                    seed: int, rounds: int, adaptive: bool, programs: int, runner_args: Iterable[str],
+                    seed: int, rounds: int, adaptive: bool, programs: int, program_sizes: Sequence[int] | None,
+                    runner_args: Iterable[str],
                     progress: Progress | None, chooser: Any) -> ProfileSummary:
     started = time.monotonic()
     summary = ProfileSummary(out_dir=str(out_dir), rounds=rounds)
@@ -359,7 +361,7 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
             params = replace(params, threads=threads)
         params = params.merge(stored, out_dir)
         _check_device(store, device)
-        _check_programs(store, header, programs, out_dir)
+        sizes = _check_programs(store, header, programs, program_sizes, out_dir)
         base_budget = budget - budget // 2 if adaptive else budget
         plan = plans.make_plan(base_budget, seed, holdout=params.holdout)
         store.add_plan(plan.configurations(threads))
@@ -370,8 +372,7 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
         session = _Session(device, store, params, list(runner_args), progress, summary)
         phase = program_session.ProgramPhase(device, store, threads=threads, rounds=rounds, seed=seed,
                                              runner_args=program_session.shared_runner_args(runner_args),
-                                             summary=summary,
-                                             report=session.advance)
+                                             summary=summary, report=session.advance, resolutions=sizes)
         session.done = sum(len(store.plan()) - len(store.pending(r)) for r in range(rounds))
         if programs and header is not None:
             summary.programs_note = program_session.plan_programs(phase, programs)
@@ -397,9 +398,10 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
     return summary
 
 
-def _check_programs(store: ProfileStore, header: dict[str, Any] | None, programs: int, out_dir: Path) -> None:
+def _check_programs(store: ProfileStore, header: dict[str, Any] | None, programs: int,
+                    sizes: Sequence[int] | None, out_dir: Path) -> list[int] | None:
     """Record the .pte runner's header and the program counts; refuse a rerun that would mix ExecuTorch
-    versions or lower --programs."""
+    versions, lower --programs or change --program-sizes. Returns the program input sizes in force."""
     if header is not None:
         old = store.get_meta("program_runner")
         if old is not None and old.get("executorch") != header.get("executorch"):
@@ -415,8 +417,20 @@ def _check_programs(store: ProfileStore, header: dict[str, Any] | None, programs
                 f"profile {out_dir} was planned with --programs {stored} and a rerun may raise it but not lower it "
                 f"(you asked for {programs}; --programs 0 skips them); rerun with the same value to resume or "
                 f"extend it, or choose another --out")
+        stored_sizes = (store.get_meta("program_params") or {}).get("sizes")
+        sizes = sorted(int(v) for v in sizes) if sizes else None
+        if stored and sizes != stored_sizes:
+            raise ProfileParamsError(
+                f"profile {out_dir} was planned with --program-sizes {_sizes_text(stored_sizes)}, not "
+                f"{_sizes_text(sizes)}; rerun with the same sizes or choose another --out")
         train, held, unseen = program_session.program_counts(programs)
-        store.set_meta("program_params", {"programs": train, "holdout": held, "unseen": unseen})
+        store.set_meta("program_params", {"programs": train, "holdout": held, "unseen": unseen, "sizes": sizes})
+        return sizes
+    return (store.get_meta("program_params") or {}).get("sizes")
+
+
+def _sizes_text(sizes: Sequence[int] | None) -> str:
+    return "(default)" if not sizes else ",".join(map(str, sizes))
 
 
 def _fill_counts(store: ProfileStore, summary: ProfileSummary) -> None:

@@ -174,6 +174,10 @@ class ProfileStore:
     def _damaged(self, reason: str) -> str:
         return f"{self.path} is not a readable profile database: it is damaged ({reason.rstrip('.')}); {_WHAT_TO_DO}"
 
+    def _foreign(self, what: str) -> str:
+        return (f"{self.path} is not a readable profile database: it is an SQLite database but not a jcw profile "
+                f"({what}); jcw has left it as it is: point at a directory made by `jcw profile`")
+
     def _sqlite_error(self, exc: sqlite3.Error) -> StoreError:
         """The one sentence for an SQLite error: damaged, cannot write here, or busy."""
         text = str(exc) or type(exc).__name__
@@ -186,10 +190,10 @@ class ProfileStore:
                 return StoreNotWritable(f"cannot write the profile {self.directory}: it is read-only here (file "
                                         f"permissions or a read-only file system); reading it still works")
             if "unable to open" in low:
-                return StoreNotWritable(f"cannot open the profile database {self.path} for writing: its directory "
-                                        f"does not let SQLite create its side files (-wal, -shm); check the "
-                                        f"permissions or copy the profile somewhere writable")
-            if "disk is full" in low or "full" in low and "database" in low:
+                return StoreNotWritable(f"cannot open the profile database {self.path}: SQLite cannot create its "
+                                        f"side files (-wal, -shm) in that directory; check its permissions, or copy "
+                                        f"the profile somewhere writable")
+            if "full" in low:  # "database or disk is full"
                 return StoreNotWritable(f"cannot write the profile {self.directory}: no space left on the device; "
                                         f"free some space and rerun (everything stored so far is kept)")
             if "i/o error" in low:
@@ -210,7 +214,8 @@ class ProfileStore:
                                  f"run `jcw profile` first") from None
             return False
         except OSError as exc:
-            raise StoreError(f"cannot read the profile {self.directory}: {_reason(exc)}") from None
+            from profiler.cliargs import short_path
+            raise StoreError(f"cannot read the profile {short_path(self.directory)}: {_reason(exc)}") from None
         if not os.path.isfile(self.path):
             raise StoreError(f"{self.path} is not a file, so {self.directory} is not a profile directory")
         if info.st_size == 0:
@@ -310,8 +315,7 @@ class ProfileStore:
             self._quick_check(db)  # before the first write: a damaged file is left exactly as it is
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if tables and "plan" not in tables and "meta" not in tables:
-                raise StoreDamaged(self._damaged(f"it is an SQLite database but not a jcw profile (its tables: "
-                                                 f"{', '.join(sorted(tables)[:5])})"))
+                raise StoreDamaged(self._foreign(f"its tables: {', '.join(sorted(tables)[:5])}"))
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
@@ -329,8 +333,7 @@ class ProfileStore:
         if self.readonly:
             missing_core = [t for t in _CORE_TABLES if t not in tables]
             if missing_core:
-                raise StoreDamaged(self._damaged(f"it is an SQLite database but not a jcw profile (no "
-                                                 f"{', '.join(missing_core)} table)"))
+                raise StoreDamaged(self._foreign(f"no {', '.join(missing_core)} table"))
             # tables added since (programs, drift, ...) read as empty, in memory: the file is not touched
             for statement in _SCHEMA.split(";"):
                 words = statement.split()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from profiler.cliargs import os_error_reason, short_path
+from profiler.cliargs import OutputPathError, check_output_file, os_error_reason, short_path
 from profiler.layerspec import write_jsonl
 
 from .errors import SearchError
@@ -160,6 +160,10 @@ def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, rep
     predictor's thread count, against the candidate's predicted whole-program ExecuTorch latency.
     """
     out = Path(out)
+    try:  # before minutes of rebuilding and exporting: where the files go must be writable
+        check_output_file(out, "--out")
+    except OutputPathError as exc:
+        raise SearchError(str(exc)) from None
     model, shape, space, meta, front = rebuild(run_dir, confirmed_model)
     index, candidate = pick(front, budget_ms)
     x = np.array(candidate["genome"])

@@ -17,6 +17,7 @@ from torch import nn
 
 from .errors import SearchError
 from profiler import programs
+from profiler.cliargs import os_error_reason, short_path
 
 from .genome import Bounds, SearchSpace, STEPS
 from .graph import read_model
@@ -289,7 +290,9 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
         front = json.loads((run_dir / "front.json").read_text())
     except (FileNotFoundError, NotADirectoryError):
         raise SearchError(f"{run_dir} is not a search run directory (run.json or front.json missing)") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise SearchError(f"cannot read search run {short_path(run_dir)}: {os_error_reason(exc)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SearchError(f"cannot read search run {run_dir}: {exc}") from None
     if not isinstance(meta, dict):
         raise SearchError(f"search run {run_dir} has a run.json that is not a JSON object")

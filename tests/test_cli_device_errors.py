@@ -55,6 +55,8 @@ def assert_one_sentence(result: subprocess.CompletedProcess, command: str, *phra
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # the authorisation countdown (issue 14) is progress, not an error: the error is the last line alone
+    lines = [line for line in lines if not line.lstrip("\r").startswith("waiting for you to allow USB debugging")]
     assert len(lines) == 1, result.stderr
     sentence = lines[0]
     assert sentence.startswith(f"jcw {command}: ") and sentence.endswith("."), sentence

@@ -115,9 +115,14 @@ def test_fingerprint_covers_programs(tmp_path):
         assert store.fingerprint() == store.fingerprint()
 
 
+#: The last commit whose profile store had no program tables.
+PRE_PROGRAM_COMMIT = "afffdb1"
+
+
 def _old_store_module(tmp_path):
-    """profiler/store.py as committed before programs existed (git HEAD), loaded as its own module."""
-    text = subprocess.run(["git", "show", "HEAD:profiler/store.py"], cwd=ROOT, capture_output=True, text=True)
+    """profiler/store.py as committed before programs existed, loaded as its own module."""
+    text = subprocess.run(["git", "show", f"{PRE_PROGRAM_COMMIT}:profiler/store.py"], cwd=ROOT, capture_output=True,
+                          text=True)
     if text.returncode != 0 or "program" in text.stdout:
         pytest.fail(f"cannot read the pre-program store from git: {text.stderr.strip() or 'HEAD has programs'}")
     path = tmp_path / "old_store.py"

@@ -165,3 +165,76 @@ def test_the_profile_directory_is_checked_before_connecting(tmp_path):
     proc = jcw("profile", "--device", "tcp:127.0.0.1:1", "--out", nothing, "--budget", "4")
     assert "No device answers" in sentence(proc)
     assert not (tmp_path / "a").exists()  # the lock's directories are removed again
+
+
+class AllLayersFailDifferently(LocalDevice):
+    """The reference layer measures, every plan line fails in its own way: the layers' own failures."""
+
+    def run_batch(self, plan_lines, runner_args=()):
+        return super().run_batch([line if line["id"].startswith("ref") else {**line, "k": 0}
+                                  for line in plan_lines], runner_args)
+
+
+def test_a_run_whose_every_result_failed_is_not_a_success(tmp_path, monkeypatch, capsys):
+    from jcw.__main__ import main
+    monkeypatch.setattr(session, "open_device", lambda address: AllLayersFailDifferently())
+    status = main(["profile", "--device", "local", "--out", str(tmp_path / "p"), "--budget", "4", "--programs", "0",
+                   *CLI_FAST])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip() and " configs " not in line]
+    assert status == 1 and len(lines) == 1, captured.err
+    assert "every one of the" in lines[0] and "is a failure" in lines[0]
+    assert "new failures this run" in captured.out
+
+
+# ---- the program phase: no reference line, so identical failures before any success count ------------
+def _tiny_program(index):
+    return ({"name": f"tiny{index}", "family": "tiny", "input": [1, 3, 8, 8],
+             "nodes": [{"name": "c1", "op": "conv", "cout": 4 + index, "k": 3, "act": "relu"},
+                       {"name": "pool", "op": "gap"}, {"name": "flat", "op": "flatten"},
+                       {"name": "fc", "op": "linear", "cout": 5}]}, "train")
+
+
+@pytest.fixture
+def fake_programs(monkeypatch):
+    """Tiny programs whose host export only writes a stand-in file (nothing is timed for real here)."""
+    from profiler import program_build, program_session, program_zoo
+    monkeypatch.setattr(program_zoo, "program_plan", lambda n, h, u, seed=0: [_tiny_program(i) for i in range(n)])
+    monkeypatch.setattr(program_session, "program_counts", lambda n: (n, 0, 0))
+    monkeypatch.setattr(program_session, "EXPORT_WORKERS", 1)
+    state = {"fail_export": None}
+
+    def export(spec, path, seed=0):
+        if state["fail_export"]:
+            raise program_build.ProgramBuildError(state["fail_export"])
+        Path(path).write_bytes(b"\0\0\0\0ET12")
+        return {"partitions": 1, "undelegated_ops": []}
+    monkeypatch.setattr(program_build, "export_pte", export)
+    return state
+
+
+class BrokenPteRunner(LocalDevice):
+    def program_runner_info(self):
+        return {"name": "ptebench", "version": "0", "executorch": "x", "default_threads": 1}
+
+    def run_programs(self, lines, runner_args=()):
+        for line in lines:
+            yield {"id": line["id"], "error": f"cannot load {line['pte']}: unknown flag --bogus"}
+
+
+def test_programs_failing_the_same_way_stop_the_run_unstored(tmp_path, fake_programs):
+    with pytest.raises(SystematicFailure, match="every program timed so far failed the same way.*unknown flag"):
+        session.profile(BrokenPteRunner(), tmp_path / "p", budget=2, holdout=0, rounds=1, programs=6,
+                        runner_args=FAST)
+    with ProfileStore(tmp_path / "p", readonly=True) as store:
+        assert store.program_errors() == [] and len(store.programs()) == 6
+        assert len(store.measurements()) == len(store.plan())  # the layers before it are kept
+
+
+def test_exports_failing_the_same_way_stop_the_run_unstored(tmp_path, fake_programs):
+    fake_programs["fail_export"] = "ExecuTorch export failed (ImportError: no module named flatc)"
+    with pytest.raises(SystematicFailure, match="host export of every program so far failed the same way"):
+        session.profile(BrokenPteRunner(), tmp_path / "p", budget=2, holdout=0, rounds=1, programs=6,
+                        runner_args=FAST)
+    with ProfileStore(tmp_path / "p", readonly=True) as store:
+        assert store.program_errors() == []
