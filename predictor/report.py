@@ -152,8 +152,8 @@ def _program_section(result: Mapping[str, Any]) -> list[str]:
              + (", corrected by small trees on its shares" if model.kind_ == "corrected" else "")
              + f": **{model.kind_}**"
              + (f" (grouped-CV share within ±10%: {cv})" if cv else "") + f". Coefficients (ms per unit): {coef}."
-             + (f" Never trained on (median element cost borrowed): {', '.join(model.borrowed_)}." if model.borrowed_
-                else ""), "",
+             + (f" Never trained on (pooled cost per element of the operators seen): {', '.join(model.borrowed_)}."
+                if model.borrowed_ else ""), "",
              "The baseline is what the kit reported before: the sum over conv layers of the faster kernel. The label "
              "floor compares the fastest odd round with the fastest even round of the same programs.", "",
              _markdown_table(program_eval.HEADER, program_eval.rows_table(programs)), ""]

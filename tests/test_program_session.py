@@ -63,7 +63,7 @@ def tiny_plan(monkeypatch):
     """The zoo's networks take seconds each to export; the phase is the same with tiny programs."""
     calls = []
 
-    def plan(n_train, n_holdout, n_unseen, seed=0):
+    def plan(n_train, n_holdout, n_unseen, seed=0, resolutions=None):
         calls.append((n_train, n_holdout, n_unseen, seed))
         return [tiny(i) for i in range(n_train + n_holdout + n_unseen)]
 
@@ -129,7 +129,7 @@ def test_profile_exports_each_program_once_and_times_it_in_every_round(tmp_path,
         assert len(measured) == 4 and all(m["rounds"] == 2 and m["latency_us"] > 0 for m in measured)
         threads = store.get_meta("threads")
         assert store.get_meta("runtime") == "executorch" and store.get_meta("program_runner")["name"] == "ptebench"
-        assert store.get_meta("program_params") == {"programs": 2, "holdout": 1, "unseen": 1}
+        assert store.get_meta("program_params") == {"programs": 2, "holdout": 1, "unseen": 1, "sizes": None}
         assert {r["threads"] for r in store.plan()} == {threads} == {r["threads"] for r in rows}
     assert threads == 1  # the Python API keeps 1 unless told None (the device default)
     assert {line["threads"] for line in device.program_lines} == {1}
@@ -324,3 +324,11 @@ def test_exports_run_in_parallel_worker_processes_and_each_lands_once(tmp_path, 
         assert all(r["partitions"] == 1 for r in rows)
     files = sorted(p.name for p in (tmp_path / "p" / "programs").iterdir())
     assert len(files) == 4 and all(name.endswith(".pte") and not name.startswith(".") for name in files)
+
+
+def test_program_sizes_are_fixed_when_the_programs_are_first_planned(tmp_path, tiny_plan):
+    profile(PteDevice(), tmp_path / "p", rounds=1, program_sizes=[48, 32])
+    with ProfileStore(tmp_path / "p") as store:
+        assert store.get_meta("program_params")["sizes"] == [32, 48]
+    with pytest.raises(session.ProfileParamsError, match="--program-sizes 32,48"):
+        profile(PteDevice(), tmp_path / "p", rounds=1, program_sizes=[64])

@@ -199,7 +199,7 @@ def _tiny_program(index):
 def fake_programs(monkeypatch):
     """Tiny programs whose host export only writes a stand-in file (nothing is timed for real here)."""
     from profiler import program_build, program_session, program_zoo
-    monkeypatch.setattr(program_zoo, "program_plan", lambda n, h, u, seed=0: [_tiny_program(i) for i in range(n)])
+    monkeypatch.setattr(program_zoo, "program_plan", lambda n, h, u, seed=0, resolutions=None: [_tiny_program(i) for i in range(n)])
     monkeypatch.setattr(program_session, "program_counts", lambda n: (n, 0, 0))
     monkeypatch.setattr(program_session, "EXPORT_WORKERS", 1)
     state = {"fail_export": None}
