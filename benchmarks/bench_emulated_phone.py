@@ -4,8 +4,8 @@ qemu-aarch64-static. A small profile (layers + whole programs at 32-48 px), `jcw
 and `jcw export` measuring the exported `.pte` through ADB. Speeds are qemu's, not a phone's: the
 figures show that every step of the phone path runs and how the model-level predictor does there.
 
-Reproduce (~15 min here):
-    .venv/bin/python benchmarks/bench_emulated_phone.py [--budget 120] [--programs 24]
+Reproduce (~10 min here; layers at 224 px are slow under qemu):
+    .venv/bin/python benchmarks/bench_emulated_phone.py [--budget 40] [--programs 12] [--rounds 1]
 """
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def step(title: str, *argv: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", type=int, default=120)
-    parser.add_argument("--programs", type=int, default=24)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--budget", type=int, default=40)
+    parser.add_argument("--programs", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmulatorProcess(Path(tmp) / "phone") as phone:
         work = Path(tmp)

@@ -35,7 +35,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--quick", action="store_true", help="small sizes everywhere: a smoke check of the scripts")
-    parser.add_argument("--only", default="", help="comma-separated subset: profiler,predictor,search,digits,adb")
+    parser.add_argument("--only", default="", help="comma-separated subset: profiler,predictor,search,digits,whole,bad-input,adb")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     only = {s for s in args.only.split(",") if s}
@@ -50,9 +50,12 @@ def main() -> int:
 
     if want("profiler"):
         step("bench_profiler", [PY, "benchmarks/bench_profiler.py", *quick])
-    if want("predictor") or want("search") or want("digits"):
+    if want("predictor") or want("search") or want("digits") or want("whole"):
         budget = "200" if args.quick else "1600"
-        step("profile", [PY, "-m", "jcw", "profile", "--device", "local", "--out", str(profile), "--budget", budget])
+        # 1 thread: on this shared 2-core VM a 2-thread pool (ExecuTorch's default here) turns small layers'
+        # labels into scheduler noise (benchmarks/RESULTS.md, issue 9); on a phone keep the default.
+        step("profile", [PY, "-m", "jcw", "profile", "--device", "local", "--out", str(profile), "--budget", budget,
+                         "--threads", "1"])
         step("train", [PY, "-m", "jcw", "train", "--profile", str(profile), "--out", str(predictor)])
     if want("predictor"):
         curve = ["--curve", "100,200"] if args.quick else []
@@ -64,7 +67,16 @@ def main() -> int:
         small = ["--gens", "8", "--pop", "16"] if args.quick else []
         step("digits_joint_vs_single", [PY, "benchmarks/digits_joint_vs_single.py", "--predictor", str(predictor),
                                         *small])
+    if want("whole"):
+        step("bench_whole_program", [PY, "benchmarks/bench_whole_program.py", "--profile", str(profile),
+                                     "--predictor", str(predictor), *(["--skip-resnet"] if args.quick else [])])
+        step("bench_same_kernel", [PY, "benchmarks/bench_same_kernel.py", "--threads", "1",
+                                   *(["--shapes", "4"] if args.quick else [])])
+    if want("bad-input"):
+        step("bench_bad_input", [PY, "benchmarks/bench_bad_input.py"])
     if want("adb"):
+        step("bench_emulated_phone", [PY, "benchmarks/bench_emulated_phone.py",
+                                      *(["--budget", "12", "--programs", "4"] if args.quick else [])])
         step("bench_push", [PY, "benchmarks/bench_push.py", *(["--mb", "4", "--rounds", "1"] if args.quick else [])])
         step("bench_harness_overhead", [PY, "benchmarks/bench_harness_overhead.py",
                                         *(["--lines", "8", "--rounds", "2"] if args.quick else [])])
