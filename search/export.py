@@ -5,14 +5,9 @@ the predictor's device with the native ExecuTorch runner (or on this host throug
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import logging
-import os
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +16,7 @@ from torch import nn
 
 from profiler.cliargs import OutputPathError, check_output_file, os_error_reason, short_path
 from profiler.layerspec import write_jsonl
+from profiler.program_build import quiet_executorch
 
 from .errors import SearchError
 from .prune import apply_genome, check_against_specs, make_permanent, save_pruned
@@ -65,32 +61,11 @@ def rebuild(run_dir: str | Path, confirmed_model: str | None = None
     return model.eval(), shape, build_space(model, shape, settings, str(meta["model"])), meta, front
 
 
-@contextlib.contextmanager
-def _quiet_executorch():
-    """ExecuTorch's import chatter (optional torchao kernels, deprecations, cpuinfo probes on stderr)
-    is not the user's business; real errors still raise."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    saved_fd = os.dup(2)
-    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved_fd, 2)
-            os.close(saved_fd)
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-
 def export_pte(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
     """torch.export -> edge dialect lowered to XNNPACK -> ExecuTorch program file."""
     path = Path(path)
     try:
-        with _quiet_executorch():
+        with quiet_executorch():
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
             from executorch.exir import to_edge_transform_and_lower
             exported = torch.export.export(model.eval(), (example,))
@@ -106,7 +81,7 @@ def export_pte(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pat
 
 def run_pte(path: str | Path, example: torch.Tensor, reps: int = 20, warmup: int = 3) -> dict:
     """Load the .pte with executorch.runtime, run it `reps` times; output and median/min ms."""
-    with _quiet_executorch():
+    with quiet_executorch():
         from executorch.runtime import Runtime
         method = Runtime.get().load_program(Path(path)).load_method("forward")
     for _ in range(warmup):
