@@ -187,25 +187,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _read_programs(path: str) -> list[tuple[str, Any]]:
     """(id, spec) per non-blank line of a program-spec JSON Lines file; the id is "id", else the name or line."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except OSError as exc:
-        raise PredictorError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise PredictorError(f"{path} is not a text file of JSON lines") from None
+    from profiler.layerspec import LayerSpecError, iter_jsonl
     entries = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            spec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PredictorError(f"{path} line {number} is not JSON ({exc.msg})") from None
-        if not isinstance(spec, dict):
-            raise PredictorError(f"{path} line {number} is not a program spec (a JSON object)")
-        label = spec.pop("id", None)
-        entries.append((str(label if label is not None else spec.get("name", number)), spec))
+    try:
+        for number, spec in iter_jsonl(path, what="program"):
+            if not isinstance(spec, dict):
+                raise PredictorError(f"{path} line {number} is not a program spec (a JSON object)")
+            label = spec.pop("id", None)
+            entries.append((str(label if label is not None else spec.get("name", number)), spec))
+    except LayerSpecError as exc:  # unreadable file or a line that is not JSON: already one sentence
+        raise PredictorError(str(exc)) from None
     if not entries:
         raise PredictorError(f"{path} holds no program specs")
     return entries

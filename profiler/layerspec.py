@@ -168,15 +168,16 @@ def to_columns(specs: Iterable[LayerSpec]) -> dict[str, np.ndarray]:
 
 
 # ---- JSON Lines -------------------------------------------------------------------------
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; a bad line raises LayerSpecError."""
+def iter_jsonl(path: str | Path, what: str = "layer") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a bad line raises LayerSpecError naming the
+    file as a `what` file (layer, program spec, ...)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise LayerSpecError(f"cannot read layer file {path}: {exc.strerror or exc}") from None
+        raise LayerSpecError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise LayerSpecError(f"layer file {path} is not UTF-8 text") from None
+        raise LayerSpecError(f"{what} file {path} is not UTF-8 text") from None
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -185,7 +186,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         except json.JSONDecodeError as exc:
             raise LayerSpecError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
         except (RecursionError, ValueError):  # nesting or a number beyond what Python parses
-            raise LayerSpecError(f"{path}:{number}: not a layer spec (JSON nested too deeply or a number "
+            raise LayerSpecError(f"{path}:{number}: not a {what} spec (JSON nested too deeply or a number "
                                  f"too long)") from None
         yield number, obj
 
