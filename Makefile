@@ -10,7 +10,7 @@ APT_PACKAGES := build-essential pkg-config libxnnpack-dev libpthreadpool-dev lib
                 gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static adb libusb-1.0-0 dpkg-dev
 NATIVE := android_harness/native
 
-.PHONY: setup apt venv runner runner-android demo test test-fast bench clean
+.PHONY: setup apt venv lock lint runner runner-android demo test test-fast bench clean
 
 setup: apt venv runner runner-android
 
@@ -21,13 +21,28 @@ apt:
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# The exact versions of requirements.lock, then the kit itself (editable, with no resolving of its ranges);
+# `pip check` fails if the lock misses a requirement of an installed package (tests/test_packaging.py
+# checks the extras against the lock too).
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e '.[search,dev]'
+	$(PY) -m pip check
 	touch $@
 
 venv: $(VENV)/.installed
+
+# After changing a range in pyproject.toml: resolve it into the virtualenv, then write its exact versions.
+lock:
+	$(PY) -m pip install -q -e '.[search,dev]'
+	$(PY) tools/write_lock.py
+
+# ruff (rules in pyproject.toml) and the stage-order import contract (.importlinter).
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 runner:
 	$(MAKE) -C $(NATIVE) host
@@ -38,6 +53,7 @@ runner-android:
 demo: setup
 	$(VENV)/bin/jcw demo
 
+# TODO(issue 12): make `test` depend on `lint` once `ruff check .` is clean (see `make lint`).
 test: setup
 	$(PY) -m pytest -q -ra
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from adb_shell.auth.keygen import keygen
 from adb_shell.auth.sign_cryptography import CryptographySigner
 
-from android_harness.device import DeviceError
+from android_harness.device import DeviceUsageError
 
 
 def android_user_dir() -> Path:
@@ -40,8 +40,8 @@ def ensure_key(path: Path | None = None) -> Path:
     public = path.with_name(path.name + ".pub")
     if path.exists():
         if not public.exists():
-            raise DeviceError(f"The ADB key {path} has no public half {public}; restore it or "
-                              f"move both away so jcw can create a new pair.")
+            raise DeviceUsageError(f"The ADB key {path} has no public half {public}; restore it or "
+                                   f"move both away so jcw can create a new pair.")
         return path
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -55,7 +55,7 @@ def ensure_key(path: Path | None = None) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
-        raise DeviceError(f"Could not create the ADB key {path}: {exc.strerror or exc}.") from exc
+        raise DeviceUsageError(f"Could not create the ADB key {path}: {exc.strerror or exc}.") from exc
     return path
 
 
@@ -89,5 +89,5 @@ def _signer(path: Path) -> CryptographySigner:
     try:
         return CryptographySigner(str(path))
     except (OSError, ValueError, TypeError) as exc:
-        raise DeviceError(f"The ADB key {path} could not be read as a PEM RSA private key "
-                          f"with its .pub beside it ({exc}).") from exc
+        raise DeviceUsageError(f"The ADB key {path} could not be read as a PEM RSA private key "
+                               f"with its .pub beside it ({exc}).") from exc

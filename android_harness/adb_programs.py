@@ -1,5 +1,6 @@
-"""The .pte runner on an ADB phone: ExecuTorch programs (and input files) pushed once by sha256 to
-<remote_dir>/programs/<sha>.pte, plan lines rewritten to those files, ptebench.sh run like convbench.sh.
+"""The .pte runner on an ADB phone: ExecuTorch programs, jcw network files (and input files) pushed once
+by sha256 to <remote_dir>/programs/<sha>.pte|.jcwnet, plan lines rewritten to those files, ptebench.sh
+run like convbench.sh.
 
 ProgramRunner is a mixin of AdbDevice (it uses that class's link, install, push and run machinery);
 program files outlive the session as a cache (`remove_bundle` clears them with the bundle).
@@ -18,7 +19,7 @@ from android_harness.device import DeviceError
 PTE_LAUNCHER = runner.PTEBENCH_LAUNCHER
 PROGRAMS_DIR = "programs"
 #: Plan-line fields that name host files to send to the phone, and the suffix of their copy there.
-FILE_FIELDS = {"pte": ".pte", "input_file": ".f32"}
+FILE_FIELDS = {"pte": ".pte", "net": ".jcwnet", "input_file": ".f32"}
 
 
 def sha256_file(path: Path) -> str:

@@ -1,7 +1,7 @@
 """`open_device(address)`: turn a user-typed device address into a connected Device.
 
 "local" is this machine; "tcp:host[:port]" (or adb's bare "host:port") a phone over TCP;
-"usb:SERIAL" or a bare serial a phone over USB. Anything else is one clear DeviceError.
+"usb:SERIAL" or a bare serial a phone over USB. Anything else is one clear DeviceUsageError.
 
 While a phone waits for its owner to accept this computer's key, the wait is said at once, with a
 countdown ("waiting for you to allow USB debugging on the phone (30 s)…"), instead of a silent pause.
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
-from android_harness.device import Device, DeviceError
+from android_harness.device import Device, DeviceUsageError
 
 DEFAULT_ADB_PORT = 5555
 _SERIAL = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
@@ -143,7 +143,7 @@ def _auth_seconds_from_env() -> float | None:
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and 0 < value <= 3600):
-        raise DeviceError(f"{AUTH_SECONDS_ENV}={text!r} must be a number of seconds from 0 to 3600.")
+        raise DeviceUsageError(f"{AUTH_SECONDS_ENV}={text!r} must be a number of seconds from 0 to 3600.")
     return value
 
 
@@ -161,14 +161,14 @@ class Address:
         return f"usb:{self.serial}" if self.kind == "usb" else "local"
 
 
-def _bad(address: str, why: str = "") -> DeviceError:
+def _bad(address: str, why: str = "") -> DeviceUsageError:
     shown = repr(address) if len(str(address)) <= 80 else repr(f"{str(address)[:40]}…{str(address)[-20:]}")
-    return DeviceError(f"{shown} is not a device address{why}; use local, usb:<serial>, "
-                       f"tcp:<host>:<port> or a serial shown by `jcw devices`.")
+    return DeviceUsageError(f"{shown} is not a device address{why}; use local, usb:<serial>, "
+                            f"tcp:<host>:<port> or a serial shown by `jcw devices`.")
 
 
 def parse_address(address: str) -> Address:
-    """Parse and normalise a device address, or raise a one-sentence DeviceError."""
+    """Parse and normalise a device address, or raise a one-sentence DeviceUsageError."""
     if not isinstance(address, str) or not address.strip():
         raise _bad(str(address))
     text = address.strip()

@@ -13,6 +13,12 @@ class DeviceError(Exception):
     """A problem with a device, phrased as one sentence for the user."""
 
 
+class DeviceUsageError(DeviceError):
+    """A device named or configured wrongly (an address that does not parse, a bad JCW_ADB_AUTH_S, an ADB key
+    or device list on this host that cannot be used): the user's to fix, so `jcw` exits with it as bad input
+    rather than as a device failure."""
+
+
 class DeviceNotFound(DeviceError):
     """No device answers at the given address or serial."""
 
@@ -56,12 +62,15 @@ class Device(abc.ABC):
 
     def run_programs(self, lines: Iterable[dict[str, Any]],
                      runner_args: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
-        """Time ExecuTorch programs with ptebench; yield each result line as it arrives.
+        """Time ExecuTorch programs or jcw network files with ptebench; yield each result line as it arrives.
 
         A line is {"id": str, "pte": host path, "threads": int (0 = ExecuTorch's default),
-        optional "input_file": host path of raw little-endian float32, "profile_ops": bool}.
-        Results are {"id", "runtime": "executorch", "threads", "us_min", "us_median", ...} or
-        {"id", "error"}; the header is not yielded. Crashes and dropped links behave as in run_batch.
+        optional "input_file": host path of raw little-endian float32, "profile_ops": bool}, or
+        {"id", "net": host path of a .jcwnet, "threads"} for the sparse network engine.
+        Results are {"id", "runtime": "executorch", "threads", "us_min", "us_median", ...} (for "net"
+        lines "runtime": "sparse" plus "sparse_layers", "layers", "conversions", "max_abs_error",
+        "xnnpack_sparse": android_harness/native/NETFILE.md) or {"id", "error"}; the header is not
+        yielded. Crashes and dropped links behave as in run_batch.
         """
         raise DeviceError(f"The device {self.address} cannot run ExecuTorch programs.")
 

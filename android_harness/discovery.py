@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from android_harness.connect import parse_address
-from android_harness.device import DeviceError
+from android_harness.device import DeviceUsageError
 
 ADB_CLASS, ADB_SUBCLASS, ADB_PROTOCOL = 0xFF, 0x42, 0x01
 
@@ -106,11 +106,11 @@ def known_tcp_devices() -> list[str]:
     except FileNotFoundError:
         return []
     except (OSError, json.JSONDecodeError) as exc:
-        raise DeviceError(f"The device list {path} cannot be read ({exc}); fix or delete it.") from None
+        raise DeviceUsageError(f"The device list {path} cannot be read ({exc}); fix or delete it.") from None
     entries = data.get("tcp") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-        raise DeviceError(f"The device list {path} should hold {{\"tcp\": [\"tcp:host:port\", ...]}}; "
-                          f"fix or delete it.")
+        raise DeviceUsageError(f"The device list {path} should hold {{\"tcp\": [\"tcp:host:port\", ...]}}; "
+                               f"fix or delete it.")
     return entries
 
 
@@ -128,7 +128,7 @@ def _tcp_address(address: str) -> str:
     text = address if address.startswith("tcp:") or ":" in address else f"tcp:{address}"
     parsed = parse_address(text)
     if parsed.kind != "tcp":
-        raise DeviceError(f"{address!r} is not a TCP device address; use tcp:<host>:<port>.")
+        raise DeviceUsageError(f"{address!r} is not a TCP device address; use tcp:<host>:<port>.")
     return str(parsed)
 
 

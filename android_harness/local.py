@@ -139,7 +139,7 @@ class LocalDevice(Device):
         plan = []
         for line in lines:
             line = dict(line)
-            for key in ("pte", "input_file"):
+            for key in ("pte", "net", "input_file"):
                 if isinstance(line.get(key), os.PathLike):
                     line[key] = os.fspath(line[key])
             plan.append(line)

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from jcw.__main__ import EXIT_DEVICE, EXIT_USAGE  # noqa: E402
 from test_fuzz_cli import CASES, FAST, NOTICES, Outcome, World, build_world, jcw, run_case, tree_hash  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def systematic_failure(world: World) -> tuple[str, Outcome]:
     out = world.root / "tolerance0"
     proc = jcw("profile", "--device", "local", "--out", out, "--budget", "4", "--programs", "0", *FAST,
                "--runner-arg=--tolerance=0")
-    ok, line = _one_sentence(proc.returncode, proc.stderr, "profile", 2)
+    ok, line = _one_sentence(proc.returncode, proc.stderr, "profile", EXIT_DEVICE)  # the runner failed every line
     with ProfileStore(out, readonly=True) as store:
         stored_as_final = len(store.errors())
     return "profile", Outcome(ok, stored_as_final > 0, '' if ok and not stored_as_final else line, sentence=line)
@@ -82,7 +83,7 @@ def concurrent_profiles(world: World) -> tuple[str, Outcome]:
         before = tree_hash(out)
         second = jcw(*argv)
         changed = tree_hash(out) != before
-        ok, line = _one_sentence(second.returncode, second.stderr, "profile", 2)
+        ok, line = _one_sentence(second.returncode, second.stderr, "profile", EXIT_USAGE)
     finally:
         first.send_signal(signal.SIGCONT)
         first.kill()
@@ -99,10 +100,10 @@ def unauthorized_phone(world: World) -> tuple[str, Outcome]:
         proc = subprocess.run([sys.executable, "-m", "jcw", "profile", "--device", f"tcp:127.0.0.1:{phone.port}",
                                "--out", str(world.root / "never_phone"), "--budget", "4"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120)
-    ok, line = _one_sentence(proc.returncode, proc.stderr, "profile", 2)
+    ok, line = _one_sentence(proc.returncode, proc.stderr, "profile", EXIT_DEVICE)
     said_waiting = proc.stderr.startswith(NOTICES)
-    return "profile", Outcome(ok and said_waiting, (world.root / "never_phone").exists(), '' if ok and said_waiting else line,
-                              sentence=line)
+    return "profile", Outcome(ok and said_waiting, (world.root / "never_phone").exists(),
+                              '' if ok and said_waiting else line, sentence=line)
 
 
 def main() -> int:

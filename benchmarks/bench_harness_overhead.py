@@ -31,7 +31,6 @@ from android_harness.adb_keys import load_signers  # noqa: E402
 from android_harness.adb_transport import AdbTransport, tcp_transport_factory  # noqa: E402
 from android_harness.connect import open_device  # noqa: E402
 
-
 EMULATOR_CHILD = """
 import json, sys
 from android_harness.emulator import EmulatedPhone
@@ -81,7 +80,7 @@ def run_direct(bundle: Path, plan: list[dict], args: list[str]) -> tuple[float, 
     if done.returncode != 0:
         raise SystemExit(f"the runner under qemu failed (exit {done.returncode}): "
                          f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}")
-    results = [json.loads(l) for l in done.stdout.splitlines() if l.startswith("{") and '"id"' in l]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{") and '"id"' in line]
     return wall, results
 
 
@@ -100,7 +99,8 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=32, help="plan lines per batch (default 32)")
     parser.add_argument("--rounds", type=int, default=7, help="A/B rounds, alternated (default 7)")
     parser.add_argument("--fixed-rounds", type=int, default=20, help="A/B rounds of a 1-line plan (default 20)")
-    parser.add_argument("--min-time-ms", type=float, default=30.0, help="runner --min-time-ms (default 30, the runner's default)")
+    parser.add_argument("--min-time-ms", type=float, default=30.0,
+                        help="runner --min-time-ms (default 30, the runner's default)")
     parser.add_argument("--push-mb", type=int, default=32, help="size of the push-throughput file (default 32)")
     opts = parser.parse_args()
     bundle = default_bundle_dir()
@@ -134,7 +134,7 @@ def main() -> int:
                 wall_a, res_a = run_adb(device, plan, args)
                 batch_cpu.append((time.process_time() - cpu_client, process_cpu_s(child.pid) - cpu_phone))
                 wall_b, res_b = run_direct(bundle, plan, args)
-                assert [r["id"] for r in res_a] == [r["id"] for r in res_b] == [l["id"] for l in plan]
+                assert [r["id"] for r in res_a] == [r["id"] for r in res_b] == [line["id"] for line in plan]
                 paired.append((wall_a, timed_s(res_a), wall_b, timed_s(res_b)))
 
             transport = AdbTransport(f"tcp:{phone['host']}:{phone['port']}",

@@ -65,7 +65,8 @@ def repeatability(args: argparse.Namespace, work: Path) -> None:
         single = agreement([(rows[0][c][0][statistic], rows[1][c][0][statistic]) for c in common])
         results[(statistic, "single round")] = single
         for name, aggregate in (("median of rounds", statistics.median), ("fastest round", min)):
-            def value(store_rows: dict[int, dict]) -> float:
+            # bound as defaults: the closure is called within this iteration, but ruff (B023) cannot know that
+            def value(store_rows: dict[int, dict], aggregate=aggregate, statistic=statistic) -> float:
                 clean = [r for r in store_rows.values() if not r["drift"]] or list(store_rows.values())
                 return aggregate(r[statistic] for r in clean)
             results[(statistic, name)] = agreement([(value(rows[0][c]), value(rows[1][c])) for c in common])
@@ -91,7 +92,8 @@ def repeatability(args: argparse.Namespace, work: Path) -> None:
 def efficiency_and_throughput(args: argparse.Namespace, work: Path) -> None:
     out = work / "efficiency"
     command = [sys.executable, "-m", "jcw", "profile", "--device", "local", "--out", str(out),
-               "--budget", str(args.budget), "--seed", str(args.seed), "--programs", "0", "--threads", "1"] + [f"--runner-arg={a}" for a in args.runner_arg]
+               "--budget", str(args.budget), "--seed", str(args.seed), "--programs", "0", "--threads", "1",
+               *(f"--runner-arg={a}" for a in args.runner_arg)]
     started = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.monotonic() - started

@@ -77,9 +77,9 @@ def main() -> int:
             conv = [list(device.run_batch([conv_line]))[0] for _ in range(args.rounds)]
             pte_results = [list(device.run_programs([pte_line]))[0] for _ in range(args.rounds)]
             rows.append((spec, fastest(conv), fastest(pte_results), conv[0].get("xnnpack", "?")))
-    print(f"\n| layer | convbench us | .pte us | .pte / convbench |")
+    print("\n| layer | convbench us | .pte us | .pte / convbench |")
     print("|---|---|---|---|")
-    for spec, conv_us, pte_us, build in rows:
+    for spec, conv_us, pte_us, _build in rows:
         label = f"{spec.op} {spec.cin}->{spec.cout} k{spec.k} s{spec.stride} @{spec.h}"
         print(f"| {label} | {conv_us:.1f} | {pte_us:.1f} | {pte_us / conv_us:.3f}× |")
     ratios = [pte / conv for _, conv, pte, _ in rows]

@@ -35,11 +35,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--quick", action="store_true", help="small sizes everywhere: a smoke check of the scripts")
-    parser.add_argument("--only", default="", help="comma-separated subset: profiler,predictor,search,digits,whole,bad-input,adb")
+    parser.add_argument("--only", default="",
+                        help="comma-separated subset: profiler,predictor,search,digits,whole,bad-input,adb")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     only = {s for s in args.only.split(",") if s}
-    want = (lambda name: not only or name in only)
+
+    def want(name: str) -> bool:
+        return not only or name in only
+
     quick = ["--quick"] if args.quick else []
     profile, predictor = args.workdir / "profile", args.workdir / "predictor"
     failures = []

@@ -1,10 +1,11 @@
 """Entry point of the `jcw` command: each stage's `cli.register(subparsers)` adds its subcommands.
 
-A subcommand handler returns an exit status; user mistakes surface as `UserError`-like
-exceptions carrying one sentence, printed without a traceback. Exit statuses: 0 done, 1 the work ran
-but its results failed (`jcw measure`, `jcw profile`), 2 one sentence about bad input, a device or a
-file (an OSError, a damaged database or too little memory that a command did not phrase itself is
-phrased here), 130 interrupted, 141 the reader of the output went away.
+A subcommand handler returns an exit status; mistakes and failures surface as exceptions carrying one
+sentence, printed without a traceback. Exit statuses (README.md, "Errors, limits and what is kept"):
+EXIT_OK, EXIT_RESULTS_FAILED (the work ran but its results failed: `jcw measure`, `jcw profile`),
+EXIT_USAGE (bad input: arguments, files, a damaged database, too little memory for what was asked),
+EXIT_DEVICE (the device or its runner failed or could not be reached), EXIT_INTERRUPTED (Ctrl-C) and
+EXIT_BROKEN_PIPE (the reader of the output went away).
 """
 from __future__ import annotations
 
@@ -15,16 +16,37 @@ import sqlite3
 import sys
 from typing import NoReturn
 
-from jcw import UserError
-
 STAGES = ("profiler.cli", "android_harness.cli", "predictor.cli", "search.cli", "jcw.demo")
+
+EXIT_OK = 0
+EXIT_RESULTS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DEVICE = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
+
+#: The stages' error types and the status each ends `jcw` with, most specific first: a device error that is
+#: the user's mistake (a malformed address, a file that is not a program) is bad input, any other a device
+#: failure. A stage that is not installed contributes none.
+_ERROR_STATUSES = (
+    ("android_harness.device", "DeviceUsageError", EXIT_USAGE),
+    ("profiler.program_session", "PteError", EXIT_USAGE),
+    ("android_harness.device", "DeviceError", EXIT_DEVICE),
+    ("search.errors", "DeviceMeasureError", EXIT_DEVICE),
+    ("jcw", "UserError", EXIT_USAGE),
+    ("profiler.layerspec", "LayerSpecError", EXIT_USAGE),
+    ("profiler.store", "StoreError", EXIT_USAGE),
+    ("profiler.cliargs", "OutputPathError", EXIT_USAGE),
+    ("predictor.errors", "PredictorError", EXIT_USAGE),
+    ("search.errors", "SearchError", EXIT_USAGE),
+)
 
 
 class _OneSentenceParser(argparse.ArgumentParser):
-    """A usage mistake is a user error like any other: one sentence pointing at --help, exit status 2."""
+    """A usage mistake is a user error like any other: one sentence pointing at --help, EXIT_USAGE."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,19 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean 'the user asked for something impossible': one sentence, no traceback."""
-    types: list[type[BaseException]] = [UserError]
-    for module_name, names in (("profiler.layerspec", ("LayerSpecError",)), ("profiler.store", ("StoreError",)),
-                               ("profiler.cliargs", ("OutputPathError",)),
-                               ("android_harness.device", ("DeviceError",)),
-                               ("predictor.errors", ("PredictorError",)), ("search.errors", ("SearchError",))):
+def _error_statuses() -> list[tuple[type[BaseException], int]]:
+    """(error type, exit status) of every installed stage, in _ERROR_STATUSES' order."""
+    statuses = []
+    for module_name, name, status in _ERROR_STATUSES:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError:
             continue
-        types.extend(getattr(module, n) for n in names if hasattr(module, n))
-    return tuple(types)
+        if hasattr(module, name):
+            statuses.append((getattr(module, name), status))
+    return statuses
+
+
+def exit_status_of(exc: BaseException) -> int | None:
+    """The status a stage's one-sentence error ends `jcw` with; None for an exception no stage phrased."""
+    return next((status for error_type, status in _error_statuses() if isinstance(exc, error_type)), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,30 +90,33 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
         print("jcw: interrupted.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     try:
-        return int(args.handler(args) or 0)
+        return int(args.handler(args) or EXIT_OK)
     except KeyboardInterrupt:
         print(f"jcw {args.command}: interrupted.", file=sys.stderr)  # profile says itself what it saved
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `jcw predict --json | head`: the reader is gone, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays silent
-        return 141
-    except _user_error_types() as exc:
-        print(f"jcw {args.command}: {_one_line(str(exc))}", file=sys.stderr)
-        return 2
+        return EXIT_BROKEN_PIPE
     except OSError as exc:  # a file the command did not check itself: still one sentence
         from profiler.cliargs import os_error_sentence
         print(f"jcw {args.command}: {os_error_sentence(exc)}.", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except MemoryError:
         print(f"jcw {args.command}: this machine ran out of memory; ask for less (a smaller --pop, --input-shape "
               f"or --budget).", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except sqlite3.DatabaseError as exc:  # the profile store phrases its own; this is the net below it
         print(f"jcw {args.command}: a database file is damaged ({_one_line(str(exc))}); restore it from a backup "
               f"or make it again.", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except Exception as exc:
+        status = exit_status_of(exc)
+        if status is None:
+            raise  # a bug, not a sentence someone phrased: the traceback is what a report needs
+        print(f"jcw {args.command}: {_one_line(str(exc))}", file=sys.stderr)
+        return status
 
 
 def _one_line(text: str) -> str:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 DEMO_BUDGET = 200
 DEMO_PROGRAMS = 8
@@ -20,9 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Profile this machine with the real runner (layers and whole ExecuTorch programs), train a "
                     "latency predictor on the profile, train a small CNN on scikit-learn's digits and search its "
                     "per-layer channel widths against the predictor's whole-program ExecuTorch latency with real "
-                    "accuracy (pruned, batch-norm recalibrated, evaluated on held-out digits), export the fastest candidate within one point of the unpruned accuracy to an "
-                    "ExecuTorch .pte and measure it on this machine against its prediction. Rerunning resumes the "
-                    "profile.")
+                    "accuracy (pruned, batch-norm recalibrated, evaluated on held-out digits), export the fastest "
+                    "candidate within one point of the unpruned accuracy to an ExecuTorch .pte and measure it on this "
+                    "machine against its prediction. Rerunning resumes the profile.")
     demo.add_argument("--out", default="demo", metavar="DIR", help="where the profile, predictor and run go "
                                                                     "(default ./demo)")
     demo.add_argument("--budget", type=int, default=DEMO_BUDGET,

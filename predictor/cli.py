@@ -15,8 +15,13 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from predictor.errors import PredictorError
-from profiler.cliargs import int_at_least
 from predictor.models import MODEL_KINDS
+from predictor.transfer import DEFAULT_STRATEGY as DEFAULT_TRANSFER_STRATEGY
+from predictor.transfer import STRATEGIES as TRANSFER_STRATEGIES
+from profiler.cliargs import check_output_dir, int_at_least
+
+#: Extrapolated layers named in the table's warning line before "and N more".
+_NAMED_EXTRAPOLATED = 5
 
 
 def _budgets(text: str) -> list[int]:
@@ -42,7 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "unseen-shape split and the profile's held-out real-network layers; when the profile holds "
                     "measured whole programs, fit the whole-program latency model (runtime executorch) on its "
                     "training programs and score it on held-out genomes and unseen architectures next to the old "
-                    "sum-of-convolutions prediction; save the predictor with card.json and report.md.")
+                    "sum-of-convolutions prediction; save the predictor with card.json and report.md. With --prior, "
+                    "transfer from a known device: the closest prior by this profile's measured layers is adapted "
+                    "to them (--strategy) and scored beside the prior as it is and a model trained without it; the "
+                    "card records the prior's SHA-256 and the predictor carries a copy of it.")
     train.add_argument("--profile", required=True, metavar="DIR", help="profile directory from `jcw profile`")
     train.add_argument("--out", required=True, metavar="DIR", help="predictor directory to write, e.g. predictors/x")
     train.add_argument("--model", default="auto", choices=("auto", *MODEL_KINDS),
@@ -50,6 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=_positive, default=None,
                        help="use the measurements at this runner thread count (needed if the profile has several)")
     train.add_argument("--seed", type=_non_negative, default=0, help="seed of splits and models (default 0)")
+    train.add_argument("--prior", action="append", default=[], metavar="PREDICTOR_DIR",
+                       help="a known device's predictor to transfer from (repeat for several: the closest by this "
+                            "profile's measured layers is used); best with a profile from `jcw profile --prior`")
+    train.add_argument("--strategy", choices=TRANSFER_STRATEGIES, default=DEFAULT_TRANSFER_STRATEGY,
+                       help="with --prior: scale (per-operator rescaling of the prior), residual (rescaling plus "
+                            "small trees on what is left) or feature (the new device's own model with the prior's "
+                            f"prediction as a feature); default {DEFAULT_TRANSFER_STRATEGY}, chosen on the transfer "
+                            "curve (benchmarks/RESULTS.md)")
     train.add_argument("--curve", action="store_true",
                        help="also compute the sample-efficiency curves: layers (random vs adaptive; takes minutes) "
                             "and training programs (10-120, several draws each)")
@@ -61,7 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict", help="predict layer latencies (dense, sparse, best) or whole-program latencies",
         description="--layers: predict each layer's latency with the dense and the sparse kernel and pick the "
                     "faster; one JSON line per layer with --json: {id, dense_ms, sparse_ms (null for dwconv), "
-                    "best_impl, best_ms}; the id is the line's \"id\" or its line number. --programs: predict the "
+                    "best_impl, best_ms, extrapolated}; extrapolated is true for a layer outside the ranges the "
+                    "predictor was trained on (null when its card predates them); the id is the line's \"id\" or "
+                    "its line number. --programs: predict the "
                     "latency of whole ExecuTorch programs (program specs, one per line) on the runtime "
                     "\"executorch\"; one JSON line per program with --json: {id, name, latency_ms, conv_ms, "
                     "other_ms, model}.")
@@ -79,13 +97,16 @@ def _pct(value: float) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from predictor import efficiency, pipeline, program_eval, report
+    from profiler import labels
 
+    check_output_dir(args.out, "--out")  # before minutes of training, not after them
     console = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("reading the profile", total=None)
         result = pipeline.train(args.profile, args.out, model=args.model, threads=args.threads, seed=args.seed,
                                 curve=args.curve, curve_budgets=args.curve_budgets or efficiency.DEFAULT_BUDGETS,
+                                priors=args.prior, strategy=args.strategy,
                                 progress=lambda message: progress.update(task, description=message))
     # Piped output (logs, CI) would otherwise be cut to 80 columns and truncate the figures.
     out = Console() if sys.stdout.isatty() else Console(width=140)
@@ -96,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for row in report.metrics_rows(result["sets"]):
         table.add_row(*row, style="dim" if row[1].endswith("floor") else None)
     table.caption = ("noise floor: timing round 2 against round 1; label floor: fastest of odd rounds against "
-                     "fastest of even rounds")
+                     "fastest of even rounds; " + labels.sentence(result["card"].get("labels")))
     out.print(table)
     if result["network"]:
         net = Table(title="network level (sum of faster kernel per layer)")
@@ -130,10 +151,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         for row in efficiency.as_table(result["curve"]):
             curve.add_row(*row)
         out.print(curve)
+    if result["prior"] and len(result["prior"]["candidates"]) > 1:
+        out.print(_prior_table(result["prior"]))
     summary = Table(show_header=False, title="summary")
-    summary.add_row("training / held-out configurations", f"{result['training_rows']} / {result['holdout_rows']}")
-    summary.add_row("model (grouped-CV ±10% share)", f"{result['model']} (" + ", ".join(
-        f"{k} {_pct(v)}" for k, v in result["cv_scores"].items()) + ")")
+    summary.add_row("training / held-out configurations", f"{result['training_rows']} / {result['holdout_rows']} "
+                    f"real-network / {result.get('unseen_rows', 0)} unseen-architecture")
+    counts = result["counts"]
+    summary.add_row("training configurations planned", f"{counts['planned']}: {counts['measured']} measured, "
+                    f"{counts['failed']} failed (runner errors), {counts['missing']} not measured yet")
+    if result["prior"]:
+        prior = result["prior"]
+        summary.add_row("prior", f"{prior['path']} (sha256 {prior['sha256'][:16]}…, {prior['device_address']}, "
+                                 f"threads {prior['threads']}), strategy {prior['strategy']}")
+    else:
+        summary.add_row("model (grouped-CV ±10% share)", f"{result['model']} (" + ", ".join(
+            f"{k} {_pct(v)}" for k, v in result["cv_scores"].items()) + ")")
     if programs is not None:
         model = programs["model"]
         summary.add_row("whole-program model", f"{model.kind_} on {programs['counts']['train']} training programs")
@@ -144,7 +176,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary.add_row("report", f"{result['out_dir']}/report.md")
     summary.add_row("time", f"{result['seconds']:.1f} s")
     out.print(summary)
+    if result["hint"]:
+        out.print(f"note: {result['hint']}")
     return 0
+
+
+def _prior_table(prior: dict[str, Any]) -> Table:
+    """The priors tried and how close each is to this device (the chosen one has the smallest rescaled error)."""
+    table = Table(title="closest prior by this profile's measured layers")
+    for column in ("prior", "sha256", "median |err| as is", "after rescaling", "±10% after rescaling", "chosen"):
+        table.add_column(column, justify="left" if column in ("prior", "sha256") else "right")
+    for c in prior["candidates"]:
+        table.add_row(c["path"], c["sha256"][:16] + "…", _pct(c["as_is"]), _pct(c["rescaled"]),
+                      _pct(c["rescaled_within10"]), "yes" if c["chosen"] else "")
+    return table
 
 
 def _number(value: float) -> float | None:
@@ -163,10 +208,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for obj, _ in entries:
         number += 1
         ids.append(str(obj["id"]) if isinstance(obj, dict) and "id" in obj else str(number))
-    out = model.predict(to_columns([spec for _, spec in entries]))
+    columns = to_columns([spec for _, spec in entries])
+    out = model.predict(columns)
+    outside = model.extrapolated(columns)
     records: list[dict[str, Any]] = [
         {"id": ids[i], "dense_ms": _number(out["dense_ms"][i]), "sparse_ms": _number(out["sparse_ms"][i]),
-         "best_impl": out["best_impl"][i], "best_ms": _number(out["best_ms"][i])} for i in range(len(ids))]
+         "best_impl": out["best_impl"][i], "best_ms": _number(out["best_ms"][i]),
+         "extrapolated": None if outside is None else bool(outside[i])} for i in range(len(ids))]
     if args.json:
         for record in records:
             sys.stdout.write(json.dumps(record) + "\n")
@@ -182,6 +230,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     total = sum(r["best_ms"] for r in records)
     console.print(f"{len(records)} layers, total {total:.3f} ms with the faster kernel per layer "
                   f"({sum(r['best_impl'] == 'sparse' for r in records)} sparse)")
+    flagged = [r["id"] for r in records if r["extrapolated"]]
+    if flagged:
+        named = ", ".join(flagged[:_NAMED_EXTRAPOLATED]) + (
+            f" and {len(flagged) - _NAMED_EXTRAPOLATED} more" if len(flagged) > _NAMED_EXTRAPOLATED else "")
+        console.print(f"warning: {len(flagged)} of {len(records)} layers lie outside the ranges this predictor was "
+                      f"trained on (extrapolated, treat their latency as a rough guess): {named}", soft_wrap=True)
     return 0
 
 

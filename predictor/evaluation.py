@@ -1,7 +1,8 @@
 """The evaluation protocol: held-out splits, error metrics, the noise floor and network-level error.
 
 Owns the random split, the grouped (unseen-shape) split, grouped cross-validation, the metrics
-(RMSPE, MAPE, share within ±5/±10/±15 %), and pruned networks assembled from held-out layers.
+(RMSPE, MAPE, share within ±5/±10/±15 %), the layer kinds they are broken down by, and pruned
+networks assembled from held-out layers.
 """
 from __future__ import annotations
 
@@ -68,6 +69,26 @@ def stable_rows(rows: Sequence[Row], tolerance: float = 0.05) -> list[Row]:
     """
     return [r for r in rows if len(r.get("round_latencies") or ()) >= 2
             and abs(r["round_latencies"][1] / r["round_latencies"][0] - 1.0) <= tolerance]
+
+
+def layer_kind(row: Row) -> str:
+    """The group a layer's error is reported in: what a weak spot of the predictor is named by."""
+    if row["op"] == "dwconv":
+        return f"depthwise {row['k']}x{row['k']}"
+    if row["cin"] == real_networks.INPUT_CHANNELS and row["h"] >= 32:
+        return f"stem ({row['impl']})"
+    if row["h"] == 1 and row["w"] == 1:
+        return f"fully connected ({row['impl']})"
+    size = "1x1" if row["k"] == 1 else "kxk"
+    return f"conv {size} ({row['impl']})"
+
+
+def by_kind(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """Rows grouped by layer_kind, the groups in name order."""
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[layer_kind(row)].append(row)
+    return dict(sorted(groups.items()))
 
 
 # ---- splits -------------------------------------------------------------------------------

@@ -72,9 +72,12 @@ def save(predictor: LatencyPredictor, directory: str | Path, card: Mapping[str, 
         for name in MODEL_FILES:
             if name not in files and (directory / name).exists():
                 (directory / name).unlink()  # a stale file from an earlier save would mislead
+        from predictor import priors  # priors builds on this module
+        prior = priors.embed(predictor, directory)
         full_card = {**dict(card), "format": FORMAT, "format_version": FORMAT_VERSION,
                      "feature_schema_version": FEATURE_SCHEMA_VERSION, "features": list(FEATURE_NAMES),
-                     "model": state["kind"], "runtime": RUNTIME, "program_model": program_card, "files": files}
+                     "model": state["kind"], "runtime": RUNTIME, "program_model": program_card, "files": files,
+                     "prior": None if prior is None else {**dict(card.get("prior") or {}), **prior}}
         (directory / CARD).write_text(json.dumps(full_card, indent=1, default=_json_default), encoding="utf-8")
     except OSError as exc:
         raise PredictorError(f"cannot write the predictor to {directory}: {exc.strerror or exc}") from None
@@ -129,6 +132,12 @@ class Predictor:
 
     def predict(self, layers: Any) -> dict[str, np.ndarray]:
         return self.model.predict(layers)
+
+    def extrapolated(self, layers: Any) -> np.ndarray | None:
+        """Per layer, whether it lies outside the ranges the predictor was trained on (None: the card
+        predates training ranges)."""
+        from predictor import ranges
+        return ranges.extrapolated(self.card.get("training_ranges"), as_columns(layers))
 
     def predict_impl(self, columns: Any, impl: str) -> np.ndarray:
         return self.model.predict_impl(as_columns(columns), impl)
@@ -199,11 +208,12 @@ class Predictor:
                 f"program_model={None if self.program_model is None else self.program_model.kind_!r})")
 
 
-def load(directory: str | Path, *, runner_version: str | None = None) -> Predictor:
+def load(directory: str | Path, *, runner_version: str | None = None, _depth: int = 0) -> Predictor:
     """Load a saved predictor, refusing foreign formats, schemas, runners and tampered files.
 
     `runner_version`, when given (e.g. the runner of a device about to be searched for), must be
-    of the same series as the runner the predictor was trained with.
+    of the same series as the runner the predictor was trained with. A transfer predictor's prior (its
+    `prior/` directory) is loaded the same way and must match the hash in the card (`_depth` counts the chain).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -243,6 +253,10 @@ def load(directory: str | Path, *, runner_version: str | None = None) -> Predict
             raise PredictorError(f"predictor file {path} does not match the hash in its card; "
                                  "it was modified or damaged, so it is refused")
     state = _read_json(directory / STATE, "predictor model")
+    if state.get("kind") == "transfer":
+        from predictor import priors
+        model = priors.load_model(directory, card, files, state, _depth)
+        return Predictor(model, card, directory, _load_program_model(directory, card, files))
     estimator = _load_trees(directory / TREES) if TREES in files else None
     try:
         model = LatencyPredictor.from_state(state, estimator)

@@ -2,7 +2,10 @@
 programs) the whole-program model, run the evaluation protocols against the baselines, write the saved
 predictor, its card and its report.
 
-Returns plain dicts so the CLI, the report and the benchmark all print the same figures.
+With priors (saved predictors of other devices), the closest one by the profile's probe latencies is
+chosen and the layer model is a transfer predictor (predictor.transfer), scored beside the prior as it is
+and a model trained without it. Returns plain dicts so the CLI, the report and the benchmark all print
+the same figures.
 """
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from predictor import baselines, efficiency, evaluation, persistence, program_eval
+from predictor import baselines, efficiency, evaluation, persistence, program_eval, ranges, transfer
+from predictor import priors as prior_predictors
 from predictor.errors import PredictorError
 from predictor.features import as_columns, rows_to_columns
 from predictor.models import LatencyPredictor
 from predictor.programs import RUNTIME
+from profiler import labels, plans
 from profiler.store import ProfileStore
 
 Row = Mapping[str, Any]
@@ -26,18 +31,28 @@ BASELINES: dict[str, Callable[[], Any]] = {
     "nn-meter-rf": baselines.NnMeterForest,
     "jcw-interpolation": baselines.JcwInterpolation,
 }
+#: The comparisons a transfer predictor is scored beside.
+PRIOR_AS_IS = "prior as is"
+NO_PRIOR = "no prior"
 STABLE_SET = "holdout, rounds agree ±5%"
-SETS = ("random split", "unseen shapes", "real-network holdout", STABLE_SET)
+#: Layers of architectures no plan is drawn from (profile sample "unseen"; profiles before plan version 2 have none).
+UNSEEN_SET = "unseen-architecture holdout"
+SETS = ("random split", "unseen shapes", "real-network holdout", STABLE_SET, UNSEEN_SET)
 
 
 def read_profile(directory: str | Path, threads: int | None = None) -> dict[str, Any]:
-    """Rows of a profile split into training and held-out, with the facts a card needs."""
-    with ProfileStore(directory) as store:  # StoreError (no or foreign profile) is already one sentence
+    """Rows of a profile split into training and held-out, with the facts a card needs and the training
+    configurations counted as measured, failed (only runner errors) and not measured yet."""
+    # Read-only: training never writes, and a profile on a read-only medium or shared by others must open.
+    with ProfileStore(directory, readonly=True) as store:  # StoreError is already one sentence
         rows = store.measurements()
+        plan, errors = store.plan(), store.errors()
+        transfer_priors = store.get_meta("transfer_priors")
         program_rows = store.program_measurements() if hasattr(store, "program_measurements") else []
         info = {"device_facts": store.get_meta("device_facts") or {}, "runner": store.get_meta("runner") or {},
                 "device_address": store.get_meta("device_address"), "fingerprint": store.fingerprint(),
-                "program_runner": store.get_meta("program_runner"), "runtime": store.get_meta("runtime", RUNTIME)}
+                "program_runner": store.get_meta("program_runner"), "runtime": store.get_meta("runtime", RUNTIME),
+                "labels": labels.describe(store)}  # weights mode and settle rounds: how the labels were made
         meta_threads = store.get_meta("threads")
     runner_version = info["runner"].get("version")
     if persistence.runner_series(runner_version) not in persistence.COMPATIBLE_RUNNERS:
@@ -53,14 +68,64 @@ def read_profile(directory: str | Path, threads: int | None = None) -> dict[str,
         rows = [r for r in rows if r["threads"] == threads]
         if not rows:
             raise PredictorError(f"profile {directory} has no measurements at threads {threads} (it has {counts})")
-    training = [r for r in rows if r["sample"] != "holdout"]
+    training = [r for r in rows if r["sample"] not in plans.HELD_OUT_SAMPLES]
     holdout = [r for r in rows if r["sample"] == "holdout"]
+    unseen = [r for r in rows if r["sample"] == "unseen"]
+    counted = _count_training(plan, errors, training, threads)
     if len(training) < 8:
-        raise PredictorError(f"profile {directory} has only {len(training)} measured training configurations; "
-                             "profile with a larger --budget first")
+        raise PredictorError(_too_few(directory, counted))
     layer_threads = threads if threads is not None else (counts[0] if counts else None)
-    return {**info, "training": training, "holdout": holdout, "threads": layer_threads if layer_threads is not None
-            else meta_threads, "programs": program_eval.check_threads(program_rows, layer_threads)}
+    return {**info, "training": training, "holdout": holdout, "unseen": unseen, "threads": layer_threads if layer_threads is not None
+            else meta_threads, "programs": program_eval.check_threads(program_rows, layer_threads),
+            "counts": counted, "transfer_priors": transfer_priors}
+
+
+def _count_training(plan: Sequence[Row], errors: Sequence[Row], training: Sequence[Row], threads: int | None
+                    ) -> dict[str, Any]:
+    """Planned training configurations: measured (a good round), failed (runner errors only: the layer's own,
+    stored as final) and missing (no result yet), with one error text to quote."""
+    def wanted(row: Row) -> bool:
+        return row["sample"] not in plans.HELD_OUT_SAMPLES and (threads is None or row["threads"] == threads)
+    planned = {r["config_id"] for r in plan if wanted(r)}
+    measured = {r["config_id"] for r in training} & planned
+    failed_rounds = [e for e in errors if wanted(e) and e["config_id"] in planned - measured]
+    failed = {e["config_id"] for e in failed_rounds}
+    return {"planned": len(planned), "measured": len(measured), "failed": len(failed),
+            "missing": len(planned - measured - failed),
+            "error": " ".join(str(failed_rounds[0]["error"]).split())[:100] if failed_rounds else None}
+
+
+def _too_few(directory: str | Path, counted: Mapping[str, Any]) -> str:
+    text = f"profile {directory} has only {counted['measured']} measured training configurations"
+    if counted["failed"]:
+        return (f"{text}: {counted['failed']} failed with a runner error (such as {counted['error']!r}) and "
+                f"{counted['missing']} are not measured yet; fix what the runner reports and rerun `jcw profile`")
+    if counted["missing"]:
+        return (f"{text} and {counted['missing']} are not measured yet; rerun `jcw profile` to finish it, or "
+                "profile with a larger --budget")
+    return f"{text}; profile with a larger --budget first"
+
+
+def _transfer_hint(data: Mapping[str, Any], priors: Sequence[Path]) -> str | None:
+    """A profile planned by `jcw profile --prior` but trained without one: say how to use it."""
+    planned = data.get("transfer_priors") or []
+    if priors or not planned:
+        return None
+    paths = " ".join(f"--prior {entry.get('path')}" for entry in planned if isinstance(entry, dict))
+    return f"this profile was planned for transfer; train with {paths} to use the known device's predictor"
+
+
+class PriorAsIs:
+    """The prior's own predictions, unadapted: the comparison that shows what the new data adds."""
+
+    def __init__(self, prior: prior_predictors.Prior) -> None:
+        self.prior = prior
+
+    def fit(self, rows: Sequence[Row]) -> PriorAsIs:
+        return self
+
+    def predict_impl(self, columns: Mapping[str, np.ndarray], impl: str) -> np.ndarray:
+        return self.prior.model.predict_impl(columns, impl)
 
 
 def _best_per_layer(model: Any, layers: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -85,22 +150,25 @@ def scored(models: Mapping[str, Any], test: Sequence[Row]) -> dict[str, Any]:
             "label_floor": evaluation.label_floor(test)}
 
 
-def fit_all(training: Sequence[Row], params: Mapping[str, Any]) -> dict[str, Any]:
-    models = {OURS: LatencyPredictor(**params).fit(training)}
-    models.update({name: make().fit(training) for name, make in BASELINES.items()})
-    return models
+def fit_all(training: Sequence[Row], params: Mapping[str, Any],
+            lineup: Mapping[str, Callable[[], Any]] | None = None) -> dict[str, Any]:
+    """Every model of the lineup (default: ours, a LatencyPredictor with `params`, and the baselines) fitted."""
+    lineup = lineup or {OURS: lambda: LatencyPredictor(**params), **BASELINES}
+    return {name: make().fit(training) for name, make in lineup.items()}
 
 
 def evaluate(training: Sequence[Row], holdout: Sequence[Row], params: Mapping[str, Any], seed: int = 0,
-             say: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
-    """Ours and every baseline on the three held-out sets and at network level, at one training budget."""
+             say: Callable[[str], None] = lambda message: None,
+             lineup: Mapping[str, Callable[[], Any]] | None = None, unseen: Sequence[Row] = ()) -> dict[str, Any]:
+    """Ours and every baseline on the held-out sets and at network level, at one training budget; the
+    unseen-architecture layers, when given, also by layer kind (ours only)."""
     sets: dict[str, dict[str, Any]] = {}
     for name, split in (("random split", evaluation.random_split), ("unseen shapes", evaluation.grouped_split)):
         say(f"evaluating on the {name}")
         train_rows, test_rows = split(training, 0.2, seed)
-        sets[name] = scored(fit_all(train_rows, params), test_rows)
+        sets[name] = scored(fit_all(train_rows, params, lineup), test_rows)
     say("fitting on all training data")
-    final = fit_all(training, params)
+    final = fit_all(training, params, lineup)
     network: dict[str, Any] = {}
     best_impl: dict[str, Any] = {}
     if holdout:
@@ -118,21 +186,44 @@ def evaluate(training: Sequence[Row], holdout: Sequence[Row], params: Mapping[st
             best_ms, impl = _best_per_layer(fitted, layers)
             network["models"][name] = evaluation.network_errors(best_ms, layers, nets)
             best_impl[name] = evaluation.best_impl_agreement(impl, layers)
-    return {"final": final, "sets": sets, "network": network, "best_impl": best_impl}
+    unseen_kinds: dict[str, Any] = {}
+    if unseen:
+        say("evaluating on the unseen-architecture holdout")
+        sets[UNSEEN_SET] = scored(final, unseen)
+        unseen_kinds = {kind: scored({OURS: final[OURS]}, rows) for kind, rows in evaluation.by_kind(unseen).items()}
+    return {"final": final, "sets": sets, "network": network, "best_impl": best_impl, "unseen_kinds": unseen_kinds}
 
 
 def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", threads: int | None = None,
           seed: int = 0, curve: bool = False, curve_budgets: Sequence[int] = efficiency.DEFAULT_BUDGETS,
+          priors: Sequence[str | Path] = (), strategy: str = transfer.DEFAULT_STRATEGY,
           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Fit, evaluate (three held-out sets, network level, baselines, optional curve), save, report."""
+    """Fit, evaluate (three held-out sets, network level, baselines, optional curve), save, report.
+
+    With `priors`, the closest is chosen by the profile's measured layers and ours is a transfer
+    predictor (`strategy`, see predictor.transfer.STRATEGIES) built on it.
+    """
     say = progress or (lambda message: None)
     started = time.monotonic()
+    priors = list(dict.fromkeys(Path(p) for p in priors))
+    for prior in priors:
+        if prior.resolve() == Path(out_dir).resolve():
+            raise PredictorError(f"--out {out_dir} is the --prior itself; write the new predictor to another directory")
     data = read_profile(profile_dir, threads)
     training, holdout = data["training"], data["holdout"]
     params = {"model": model, "random_state": seed}
     LatencyPredictor(**params)._validate_params()
+    chosen, lineup, prior_card = None, None, None
+    if priors:
+        say("reading the priors")
+        loaded = [prior_predictors.load_prior(p, data["runner"].get("version")) for p in priors]
+        chosen, candidates = prior_predictors.choose_prior(loaded, training)
+        transfer.TransferPredictor(chosen, strategy)._validate_params()
+        lineup = {OURS: lambda: transfer.TransferPredictor(chosen, strategy, random_state=seed),
+                  PRIOR_AS_IS: lambda: PriorAsIs(chosen), NO_PRIOR: lambda: LatencyPredictor(**params), **BASELINES}
+        prior_card = {"strategy": strategy, "candidates": candidates}
 
-    evaluated = evaluate(training, holdout, params, seed, say)
+    evaluated = evaluate(training, holdout, params, seed, say, lineup, unseen=data["unseen"])
     final, sets, network, best_impl = (evaluated[k] for k in ("final", "sets", "network", "best_impl"))
     curve_points: list[dict[str, Any]] = []
     if curve and holdout:
@@ -155,16 +246,22 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
     card = {"profile": str(profile_dir), "device_address": data["device_address"],
             "device_facts": data["device_facts"], "runner": data["runner"], "runner_version":
                 data["runner"].get("version"), "training_data_hash": data["fingerprint"], "threads": data["threads"],
-            "training_rows": len(training), "holdout_rows": len(holdout), "cv_scores": ours.cv_scores_,
+            "training_rows": len(training), "holdout_rows": len(holdout), "unseen_rows": len(data["unseen"]),
+            "cv_scores": ours.cv_scores_,
             "metrics": summary, "network": network.get("models", {}).get(OURS, {}),
-            "runtime": RUNTIME, "program_runner": data["program_runner"],
+            "runtime": RUNTIME, "program_runner": data["program_runner"], "labels": data["labels"],
             "program_metrics": program_eval.card_metrics(programs), "program_rows": len(data["programs"]),
+            "training_ranges": ranges.union(ranges.training_ranges(as_columns(rows_to_columns(list(training)))),
+                                            chosen.loaded.card.get("training_ranges") if chosen else None),
+            "prior": None if chosen is None else {**prior_card, **chosen.describe()},
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     persistence.save(ours, out_dir, card, None if programs is None else programs["model"])
     result = {"card": card, "sets": sets, "network": network, "best_impl": best_impl, "curve": curve_points,
               "programs": programs, "program_curve": program_curve,
               "model": ours.kind_, "cv_scores": ours.cv_scores_, "out_dir": str(out_dir),
-              "training_rows": len(training), "holdout_rows": len(holdout), "seconds": time.monotonic() - started}
+              "counts": data["counts"], "prior": card["prior"], "hint": _transfer_hint(data, priors),
+              "training_rows": len(training), "holdout_rows": len(holdout), "unseen_rows": len(data["unseen"]),
+              "unseen_kinds": evaluated["unseen_kinds"], "seconds": time.monotonic() - started}
     say("writing the report")
     from predictor import report  # matplotlib is imported only when a report is written
     plotted = holdout or evaluation.grouped_split(training, 0.2, seed)[1]

@@ -32,6 +32,21 @@ def metrics_rows(sets: Mapping[str, Any]) -> list[list[str]]:
 
 
 METRIC_HEADER = ["held-out set", "model", "n", "RMSPE", "MAPE", "±5%", "±10%", "±15%"]
+KIND_HEADER = ["layer kind", "n", "ours ±10%", "ours RMSPE", "noise floor ±10%", "label floor ±10%"]
+UNSEEN_NOTE = ("The unseen-architecture holdout holds layers of EfficientNet-Lite0, SqueezeNet 1.1, VGG-11 and "
+               "DenseNet-BC (the program zoo's unseen families, lite widths), ShuffleNetV2, GhostNet and "
+               "MobileNetV3-Large at random widths and 96-320 px inputs, with random densities. The plans are not "
+               "drawn from them, and no training or real-network held-out layer has one of their shapes.")
+
+
+def kind_rows(kinds: Mapping[str, Any]) -> list[list[str]]:
+    """Ours by layer kind on the unseen-architecture holdout, with each kind's floors."""
+    rows = []
+    for kind, entry in kinds.items():
+        ours, noise, label = entry["models"]["ours"], entry["noise_floor"], entry["label_floor"]
+        rows.append([kind, str(ours["n"]), pct(ours["within10"]), pct(ours["rmspe"]),
+                     pct(noise["within10"]) if noise["n"] else "n/a", pct(label["within10"]) if label["n"] else "n/a"])
+    return rows
 
 
 def network_rows(network: Mapping[str, Any], best_impl: Mapping[str, Any]) -> list[list[str]]:
@@ -176,20 +191,25 @@ def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarra
         "# Latency predictor report", "",
         f"Profile `{card['profile']}` on {card.get('device_address') or 'unknown device'} "
         f"({facts.get('cpu') or facts.get('cpu_model') or card['runner'].get('cpu', 'unknown CPU')}), runner "
-        f"{card.get('runner_version')}, {result['training_rows']} training and {result['holdout_rows']} held-out "
-        f"configurations. Model chosen by grouped cross-validation: **{result['model']}** "
+        f"{card.get('runner_version')}, {result['training_rows']} training, {result['holdout_rows']} real-network "
+        f"held-out and {result.get('unseen_rows', 0)} unseen-architecture held-out configurations. "
+        f"Model chosen by grouped cross-validation: **{result['model']}** "
         "(grouped-CV share within ±10% on real-network-like layers: "
         + ", ".join(f"{k} {pct(v)}" for k, v in result["cv_scores"].items()) + ").", "",
+        *_prior_paragraph(result),
         "## Per-layer accuracy on held-out sets", "",
         "Each set was never used to fit the models scored on it. The noise floor compares two single timing "
         "rounds of the same configurations; the label floor compares two labels made the way stored latencies "
         "are (the fastest of the odd rounds against the fastest of the even rounds, with 4 or more rounds). "
         "A stored latency aggregates all rounds, so it is steadier than either: a predictor can beat the noise "
-        "floor but not the label floor by much. The last set keeps the held-out "
-        "configurations whose two rounds agree within ±5%: what the predictor achieves once timing noise is "
-        "out of the way.", "",
+        "floor but not the label floor by much. The set \"holdout, rounds agree ±5%\" keeps the real-network "
+        "held-out configurations whose two rounds agree within ±5%: what the predictor achieves once timing "
+        "noise is out of the way.", "",
         _markdown_table(METRIC_HEADER, metrics_rows(result["sets"])), "",
     ]
+    if result.get("unseen_kinds"):
+        parts += ["## Unseen-architecture layers by kind", "", UNSEEN_NOTE, "",
+                  _markdown_table(KIND_HEADER, kind_rows(result["unseen_kinds"])), ""]
     if result["network"]:
         parts += ["## Network level", "",
                   f"Networks: {result['network']['construction']}; "
@@ -210,3 +230,16 @@ def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarra
     path = directory / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _prior_paragraph(result: Mapping[str, Any]) -> list[str]:
+    """For a transfer predictor: which known device it builds on (its hash) and how, before the tables."""
+    prior = result.get("prior")
+    if not prior:
+        return []
+    return [f"**Transfer from a known device:** prior `{prior['path']}` (sha256 `{prior['sha256']}`, device "
+            f"{prior.get('device_address')}, threads {prior.get('threads')}), strategy **{prior['strategy']}**, chosen "
+            f"among {len(prior['candidates'])} prior(s) by the smallest median error on this profile's measured layers "
+            "after per-operator rescaling. The tables score it as \"ours\" beside the prior as it is and a model "
+            "trained on this profile alone (\"no prior\").", ""]
+

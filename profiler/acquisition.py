@@ -11,8 +11,9 @@ entry-point group `jcw.acquisition` (name "default") and the profiler calls it b
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 ENTRY_POINT_GROUP = "jcw.acquisition"
 DEFAULT_NAME = "default"
@@ -42,13 +43,29 @@ def load_chooser(name: str = DEFAULT_NAME) -> Chooser:
 
 def choose(chooser: Chooser, candidates: list[dict[str, Any]], measured: list[dict[str, Any]],
            n: int, seed: int) -> list[int]:
-    """Call a chooser and hold it to the contract: distinct valid indices, at most n."""
-    picked = chooser([dict(c) for c in candidates], [dict(m) for m in measured], n, seed)
+    """Call a chooser and hold it to the contract: distinct valid indices, at most n. Whatever goes wrong
+    inside the plug-in is one AcquisitionError naming it: it is someone else's code, not the profiler's."""
+    name = plugin_name(chooser)
+    try:
+        picked = chooser([dict(c) for c in candidates], [dict(m) for m in measured], n, seed)
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or "no message"
+        raise AcquisitionError(f"the acquisition plug-in '{name}' failed ({type(exc).__name__}: {reason}); "
+                               f"the layers measured so far are kept, rerun without --adaptive or fix the "
+                               f"plug-in") from None
     try:
         indices = [int(i) for i in picked]
     except (TypeError, ValueError):
-        raise AcquisitionError("the acquisition plug-in must return a list of candidate indices") from None
+        raise AcquisitionError(f"the acquisition plug-in '{name}' must return a list of candidate indices") from None
     bad = [i for i in indices if not 0 <= i < len(candidates)]
     if bad:
-        raise AcquisitionError(f"the acquisition plug-in returned index {bad[0]}, outside 0..{len(candidates) - 1}")
+        raise AcquisitionError(f"the acquisition plug-in '{name}' returned index {bad[0]}, outside "
+                               f"0..{len(candidates) - 1}")
     return list(dict.fromkeys(indices))[:n]
+
+
+def plugin_name(chooser: Chooser) -> str:
+    """How a chooser is named in its entry point (module:function), so a message points at its code."""
+    module = getattr(chooser, "__module__", None)
+    qualname = getattr(chooser, "__qualname__", None) or type(chooser).__qualname__
+    return f"{module}:{qualname}" if module else qualname

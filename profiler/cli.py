@@ -19,8 +19,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-from profiler import plans, program_session, session
+from profiler import labels, plans, program_measure, program_session, session
 from profiler.acquisition import AcquisitionError, load_chooser
+from profiler.transfer_prior import PriorCardError, check_prior, check_runner
 from profiler.cliargs import (OutputPathError, check_output_dir, check_output_file, int_at_least, int_between,
                               os_error_reason, threads_arg)
 from profiler.layerspec import read_jsonl
@@ -55,11 +56,15 @@ def _program_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _holdout(text: str) -> int:
+def _holdout(text: str, pool: int = plans.HOLDOUT_POOL) -> int:
     value = _non_negative_int(text)
-    if value > plans.HOLDOUT_POOL:
-        raise argparse.ArgumentTypeError(f"expected at most {plans.HOLDOUT_POOL}, got {text!r}")
+    if value > pool:
+        raise argparse.ArgumentTypeError(f"expected at most {pool}, got {text!r}")
     return value
+
+
+def _unseen(text: str) -> int:
+    return _holdout(text, plans.UNSEEN_POOL)
 
 
 def _add_device_args(parser: argparse.ArgumentParser, threads_help: str) -> None:
@@ -83,8 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     prof = subparsers.add_parser(
         "profile", help="measure a device's layer and whole-program latencies into a profile",
-        description="Measure a sampling plan (real-network layers with perturbed widths and densities, random "
-                    "layers, and a held-out set) on a device, each configuration in several rounds, then whole "
+        description="Measure a sampling plan (real-network layers with perturbed widths and densities, coverage "
+                    "layers of the kinds users bring, random layers, a real-network held-out set and a held-out "
+                    "set of unseen architectures' layers) on a device, each configuration in several rounds, then whole "
                     "CNN programs exported to ExecuTorch (.pte) and timed by the ExecuTorch runtime in as many "
                     "rounds, into a resumable profile directory. A configuration's or program's latency is the "
                     "fastest repetition (us_min) of its fastest round. Rerunning the same command resumes; a "
@@ -92,53 +98,79 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_device_args(prof, "threads for layers and programs (default: the thread count ExecuTorch uses on that "
                            "device by default, from the .pte runner's header; a rerun keeps the profile's count)")
     prof.add_argument("--out", required=True, metavar="DIR", help="profile directory, e.g. profiles/pixel7")
-    prof.add_argument("--budget", type=_budget, default=plans.DEFAULT_BUDGET,
-                      help=f"training layers to measure (default {plans.DEFAULT_BUDGET}; convs are measured dense "
+    prof.add_argument("--budget", type=_budget, default=None,
+                      help=f"training layers to measure (default {plans.DEFAULT_BUDGET}, {plans.TRANSFER_BUDGET} with "
+                           f"--prior; convs are measured dense "
                            f"and sparse; a held-out set of real-network layers comes on top, see --holdout; at most "
                            f"{session.MAX_BUDGET})")
     prof.add_argument("--seed", type=_non_negative_int, default=0, help="sampling seed (default 0)")
     prof.add_argument("--holdout", type=_holdout, default=None, metavar="N",
                       help="held-out real-network layers measured for evaluation only "
                            "(default max(50, budget/5); 0 for none, e.g. for a quick dry run)")
+    prof.add_argument("--unseen", type=_unseen, default=None, metavar="N",
+                      help="held-out layers of architectures no plan is drawn from (EfficientNet-Lite, SqueezeNet, "
+                           "VGG, DenseNet, ShuffleNetV2, GhostNet, MobileNetV3 at 96-320 px), measured for "
+                           "evaluation only (default: as many as --holdout)")
     prof.add_argument("--rounds", type=_rounds, default=session.DEFAULT_ROUNDS,
                       help=f"timing rounds per configuration, spread over the run (default {session.DEFAULT_ROUNDS}, "
                            f"at most {session.MAX_ROUNDS})")
     prof.add_argument("--adaptive", action="store_true",
                       help="spend the second half of the budget where the installed acquisition plug-in "
                            "(entry point group jcw.acquisition) is least certain")
-    prof.add_argument("--programs", type=_programs, default=session.DEFAULT_PROGRAMS, metavar="N",
+    prof.add_argument("--programs", type=_programs, default=None, metavar="N",
                       help=f"whole training programs to export and time after the layers (default "
-                           f"{session.DEFAULT_PROGRAMS}; N/3 held-out and N/3 unseen-family programs, at least "
+                           f"{session.DEFAULT_PROGRAMS}; N/{program_session.PROBE_SHARE} random operator-probe "
+                           f"graphs, and N/3 held-out and N/3 unseen-family programs, at least "
                            f"{program_session.MIN_EVAL_PROGRAMS} each, come on top; 0 skips programs; at most "
-                           f"{session.MAX_PROGRAMS})")
+                           f"{session.MAX_PROGRAMS}; exporting them needs the search extra, jcw[search]: without "
+                           f"it the default is skipped with a note and an explicit N is refused)")
     prof.add_argument("--program-sizes", type=_program_sizes, default=None, metavar="R[,R...]",
                       help="input resolutions of the whole programs (default 128,160,192,224; small sizes such as "
                            "32,48 keep an emulated phone's programs fast); fixed when the programs are first planned")
+    prof.add_argument("--settle-cap", type=int_between(0, labels.MAX_SETTLE_CAP), default=labels.DEFAULT_SETTLE_CAP,
+                      metavar="N", help=f"settle rounds: after the layer rounds, re-measure only the configurations "
+                                        f"whose two fastest rounds differ by more than "
+                                        f"{labels.SETTLE_TOLERANCE * 100:.0f}%%, one round per pass, until they agree "
+                                        f"or have had N extra rounds (default {labels.DEFAULT_SETTLE_CAP}, at most "
+                                        f"about 3%% more profile time on a quiet device; 0 turns it off)")
+    prof.add_argument("--weights", choices=labels.WEIGHTS_MODES, default=labels.DEFAULT_WEIGHTS,
+                      help="time layers with their weights warm (cached after the first run; default) or cold "
+                           "(rotating over copies of each layer larger than the last-level cache, as weights come "
+                           "from memory inside a network); recorded in the profile, which never mixes the two")
+    prof.add_argument("--prior", action="append", default=[], metavar="PREDICTOR_DIR",
+                      help="plan for transfer from a known device's predictor (repeatable): only real-network "
+                           "layers, spread over conv 1x1, conv kxk and depthwise; then `jcw train --prior`")
     prof.add_argument("--csv", metavar="FILE", help="also export every measured layer round as CSV")
     prof.set_defaults(handler=cmd_profile)
 
     meas = subparsers.add_parser(
-        "measure", help="measure given layers or ExecuTorch programs on a device",
+        "measure", help="measure given layers, ExecuTorch programs or jcw network files on a device",
         description="--layers: measure the layers of a layer-spec JSONL file, one runner result line per layer and "
                     "implementation (both = dense for every layer, sparse too for every conv); exit status 1 when "
                     "the runner reported an error for any of them. --pte: time whole ExecuTorch programs with the "
                     "ExecuTorch runtime on the device; each program's latency_ms is the fastest repetition of its "
                     "fastest round (us_min / 1000), the statistic the kit stands by (noise on a phone only ever "
                     "slows a run down); us_median is reported beside it. A file that is not a complete .pte or a "
-                    "program the runner cannot feed (int or several inputs) is one sentence and exit status 2.")
-    _add_device_args(meas, "threads (--layers: default 1; --pte: default the thread count ExecuTorch uses on that "
-                           "device)")
+                    "program the runner cannot feed (int or several inputs) is one sentence and exit status 2. "
+                    "--net: the same for jcw network files (.jcwnet, `jcw export --runtime sparse`) run by the "
+                    "sparse network engine, which checks each against its reference output first; a damaged, "
+                    "foreign or unrunnable file is one sentence and exit status 2, before connecting.")
+    _add_device_args(meas, "threads (--layers: default 1; --pte/--net: default the thread count ExecuTorch uses "
+                           "on that device)")
     what = meas.add_mutually_exclusive_group(required=True)
     what.add_argument("--layers", metavar="FILE", help="layer specs, one JSON object per line")
     what.add_argument("--pte", action="append", metavar="FILE",
                       help="an ExecuTorch program (.pte) with one float input (repeatable)")
+    what.add_argument("--net", action="append", metavar="FILE",
+                      help="a jcw network file (.jcwnet) for the sparse network engine (repeatable)")
     meas.add_argument("--impl", choices=("dense", "sparse", "both"), default="both",
                       help="--layers: implementation(s) to measure (default both)")
     meas.add_argument("--rounds", type=_rounds, default=1,
-                      help="--pte: timing rounds per program; latency_ms is the fastest (default 1)")
+                      help="--pte/--net: timing rounds per file; latency_ms is the fastest (default 1)")
     meas.add_argument("--json", action="store_true",
                       help="print JSON lines instead of a table (--layers: runner result lines; --pte: one object "
-                           "per program with latency_ms, us_min, us_median, reps, threads, runtime, device, pte)")
+                           "per program with latency_ms, us_min, us_median, reps, threads, runtime, device, pte; "
+                           "--net: the same with net instead of pte, plus sparse_layers, conversions, max_abs_error)")
     meas.set_defaults(handler=cmd_measure)
 
 
@@ -226,6 +258,13 @@ def _summary_table(summary: session.ProfileSummary) -> Table:
             ("wall time", f"{summary.wall_seconds:.1f} s")):
         table.add_row(what, str(value))
     table.add_row("threads (layers and programs)", str(summary.threads))
+    table.add_row("layer weights", summary.weights)
+    settle = summary.settle
+    table.add_row(f"settle results this run (cap {summary.settle_cap})", str(summary.settle_results))
+    if settle:  # configurations whose two fastest rounds differ by more than labels.SETTLE_TOLERANCE
+        table.add_row("disagreed / settled / still disagree",
+                      f"{settle['disagreeing_base']} / {settle['settled_configurations']} "
+                      f"({settle['extra_rounds']} rounds) / {settle['still_disagreeing']}")
     if summary.programs:
         programs = ", ".join(f"{k} {v}" for k, v in sorted(summary.program_samples.items()))
         for what, value in (("whole programs planned (ExecuTorch)", f"{summary.programs} ({programs})"),
@@ -306,9 +345,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
         if args.csv:
             check_output_file(args.csv, "--csv")
         runner_argv = _runner_argv(args.runner_arg)
-    except (OutputPathError, _BadRunnerArg) as exc:
+        priors = [check_prior(path) for path in dict.fromkeys(args.prior)]  # missing, foreign or tampered
+    except (OutputPathError, _BadRunnerArg, PriorCardError) as exc:
         return _fail("profile", str(exc))
+    budget = args.budget or (plans.TRANSFER_BUDGET if priors else plans.DEFAULT_BUDGET)
     try:
+        absent = program_session.export_modules_missing()
+        if args.programs and absent:  # asked for explicitly: refused, where the default is skipped with a note
+            return _fail("profile", f"--programs {args.programs}: {program_session.export_unavailable_sentence(absent)}"
+                                    f", or pass --programs 0 to profile layers only.")
         if args.adaptive:
             load_chooser()  # fail before connecting to anything
         with _CtrlC() as ctrl_c, profile_lock(out):
@@ -318,12 +363,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
                     ctrl_c.check()
                     bar(done, total, info)
 
-                summary = session.profile(device, out, budget=args.budget, seed=args.seed, threads=args.threads,
+                for prior in priors:
+                    check_runner(prior, device.runner_info())
+                summary = session.profile(device, out, budget=budget, seed=args.seed, threads=args.threads,
                                           rounds=args.rounds, adaptive=args.adaptive, holdout=args.holdout,
-                                          programs=args.programs, program_sizes=args.program_sizes,
-                                          runner_args=runner_argv, progress=progress)
+                                          unseen=args.unseen,
+                                          programs=session.DEFAULT_PROGRAMS if args.programs is None
+                                          else args.programs, program_sizes=args.program_sizes,
+                                          runner_args=runner_argv, progress=progress, weights=args.weights,
+                                          settle_cap=args.settle_cap,
+                                          transfer_priors=[{"path": p["path"], "sha256": p["sha256"]} for p in priors])
                 ctrl_c.check()
-    except AcquisitionError as exc:
+    except (AcquisitionError, PriorCardError) as exc:
         return _fail("profile", str(exc))
     except KeyboardInterrupt:
         print(f"jcw profile: interrupted; everything measured so far is saved in {out}, rerun the same command "
@@ -354,13 +405,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 # ---- jcw measure --------------------------------------------------------------------------------
 def cmd_measure(args: argparse.Namespace) -> int:
-    if args.pte:
+    if args.pte or args.net:
         return _measure_programs(args)
     layers = read_jsonl(args.layers)
     specs = [(str(obj.get("id", f"line{n}")), spec) for n, (obj, spec) in enumerate(layers, start=1)]
     if args.impl == "sparse" and any(spec.op == "dwconv" for _, spec in specs):
         return _fail("measure", "--impl sparse cannot measure a dwconv layer (depthwise runs dense only); "
                                 "use --impl both")
+    first_with_id: dict[str, int] = {}
+    for number, (layer_id, _) in enumerate(specs, start=1):  # results find their layer by id
+        if layer_id in first_with_id:
+            return _fail("measure", f"--layers {args.layers}: layers {first_with_id[layer_id]} and {number} share the "
+                                    f"id {layer_id!r}; give each layer its own id, as results are matched by it")
+        first_with_id[layer_id] = number
     by_id = dict(specs)
     results = []
     try:
@@ -394,13 +451,16 @@ def _ms(value: float) -> str:
 
 
 def _measure_programs(args: argparse.Namespace) -> int:
+    """--pte and --net: the same runner path, rounds and statistics; --net adds the sparse engine's fields."""
+    key = "net" if args.net else "pte"
+    paths = args.net or args.pte
     try:
-        for path in args.pte:  # before connecting to anything
-            program_session.check_pte(path)
+        for path in paths:  # before connecting to anything
+            program_measure.PROGRAM_FILES[key](path)
         runner_argv = _runner_argv(args.runner_arg)
         with session.open_device(args.device) as device, _LazyBar("measuring") as progress:
-            results = session.measure_programs(device, args.pte, threads=args.threads, rounds=args.rounds,
-                                               runner_args=runner_argv, progress=progress)
+            results = session.measure_programs(device, paths, threads=args.threads, rounds=args.rounds,
+                                               runner_args=runner_argv, progress=progress, key=key)
     except session.PteError as exc:
         return _fail("measure", f"{str(exc).rstrip('.')}.")
     except _BadRunnerArg as exc:
@@ -409,13 +469,24 @@ def _measure_programs(args: argparse.Namespace) -> int:
         for result in results:
             print(json.dumps(result), flush=True)
         return 0
-    table = Table(title=f"{len(results)} ExecuTorch program(s) on {args.device}",
+    what = "jcw network file(s), sparse engine" if key == "net" else "ExecuTorch program(s)"
+    table = Table(title=f"{len(results)} {what} on {args.device}",
                   caption="latency: the fastest repetition of the fastest round")
     for column in ("program", "latency ms", "median ms", "reps", "rounds", "threads"):
         table.add_column(column, justify="left" if column == "program" else "right", no_wrap=True)
     for r in results:
-        table.add_row(Path(r["pte"]).name, _ms(r["latency_ms"]),
+        table.add_row(Path(r[key]).name, _ms(r["latency_ms"]),
                       _ms(r["us_median"] / 1000) if r.get("us_median") is not None else "",
                       str(r["reps"]), str(r["rounds"]), str(r.get("threads", "")))
+    if key == "net":  # the engine's own facts, in a second table so both fit a terminal
+        Console().print(table)
+        table = Table(title="what the sparse engine ran")
+        for column in ("program", "sparse layers", "layout conversions", "max abs error vs torch"):
+            table.add_column(column, justify="left" if column == "program" else "right", no_wrap=True)
+        for r in results:
+            sparse, layers = r.get("sparse_layers"), r.get("layers")
+            error = r.get("max_abs_error")
+            table.add_row(Path(r[key]).name, f"{len(sparse)}/{layers}" if isinstance(sparse, list) else "",
+                          str(r.get("conversions", "")), f"{error:.2e}" if isinstance(error, (int, float)) else "")
     Console().print(table)
     return 0

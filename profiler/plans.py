@@ -1,34 +1,45 @@
 """Sampling plans: which layer configurations a profile measures.
 
 Owns the declared random space, the *prior* plan (real-network layers with widths and densities
-perturbed), the held-out real-network evaluation set, and the candidate pools offered to an
-adaptive acquisition plug-in. Every plan is seeded, de-duplicated and grows as a prefix when
-the budget grows, so a rerun with a larger budget extends a profile instead of replacing it.
+perturbed), the *coverage* plan (profiler/coverage.py: layer kinds the prior never reaches), the
+held-out real-network evaluation set, the held-out *unseen* set (layers of architectures no plan is
+drawn from, profiler/unseen_layers.py, whose shapes training never gets), and the candidate pools
+offered to an adaptive acquisition plug-in. Every plan is seeded, de-duplicated and grows as a prefix
+when the budget grows, so a rerun with a larger budget extends a profile instead of replacing it.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Iterator
 
-from profiler import networks
+from profiler import coverage, networks, unseen_layers
 from profiler.layerspec import LayerSpec, LayerSpecError
 
 #: Layers (not configurations) a profile measures unless told otherwise: the smallest budget of
 #: the sample-efficiency curve at which every draw reached 95 % of unseen real-network layers
-#: within ±10 % (benchmarks/RESULTS.md; 800 layers reached it on average only).
+#: within ±10 % (benchmarks/RESULTS.md, measured with plan version 1; 800 layers reached it on average only).
 DEFAULT_BUDGET = 1600
-#: Share of the budget drawn from real-network layers; the rest is the random space.
+#: Share of the budget drawn from real-network layers, then from the coverage regions; the rest is the
+#: random space (40 % of the budget before plan version 2, which took the coverage share from it).
 PRIOR_SHARE = 0.6
+COVERAGE_SHARE = 0.25
+#: Version of the sampling: a profile planned by another version is not extended (session.ProfileParams).
+PLAN_VERSION = 2
 #: Weight densities: 1.0 plus low values, since the dense/sparse crossover sits low.
 DENSITIES = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: Channel width multipliers, JCW's steps of 0.1.
 WIDTH_MULTIPLIERS = tuple(round(0.1 * i, 1) for i in range(1, 11))
-SAMPLES = ("prior", "random", "holdout", "adaptive")
+SAMPLES = ("prior", "coverage", "random", "holdout", "unseen", "adaptive")
+#: Samples measured only to evaluate: the real-network holdout and the unseen-architecture layers.
+HELD_OUT_SAMPLES = ("holdout", "unseen")
 #: Held-out layers are drawn from their own stream and reserved so training never takes them.
 HOLDOUT_POOL = 3000
 HOLDOUT_SEED_OFFSET = 7_919
+UNSEEN_POOL = 3000
 
 
 @dataclass(frozen=True)
@@ -103,13 +114,19 @@ def _unique_real_layers() -> list[dict]:
     return out
 
 
-def _stream(rng: random.Random, draw, exclude: set[str]) -> Iterator[LayerSpec]:
-    """Unique specs from a drawing function, skipping excluded keys; gives up when the space runs dry."""
+def shape_key(spec: LayerSpec) -> tuple:
+    """A layer's shape without its density: what the unseen set keeps out of training."""
+    return (spec.op, spec.cin, spec.cout, spec.k, spec.stride, spec.pad, spec.h, spec.w)
+
+
+def _stream(rng: random.Random, draw, exclude: set[str], exclude_shapes: frozenset = frozenset()
+            ) -> Iterator[LayerSpec]:
+    """Unique specs from a drawing function, skipping excluded keys and shapes; gives up when the space runs dry."""
     seen = set(exclude)
     misses = 0
     while misses < 10_000:
         spec = draw(rng)
-        if spec is None or spec.key() in seen:
+        if spec is None or spec.key() in seen or (exclude_shapes and shape_key(spec) in exclude_shapes):
             misses += 1
             continue
         misses = 0
@@ -122,8 +139,15 @@ def prior_stream(seed: int, exclude: set[str] = frozenset()) -> Iterator[LayerSp
     return _stream(random.Random(f"prior:{seed}"), lambda rng: perturb_real_layer(rng, rng.choice(layers)), exclude)
 
 
-def random_stream(seed: int, space: RandomSpace = DEFAULT_SPACE, exclude: set[str] = frozenset()) -> Iterator[LayerSpec]:
-    return _stream(random.Random(f"random:{seed}"), lambda rng: _random_layer(rng, space), exclude)
+def random_stream(seed: int, space: RandomSpace = DEFAULT_SPACE, exclude: set[str] = frozenset(),
+                  exclude_shapes: frozenset = frozenset()) -> Iterator[LayerSpec]:
+    return _stream(random.Random(f"random:{seed}"), lambda rng: _random_layer(rng, space), exclude, exclude_shapes)
+
+
+def coverage_stream(seed: int, space: RandomSpace = DEFAULT_SPACE, exclude: set[str] = frozenset(),
+                    exclude_shapes: frozenset = frozenset()) -> Iterator[LayerSpec]:
+    return _stream(random.Random(f"coverage:{seed}"),
+                   lambda rng: coverage.coverage_layer(rng, space.densities, space.max_macs), exclude, exclude_shapes)
 
 
 def _take(stream: Iterator[LayerSpec], n: int) -> list[LayerSpec]:
@@ -147,6 +171,55 @@ def holdout_layers(seed: int, n: int) -> list[LayerSpec]:
     return _take(stream, n)
 
 
+@lru_cache(maxsize=1)
+def in_family_shapes() -> frozenset:
+    """Every shape the prior and the real-network holdout can draw (each real layer at every width pair)."""
+    shapes = set()
+    for layer in _unique_real_layers():
+        fixed_in, classifier = networks.is_fixed_input(layer), networks.is_classifier(layer)
+        cins = {layer["cin"]} if fixed_in else {_scaled(layer["cin"], m) for m in WIDTH_MULTIPLIERS}
+        for cin in cins:
+            if layer["op"] == "dwconv":
+                couts = {cin}
+            else:
+                couts = {layer["cout"]} if classifier else {_scaled(layer["cout"], m) for m in WIDTH_MULTIPLIERS}
+            shapes.update(shape_key(networks.to_spec(layer, cin=cin, cout=cout)) for cout in couts)
+    return frozenset(shapes)
+
+
+@lru_cache(maxsize=8)
+def unseen_bank(seed: int) -> tuple[tuple[tuple[str, tuple[LayerSpec, ...]], ...], frozenset]:
+    """The seed's unseen networks with every shape the in-family space can also draw taken out (such a layer
+    is not unseen), and the set of the shapes left: what training never gets."""
+    known = in_family_shapes()
+    bank = tuple((family, tuple(s for s in layers if shape_key(s) not in known))
+                 for family, layers in unseen_layers.network_bank(seed))
+    return bank, frozenset(shape_key(s) for _, layers in bank for s in layers)
+
+
+def unseen_shapes(seed: int) -> frozenset:
+    """Shapes of the seed's unseen-architecture bank; no training or in-family held-out layer has one."""
+    return unseen_bank(seed)[1]
+
+
+def unseen_held_out(seed: int, n: int) -> list[LayerSpec]:
+    """Layers of unseen architectures with random densities: a family in turn, one of its networks, one layer."""
+    bank = unseen_bank(seed)[0]
+    by_family: dict[str, list[tuple[LayerSpec, ...]]] = {}
+    for family, layers in bank:
+        if layers:
+            by_family.setdefault(family, []).append(layers)
+    families = list(by_family)
+    turn = itertools.count()  # families in turn, so every one gets its share of any prefix
+
+    def draw(rng: random.Random) -> LayerSpec:
+        family = families[next(turn) % len(families)]
+        layer = rng.choice(rng.choice(by_family[family]))
+        return layer.replace(density=rng.choice(DENSITIES))
+
+    return _take(_stream(random.Random(f"unseen:{seed}"), draw, set()), n)
+
+
 @dataclass(frozen=True)
 class Plan:
     """Layers of a profile by sample; `configurations` expands them to (spec, impl, threads, sample)."""
@@ -154,50 +227,97 @@ class Plan:
     prior: list[LayerSpec]
     random: list[LayerSpec]
     holdout: list[LayerSpec]
+    coverage: list[LayerSpec] = field(default_factory=list)
+    unseen: list[LayerSpec] = field(default_factory=list)
 
     def configurations(self, threads: int) -> list[tuple[LayerSpec, str, int, str]]:
         out = []
-        for sample, specs in (("prior", self.prior), ("random", self.random), ("holdout", self.holdout)):
-            for spec in specs:
+        for sample in ("prior", "coverage", "random", "holdout", "unseen"):
+            for spec in getattr(self, sample):
                 out.extend((spec, impl, threads, sample) for impl in layer_impls(spec))
         return out
 
     @property
     def training(self) -> list[LayerSpec]:
-        return self.prior + self.random
+        return self.prior + self.coverage + self.random
 
 
 def make_plan(budget: int = DEFAULT_BUDGET, seed: int = 0, *, prior_share: float = PRIOR_SHARE,
-              space: RandomSpace = DEFAULT_SPACE, holdout: int | None = None) -> Plan:
-    """The training plan (`budget` layers: prior then random) and the disjoint held-out set.
+              coverage_share: float = COVERAGE_SHARE, space: RandomSpace = DEFAULT_SPACE,
+              holdout: int | None = None, unseen: int | None = None) -> Plan:
+    """The training plan (`budget` layers: prior, coverage, random) and the two disjoint held-out sets.
 
     The held-out stream's first HOLDOUT_POOL layers are reserved, so training layers never
     collide with the held-out set at any budget and a larger budget is a superset of a smaller.
+    The unseen set (`unseen` layers, default as many as the holdout) comes from the unseen bank, none of
+    whose shapes training draws.
     """
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ValueError(f"budget must be a positive integer, got {budget!r}")
     if not 0.0 <= prior_share <= 1.0:
         raise ValueError(f"prior_share must be in [0, 1], got {prior_share!r}")
+    if not 0.0 <= coverage_share <= 1.0 - prior_share:
+        raise ValueError(f"coverage_share must be in [0, 1 - prior_share], got {coverage_share!r}")
     n_holdout = holdout_size(budget) if holdout is None else holdout
     reserved = holdout_layers(seed, HOLDOUT_POOL)
     reserved_keys = {s.key() for s in reserved}
+    kept_out = unseen_shapes(seed)
     n_prior = int(round(budget * prior_share))
-    prior = _take(prior_stream(seed, reserved_keys), n_prior)
-    prior_keys = {s.key() for s in prior}
-    rand = _take(random_stream(seed, space, reserved_keys | prior_keys), budget - len(prior))
-    return Plan(prior=prior, random=rand, holdout=reserved[:n_holdout])
+    prior = _take(prior_stream(seed, reserved_keys), n_prior)  # in-family shapes: never an unseen one
+    taken = reserved_keys | {s.key() for s in prior}
+    cover = _take(coverage_stream(seed, space, taken, kept_out), min(budget - len(prior),
+                                                                     int(round(budget * coverage_share))))
+    taken |= {s.key() for s in cover}
+    rand = _take(random_stream(seed, space, taken, kept_out), budget - len(prior) - len(cover))
+    return Plan(prior=prior, random=rand, holdout=reserved[:n_holdout], coverage=cover,
+                unseen=unseen_held_out(seed, n_holdout if unseen is None else unseen))
 
 
 def candidate_pool(seed: int, n: int, exclude: set[str], *, prior_share: float = PRIOR_SHARE,
-                   space: RandomSpace = DEFAULT_SPACE) -> list[LayerSpec]:
-    """Unmeasured layers an acquisition plug-in chooses from (same mix as the plan, own seed)."""
+                   coverage_share: float = COVERAGE_SHARE, space: RandomSpace = DEFAULT_SPACE,
+                   plan_seed: int | None = None) -> list[LayerSpec]:
+    """Unmeasured layers an acquisition plug-in chooses from (same mix as the plan, own seed); none has a
+    shape of the unseen bank of `plan_seed` (the profile's seed; default `seed`)."""
     n_prior = int(round(n * prior_share))
     reserved = {s.key() for s in holdout_layers(seed, HOLDOUT_POOL)}
     excluded = set(exclude) | reserved
+    kept_out = unseen_shapes(seed if plan_seed is None else plan_seed)
     prior = _take(_stream(random.Random(f"pool-prior:{seed}"),
                           lambda rng, layers=_unique_real_layers(): perturb_real_layer(rng, rng.choice(layers)),
                           excluded), n_prior)
     excluded |= {s.key() for s in prior}
-    rand = _take(_stream(random.Random(f"pool-random:{seed}"), lambda rng: _random_layer(rng, space), excluded),
-                 n - len(prior))
-    return prior + rand
+    cover = _take(_stream(random.Random(f"pool-coverage:{seed}"),
+                          lambda rng: coverage.coverage_layer(rng, space.densities, space.max_macs), excluded,
+                          kept_out), min(n - len(prior), int(round(n * coverage_share))))
+    excluded |= {s.key() for s in cover}
+    rand = _take(_stream(random.Random(f"pool-random:{seed}"), lambda rng: _random_layer(rng, space), excluded,
+                         kept_out), n - len(prior) - len(cover))
+    return prior + cover + rand
+
+
+# ---- the plan of `jcw profile --prior`: a few layers that teach a known device's predictor this one --------
+#: Layers `jcw profile --prior` measures unless told otherwise (the transfer curve, benchmarks/RESULTS.md).
+TRANSFER_BUDGET = 200
+
+
+def transfer_stratum(op: str, k: int) -> str:
+    """The operator group a transfer plan spreads its budget over (each gets its own rescaling)."""
+    return "dwconv" if op == "dwconv" else ("conv 1x1" if k == 1 else "conv kxk")
+
+
+def transfer_plan(budget: int, seed: int = 0, *, holdout: int | None = None, unseen: int | None = None) -> Plan:
+    """Only real-network layers (what users deploy), perturbed as in the prior plan but taking the operator
+    groups in turn: uniform draws give ResNet-50's 1x1 convolutions half of a small budget, and a transfer
+    has to rescale every group. The held-out sets are those of `make_plan`, so both plans score alike."""
+    base = make_plan(budget, seed, holdout=holdout, unseen=unseen)
+    layers = _unique_real_layers()
+    strata: dict[str, list[dict]] = {}
+    for layer in layers:
+        strata.setdefault(transfer_stratum(layer["op"], layer["k"]), []).append(layer)
+    names = sorted(strata)
+    turns = iter(range(10**12))
+    reserved = {s.key() for s in holdout_layers(seed, HOLDOUT_POOL)}
+    stream = _stream(random.Random(f"transfer:{seed}"),
+                     lambda rng: perturb_real_layer(rng, rng.choice(strata[names[next(turns) % len(names)]])),
+                     reserved)
+    return replace(base, prior=_take(stream, budget), random=[], coverage=[])

@@ -1,6 +1,6 @@
 """Whole ExecuTorch programs on a device: the program phase of `jcw profile` (plan, export each program
-once on the host, time it in rounds, commit each result as it arrives) and `measure_programs` (behind
-`jcw measure --pte` and the search stage's `jcw export`), plus the .pte file check and thread defaults.
+once on the host, time it in rounds, commit each result as it arrives), plus the .pte file check and
+thread defaults; timing given files (`jcw measure --pte/--net`) is profiler.program_measure's.
 """
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import importlib.util
 import multiprocessing
 import os
 import random
-import statistics
 import time
 from pathlib import Path
 from concurrent import futures
@@ -17,8 +16,7 @@ from typing import Any, Callable, Iterable
 from android_harness.device import Device, DeviceDisconnected, DeviceError
 from profiler import programs
 from profiler.batches import SystematicFailure, common_error, run_lines, same_failure
-from profiler.cliargs import MAX_THREADS
-from profiler.store import ROUND_STATISTIC, ProfileStore
+from profiler.store import ProfileStore
 
 RUNTIME = "executorch"
 #: ExecuTorch flatbuffer files carry this file identifier at bytes 4..8 (after the root table offset).
@@ -28,6 +26,9 @@ PTE_EXTENDED_MAGIC = b"eh00"
 PROGRAM_DIR = "programs"
 #: Held-out and unseen programs per training program, and their floor.
 PROGRAM_EVAL_SHARE = 3
+#: One operator-probe program per this many zoo training programs: enough for the program model to see
+#: concatenations, standalone activations, pooling and large linear layers in quantity.
+PROBE_SHARE = 4
 MIN_EVAL_PROGRAMS = 10
 FIRST_PROGRAM_BATCH = 2
 MAX_PROGRAM_BATCH = 16
@@ -89,11 +90,31 @@ def shared_runner_args(runner_args: Iterable[str]) -> list[str]:
 
 
 class PteError(DeviceError):
-    """A .pte cannot be measured: missing, not an ExecuTorch program, truncated, or refused by the runner."""
+    """A .pte (or jcw network file) cannot be measured: missing, not that kind of file, truncated or damaged,
+    or refused by the runner."""
 
 
 class ProgramsUnavailable(Exception):
     """Whole programs cannot be measured here (no torch/executorch, or a device without the .pte runner)."""
+
+
+#: What exporting a whole program needs on the host: the `search` extra of the kit (`jcw[search]`).
+EXPORT_MODULES = ("torch", "executorch")
+
+
+def export_modules_missing() -> list[str]:
+    """The export modules this installation lacks; a profiling-only install (`pip install jcw`) lacks both."""
+    return [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
+
+
+def export_unavailable_sentence(absent: list[str]) -> str:
+    return (f"this installation has no {' or '.join(absent)}, so whole programs cannot be exported here; install "
+            f"the search extra (`pip install 'jcw[search]'`, or `make setup` in a checkout)")
+
+
+def probe_count(n_train: int) -> int:
+    """Operator-probe programs (program_probes) measured beside `--programs N` zoo training programs."""
+    return max(0, n_train) // PROBE_SHARE
 
 
 def program_counts(n_train: int) -> tuple[int, int, int]:
@@ -183,7 +204,8 @@ class ProgramPhase:
     def plan(self, n_train: int) -> None:
         from profiler import program_zoo
         train, holdout, unseen = program_counts(n_train)
-        entries = program_zoo.program_plan(train, holdout, unseen, self.seed, resolutions=self.resolutions)
+        entries = program_zoo.program_plan(train, holdout, unseen, self.seed, resolutions=self.resolutions,
+                                           n_probe=probe_count(train))
         self.store.add_programs((spec, sample, self.threads) for spec, sample in entries)
 
     def path(self, row: dict[str, Any]) -> Path:
@@ -208,10 +230,9 @@ class ProgramPhase:
                    if r["program_id"] in pending and not self.path(r).exists()]
         if not missing:
             return
-        absent = [m for m in ("torch", "executorch") if importlib.util.find_spec(m) is None]
+        absent = export_modules_missing()
         if absent:
-            raise ProgramsUnavailable(f"this host has no {' or '.join(absent)}, so whole programs cannot be "
-                                      f"exported; run `make setup` and rerun the same command to add them")
+            raise ProgramsUnavailable(export_unavailable_sentence(absent))
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -361,58 +382,3 @@ def run_program_phase(phase: ProgramPhase) -> str | None:
         phase.export_missing()
         phase.run_rounds()
     return _guarded(phase, step)
-
-
-# ---- measuring given .pte files ------------------------------------------------------------------
-def _open(address: str) -> Device:
-    from android_harness.connect import open_device
-    return open_device(address)
-
-
-def measure_programs(device_or_address: Device | str, pte_paths: Iterable[str | os.PathLike[str]],
-                     threads: int | None = None, rounds: int = 1, runner_args: Iterable[str] = (),
-                     progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Time each .pte on a device in `rounds` passes; one dict per file, in order.
-
-    `threads` None runs ExecuTorch's default thread count on that device. Each dict holds "pte",
-    "device", "runtime" ("executorch"), "threads" (as run), "latency_ms" (the fastest round's us_min
-    / 1000: the statistic the kit stands by, as for layers), "us_min", "us_median" (median over rounds
-    of each round's median), "reps" (all rounds), "rounds", "round_us_min", and the runner's
-    "load_us", "input_shape", "output_shape". PteError (one sentence) for a file that is missing,
-    not a .pte, truncated, or refused by the runner (e.g. an int input or several inputs).
-    """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or not 1 <= threads <= MAX_THREADS):
-        raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} or None, got {threads!r}")
-    given = [str(p) for p in pte_paths]
-    paths = [check_pte(p) for p in given]
-    if isinstance(device_or_address, str):
-        with _open(device_or_address) as device:
-            return measure_programs(device, given, threads, rounds, runner_args, progress)
-    device = device_or_address
-    if not hasattr(device, "run_programs"):
-        raise DeviceError(f"{device.address} cannot run whole programs (no .pte runner)")
-    lines = [{"id": f"{r}:{i}", "pte": str(path.resolve()), "threads": threads or 0}
-             for r in range(rounds) for i, path in enumerate(paths)]
-    by_file: list[list[dict[str, Any]]] = [[] for _ in paths]
-    for done, result in enumerate(run_lines(device, lines, runner_args, run=device.run_programs), start=1):
-        index = int(str(result.get("id")).split(":")[1])
-        if result.get("error"):
-            raise PteError(f"{given[index]}: {str(result['error']).rstrip('.')}")
-        by_file[index].append(result)
-        if progress is not None:
-            progress(done, len(lines), {})
-    return [_summarise(name, device.address, results) for name, results in zip(given, by_file)]
-
-
-def _summarise(pte: str, address: str, results: list[dict[str, Any]]) -> dict[str, Any]:
-    fastest = min(results, key=lambda r: r[ROUND_STATISTIC])
-    medians = [r["us_median"] for r in results if r.get("us_median") is not None]
-    return {"pte": pte, "device": address, "runtime": fastest.get("runtime", RUNTIME),
-            "threads": fastest.get("threads"), "latency_ms": fastest[ROUND_STATISTIC] / 1000.0,
-            "us_min": fastest["us_min"], "us_median": statistics.median(medians) if medians else None,
-            "reps": sum(int(r.get("reps") or 0) for r in results), "rounds": len(results),
-            "round_us_min": [r["us_min"] for r in results],
-            **{k: fastest[k] for k in ("load_us", "input_shape", "output_shape") if k in fastest}}

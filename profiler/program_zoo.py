@@ -1,6 +1,7 @@
 """Program specs of whole networks for `jcw profile`: the four families the layer plans are drawn from
 (ResNet-18/50, MobileNetV1/V2, torchvision topology) and held-out "unseen" families, each at any input
-resolution with per-channel-group width multipliers (a genome), and the seeded train/holdout/unseen plan.
+resolution with per-channel-group width multipliers (a genome), random operator-probe graphs
+(profiler/program_probes.py), and the seeded train/holdout/unseen plan.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from profiler.networks import INPUT_CHANNELS, NUM_CLASSES
+from profiler.program_probes import PROBE_FAMILY, random_probe
 from profiler.programs import program_id, validate
 
 #: Families the profiler's layer plans are drawn from (names as in profiler/networks.py).
@@ -335,8 +337,23 @@ def _draw(families: Sequence[str], n: int, rng: np.random.Generator, taken: set[
     return out
 
 
+def _draw_probes(n: int, rng: np.random.Generator, taken: set[str],
+                 resolutions: Sequence[int] | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for _ in range(100 * n + 100):
+        if len(out) == n:
+            break
+        sizes = RESOLUTIONS if resolutions is None else resolutions
+        weights = RESOLUTION_WEIGHTS if resolutions is None else None
+        spec = random_probe(rng, int(rng.choice(sizes, p=weights)))
+        if program_id(spec) not in taken:
+            taken.add(program_id(spec))
+            out.append(spec)
+    return out
+
+
 def program_plan(n_train: int, n_holdout: int, n_unseen: int, seed: int = 0,
-                 resolutions: Sequence[int] | None = None) -> list[tuple[dict[str, Any], str]]:
+                 resolutions: Sequence[int] | None = None, n_probe: int = 0) -> list[tuple[dict[str, Any], str]]:
     """[(spec, sample)], sample in SAMPLES: train (the four plan families at full width first, then random
     genomes), holdout (other genomes of the same families, no program shared with train) and unseen
     (UNSEEN_FAMILIES). Deterministic for a seed; the three samples are interleaved so a session cut short
@@ -344,9 +361,11 @@ def program_plan(n_train: int, n_holdout: int, n_unseen: int, seed: int = 0,
     ones keep an emulated phone's programs fast.
 
     Each sample draws from its own random stream, holdout and unseen first: asking for more programs later
-    extends each sample and never turns a held-out program into a training one.
+    extends each sample and never turns a held-out program into a training one. `n_probe` random
+    operator-probe graphs (program_probes) join the training sample from a stream of their own, so adding
+    them never changes which zoo programs a plan holds.
     """
-    for name, n in (("n_train", n_train), ("n_holdout", n_holdout), ("n_unseen", n_unseen)):
+    for name, n in (("n_train", n_train), ("n_holdout", n_holdout), ("n_unseen", n_unseen), ("n_probe", n_probe)):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ProgramZooError(f"{name} must be a non-negative integer, got {n!r}")
     if resolutions is not None and (not resolutions or any(int(r) < 32 for r in resolutions)):
@@ -361,7 +380,16 @@ def program_plan(n_train: int, n_holdout: int, n_unseen: int, seed: int = 0,
     drawn = {"holdout": _draw(TRAIN_FAMILIES, n_holdout, stream("holdout"), taken, resolutions=resolutions),
              "unseen": _draw(UNSEEN_FAMILIES, n_unseen, stream("unseen"), taken, resolutions=resolutions)}
     drawn["train"] = _draw(TRAIN_FAMILIES, n_train, stream("train"), taken, first=full, resolutions=resolutions)
+    probes = _draw_probes(n_probe, np.random.default_rng([int(seed), 9, len(SAMPLES)]), taken, resolutions)
+    drawn["train"] = _spread(drawn["train"], probes)
     keyed = [((i + 0.5) / len(specs), SAMPLES.index(sample), spec, sample)
              for sample, specs in drawn.items() for i, spec in enumerate(specs)]
     keyed.sort(key=lambda item: (item[0], item[1]))
     return [(spec, sample) for _, _, spec, sample in keyed]
+
+
+def _spread(first: list, second: list) -> list:
+    """`first` with the items of `second` spread evenly through it, for a plan cut short."""
+    keyed = [((i + 0.5) / len(part), which, item) for which, part in enumerate((first, second))
+             for i, item in enumerate(part)]
+    return [item for *_, item in sorted(keyed, key=lambda t: t[:2])]

@@ -2,7 +2,7 @@
 
 Owns `profile(...)` (the engine behind `jcw profile`: layers, then whole programs through
 profiler.program_session) and `measure(...)` (behind `jcw measure --layers`); `measure_programs`
-(behind `jcw measure --pte`) is re-exported here. Every result is committed to the store the moment
+(behind `jcw measure --pte/--net`, profiler.program_measure) is re-exported here. Every result is committed to the store the moment
 the runner reports it; a rerun of the same command measures only what is missing.
 """
 from __future__ import annotations
@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from android_harness.device import Device, DeviceDisconnected
-from profiler import acquisition, plans, program_session
+from profiler import acquisition, labels, plans, program_session
 from profiler.batches import (CRASHES_BEFORE_ERROR, SystematicFailure, common_error,  # noqa: F401  (re-exported)
                               run_lines)
 from profiler.cliargs import MAX_THREADS
 from profiler.layerspec import LayerSpec
-from profiler.program_session import PteError, measure_programs  # noqa: F401  (re-exported)
+from profiler.program_measure import measure_programs  # noqa: F401  (re-exported)
+from profiler.program_session import PteError  # noqa: F401  (re-exported)
 from profiler.store import DB_NAME, ROUND_STATISTIC, ProfileStore, StoreError, profile_lock
 
 # Repeatability methodology: every configuration is timed in `rounds` full passes over the plan,
@@ -66,11 +67,16 @@ class ProfileParams:
     rounds: int = DEFAULT_ROUNDS
     adaptive: bool = False
     holdout: int | None = None  # held-out layers; None means plans.holdout_size(budget)
+    unseen: int | None = None  # unseen-architecture held-out layers; None means as many as holdout
+    transfer: bool = False  # planned for transfer from a known device (`--prior`, plans.transfer_plan)
+    plan_version: int = plans.PLAN_VERSION
 
     def __post_init__(self) -> None:
         if self.holdout is None:
             object.__setattr__(self, "holdout", plans.holdout_size(self.budget))
-        for name, low in (("budget", 1), ("threads", 1), ("rounds", 1), ("seed", 0), ("holdout", 0)):
+        if self.unseen is None:
+            object.__setattr__(self, "unseen", self.holdout)
+        for name, low in (("budget", 1), ("threads", 1), ("rounds", 1), ("seed", 0), ("holdout", 0), ("unseen", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -79,6 +85,8 @@ class ProfileParams:
                 raise ValueError(f"{name} must be at most {high}, got {getattr(self, name)}")
         if self.holdout > plans.HOLDOUT_POOL:
             raise ValueError(f"holdout must be at most {plans.HOLDOUT_POOL}, got {self.holdout}")
+        if self.unseen > plans.UNSEEN_POOL:
+            raise ValueError(f"unseen must be at most {plans.UNSEEN_POOL}, got {self.unseen}")
 
     def merge(self, stored: dict[str, Any] | None, directory: Path) -> "ProfileParams":
         """These parameters against a profile's stored ones: extend when possible, else say what differs."""
@@ -88,13 +96,20 @@ class ProfileParams:
             return ProfileParamsError(
                 f"profile {directory} was planned with {what}; rerun with the same value to resume or extend it, "
                 f"or choose another --out")
+        version = stored.get("plan_version", 1)
+        if version != self.plan_version:  # its layers came from another sampling: extending would mix them
+            raise ProfileParamsError(
+                f"profile {directory} was planned by an earlier jcw (layer plan version {version}, this one plans "
+                f"version {self.plan_version}); it still trains as it is, but to measure more choose another --out")
         for name in ("seed", "threads"):
             if stored.get(name) != getattr(self, name):
                 raise refuse(f"--{name} {stored.get(name)} (you asked for {getattr(self, name)})")
-        for name in ("budget", "rounds", "holdout"):
+        for name in ("budget", "rounds", "holdout", "unseen"):
             if getattr(self, name) < stored.get(name, 0):
                 raise refuse(f"--{name} {stored.get(name)} and a rerun may raise it but not lower it "
                              f"(you asked for {getattr(self, name)})")
+        if bool(stored.get("transfer", False)) != self.transfer:  # the two plans draw different layers
+            raise refuse("--prior" if stored.get("transfer") else "no --prior")
         if stored.get("adaptive") and not self.adaptive:
             raise refuse("--adaptive (you left it out)")
         return self
@@ -127,6 +142,10 @@ class ProfileSummary:
     program_new_failures: int = 0  # program errors stored in this run (host export or runner)
     programs_exported: int = 0   # .pte files exported in this run
     programs_note: str | None = None  # one sentence when programs could not be measured here
+    weights: str = labels.DEFAULT_WEIGHTS  # the layer runner's weights mode (profiler.labels)
+    settle_cap: int = 0          # extra rounds a configuration whose fastest rounds disagree may get
+    settle_results: int = 0      # results of settle rounds measured in this run
+    settle: dict[str, int] = field(default_factory=dict)  # labels.settle_counts of the whole profile
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,8 +185,9 @@ class _Session:
         self.done += units
         self.report(**info)
 
-    def run_round(self, round_index: int) -> None:
-        pending = self.store.pending(round_index)
+    def run_round(self, round_index: int, rows: list[dict[str, Any]] | None = None) -> None:
+        """Measure this round of `rows` (default: every configuration still missing it)."""
+        pending = self.store.pending(round_index) if rows is None else list(rows)
         random.Random(f"{self.params.seed}:{round_index}:{len(pending)}").shuffle(pending)
         requeued: set[str] = set()
         while pending:
@@ -262,10 +282,11 @@ class _Session:
         while (have := len(self.store.plan("adaptive"))) < target:
             n = min(step, target - have)
             known = {LayerSpec.from_dict(row).key() for row in self.store.plan()}
-            pool = plans.candidate_pool(self.params.seed * 1000 + have, ADAPTIVE_POOL_FACTOR * n, known)
+            pool = plans.candidate_pool(self.params.seed * 1000 + have, ADAPTIVE_POOL_FACTOR * n, known,
+                                        plan_seed=self.params.seed)
             candidates = [{**spec.to_dict(), "impl": impl, "threads": threads}
                           for spec in pool for impl in plans.layer_impls(spec)]
-            measured = [m for m in self.store.measurements() if m["sample"] != "holdout"]
+            measured = [m for m in self.store.measurements() if m["sample"] not in plans.HELD_OUT_SAMPLES]
             picked = acquisition.choose(chooser, candidates, measured, n, self.params.seed * 1000 + have)
             if not picked:
                 break
@@ -307,27 +328,39 @@ def adaptive_target(plan: plans.Plan, adaptive_layers: int) -> int:
 def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DEFAULT_BUDGET, seed: int = 0,
             threads: int | None = 1, rounds: int = DEFAULT_ROUNDS, adaptive: bool = False,
             holdout: int | None = None, programs: int = 0, program_sizes: Sequence[int] | None = None,
-            runner_args: Iterable[str] = (), progress: Progress | None = None) -> ProfileSummary:
+            runner_args: Iterable[str] = (), progress: Progress | None = None, unseen: int | None = None,
+            weights: str = labels.DEFAULT_WEIGHTS,
+            settle_cap: int = 0, transfer_priors: Sequence[dict[str, Any]] = ()) -> ProfileSummary:
     """Plan (or extend) and measure a profile in `out_dir`; resumable by calling it again.
 
     `device` is a Device or an address ("local", "usb:SERIAL", "tcp:HOST:PORT"). `budget` counts
     training layers (each conv measured dense and sparse, each dwconv dense); a held-out set of
     real-network layers (sample "holdout") is measured too. With `adaptive`, the second half of
     the budget is chosen by the `jcw.acquisition` plug-in. `holdout` overrides the held-out set's
-    size (default max(50, budget // 5) layers; 0 for none). After the layers, `programs` whole
+    size (default max(50, budget // 5) layers; 0 for none); `unseen` the size of the second held-out set,
+    layers of architectures no plan is drawn from (sample "unseen"; default as many as `holdout`). After the layers, `programs` whole
     training programs (plus program_session.program_counts' held-out and unseen ones) are exported
     on the host and timed as .pte files in the same rounds; 0 skips them (`jcw profile` defaults to
     DEFAULT_PROGRAMS); `program_sizes` bounds their input resolutions (default 128-224; small sizes keep an
     emulated phone fast) and is fixed when the programs are first planned. `threads` None means ExecuTorch's default on the device (a rerun keeps the
-    profile's own count); layers and programs are measured at that count.
+    profile's own count); layers and programs are measured at that count. `transfer_priors` (known devices'
+    predictors, {"path", "sha256"}) plan for transfer instead (plans.transfer_plan) and are recorded. `weights` (warm or cold) is how
+    the layer runner times (profiler.labels; one profile never mixes them). `settle_cap` > 0 adds settle
+    rounds after the layer rounds (labels.settle; `jcw profile` defaults to labels.DEFAULT_SETTLE_CAP).
     """
     if isinstance(device, str):
         with open_device(device) as opened:
             return profile(opened, out_dir, budget=budget, seed=seed, threads=threads, rounds=rounds,
                            adaptive=adaptive, holdout=holdout, programs=programs, program_sizes=program_sizes,
-                           runner_args=runner_args, progress=progress)
+                           runner_args=runner_args, progress=progress, unseen=unseen, weights=weights, settle_cap=settle_cap,
+                           transfer_priors=transfer_priors)
+    labels.weights_runner_args(weights)
+    runner_args = list(runner_args)
+    labels.check_runner_args(runner_args)
+    if isinstance(settle_cap, bool) or not isinstance(settle_cap, int) or not 0 <= settle_cap <= labels.MAX_SETTLE_CAP:
+        raise ValueError(f"settle_cap must be an integer from 0 to {labels.MAX_SETTLE_CAP}, got {settle_cap!r}")
     params = ProfileParams(budget=budget, seed=seed, threads=1 if threads is None else threads, rounds=rounds,
-                           adaptive=adaptive, holdout=holdout)
+                           adaptive=adaptive, holdout=holdout, unseen=unseen, transfer=bool(transfer_priors))
     if isinstance(programs, bool) or not isinstance(programs, int) or programs < 0:
         raise ValueError(f"programs must be an integer >= 0, got {programs!r}")
     if programs > MAX_PROGRAMS:
@@ -337,7 +370,8 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
     with profile_lock(out_dir):  # a second `jcw profile` into the same directory is refused, naming this one
         return _profile_locked(device, out_dir, params, threads=threads, budget=budget, seed=seed, rounds=rounds,
                                adaptive=adaptive, programs=programs, program_sizes=program_sizes,
-                               runner_args=runner_args, progress=progress, chooser=chooser)
+                               runner_args=runner_args, progress=progress, chooser=chooser, weights=weights,
+                               settle_cap=settle_cap, transfer_priors=transfer_priors)
 
 
 def check_profile_dir(out_dir: str | Path) -> None:
@@ -351,9 +385,10 @@ def check_profile_dir(out_dir: str | Path) -> None:
 def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, threads: int | None, budget: int,
                     seed: int, rounds: int, adaptive: bool, programs: int, program_sizes: Sequence[int] | None,
                     runner_args: Iterable[str],
-                    progress: Progress | None, chooser: Any) -> ProfileSummary:
+                    progress: Progress | None, chooser: Any, weights: str, settle_cap: int,
+                    transfer_priors: Sequence[dict[str, Any]] = ()) -> ProfileSummary:
     started = time.monotonic()
-    summary = ProfileSummary(out_dir=str(out_dir), rounds=rounds)
+    summary = ProfileSummary(out_dir=str(out_dir), rounds=rounds, weights=weights, settle_cap=settle_cap)
     with ProfileStore(out_dir, create=True) as store:
         stored = store.get_meta("plan_params")
         header, unavailable = program_session.program_runner_header(device)
@@ -362,15 +397,20 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
             params = replace(params, threads=threads)
         params = params.merge(stored, out_dir)
         _check_device(store, device)
+        labels.check_weights(store, weights, store.get_meta("runner") or {}, device.address)
         sizes = _check_programs(store, header, programs, program_sizes, out_dir)
         base_budget = budget - budget // 2 if adaptive else budget
-        plan = plans.make_plan(base_budget, seed, holdout=params.holdout)
+        plan = plans.transfer_plan(base_budget, seed, holdout=params.holdout, unseen=params.unseen) if params.transfer \
+            else plans.make_plan(base_budget, seed, holdout=params.holdout, unseen=params.unseen)
+        if transfer_priors:
+            store.set_meta("transfer_priors", list(transfer_priors))
         store.add_plan(plan.configurations(threads))
         store.set_meta("plan_params", asdict(params))
         store.set_meta("threads", threads)
         store.set_meta("runtime", program_session.RUNTIME)
         summary.threads = threads
-        session = _Session(device, store, params, list(runner_args), progress, summary)
+        session = _Session(device, store, params, [*runner_args, *labels.weights_runner_args(weights)], progress,
+                           summary)
         phase = program_session.ProgramPhase(device, store, threads=threads, rounds=rounds, seed=seed,
                                              runner_args=program_session.shared_runner_args(runner_args),
                                              summary=summary, report=session.advance, resolutions=sizes)
@@ -387,6 +427,7 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
             session.run_all_rounds()
             if chooser is not None:
                 session.adapt(chooser, adaptive_target(plan, budget // 2))
+            labels.settle(session, settle_cap)
             if programs and header is not None and summary.programs_note is None:
                 summary.programs_note = program_session.run_program_phase(phase)
         except DeviceDisconnected as exc:
@@ -396,6 +437,7 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
         finally:
             summary.wall_seconds = time.monotonic() - started
             _fill_counts(store, summary)
+            summary.settle = labels.settle_counts(store, params.rounds)
     return summary
 
 
@@ -425,7 +467,8 @@ def _check_programs(store: ProfileStore, header: dict[str, Any] | None, programs
                 f"profile {out_dir} was planned with --program-sizes {_sizes_text(stored_sizes)}, not "
                 f"{_sizes_text(sizes)}; rerun with the same sizes or choose another --out")
         train, held, unseen = program_session.program_counts(programs)
-        store.set_meta("program_params", {"programs": train, "holdout": held, "unseen": unseen, "sizes": sizes})
+        store.set_meta("program_params", {"programs": train, "holdout": held, "unseen": unseen,
+                                          "probes": program_session.probe_count(train), "sizes": sizes})
         return sizes
     return (store.get_meta("program_params") or {}).get("sizes")
 

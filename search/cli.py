@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from profiler.cliargs import check_output_dir, check_output_file, os_error_reason, short_path
+from profiler.cliargs import check_output_dir, os_error_reason, short_path
 
 from .errors import SearchError
+from .export_cli import export_command
 
 
 def register(subparsers) -> None:
@@ -57,16 +58,28 @@ def register(subparsers) -> None:
     p.set_defaults(handler=search_command)
 
     e = subparsers.add_parser(
-        "export", help="export one candidate of a search run to an ExecuTorch .pte and measure it on the device",
+        "export", help="export one candidate of a search run (or a uniformly pruned zoo model) to an ExecuTorch "
+                       ".pte, and for the sparse runtime a .jcwnet, and measure it on the device",
         description="Rebuild the most accurate candidate within --pick ms as a pruned torch model, check it "
                     "against its layer specs, save it with pruning masks (.pruned.pt), its layers (.layers.jsonl) "
                     "and its program spec (.program.json), export it with the XNNPACK partitioner, check the "
                     ".pte's output, and measure it on the predictor's device with the native ExecuTorch runner at "
                     "the predictor's thread count: measured against predicted, both latency_ms = us_min of the "
-                    "fastest round. The report is also written to .export.json.")
-    e.add_argument("--run", required=True, help="run directory written by `jcw search`")
-    e.add_argument("--pick", type=float, required=True, help="latency budget in ms; the best candidate within it")
-    e.add_argument("--out", required=True, help="output .pte path")
+                    "fastest round. The report is also written to .export.json. Under runtime sparse (the run's "
+                    "runtime unless --runtime says otherwise) it also writes <out>.jcwnet, the network file the "
+                    "sparse engine runs (its sparse layers are the candidate's weight-pruned convolutions), and "
+                    "measures it the same way; the .pte stays the dense deployment. Without a run, --model M "
+                    "--uniform width=W,density=D exports a uniformly pruned zoo model instead.")
+    e.add_argument("--run", help="run directory written by `jcw search`")
+    e.add_argument("--pick", type=float, help="with --run: latency budget in ms; the best candidate within it")
+    e.add_argument("--uniform", metavar="width=W,density=D",
+                   help="instead of --run: prune the zoo model --model uniformly, every free channel group to "
+                        "width W and every groups == 1 convolution but the stem to weight density D (each in "
+                        "(0, 1], default 1), by magnitude as the search prunes; measured only with --device")
+    e.add_argument("--runtime", choices=("executorch", "sparse"),
+                   help="executorch: write the .pte only; sparse: also the .jcwnet (default: the run's runtime; "
+                        "executorch with --uniform)")
+    e.add_argument("--out", required=True, help="output .pte path (a .jcwnet goes beside it)")
     e.add_argument("--device", help="where to measure the .pte: local, <usb serial>, tcp:HOST:PORT, or host "
                                     "(this machine through executorch.runtime in Python, a fallback); default: "
                                     "the predictor's device recorded in the run")
@@ -75,9 +88,12 @@ def register(subparsers) -> None:
     e.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a table")
     e.add_argument("--compare-unpruned", action="store_true",
                    help="also export and measure the unpruned network: measured against predicted speed-up")
-    e.add_argument("--model", metavar="MODULE:FUNCTION",
-                   help="for a run of your own module:function model: name it again to confirm you trust the "
-                        "code the run directory points at (it is imported to rebuild the model)")
+    e.add_argument("--model", metavar="MODEL",
+                   help="with --uniform: the zoo model to prune; with --run of your own module:function model: "
+                        "name it again to confirm you trust the code the run directory points at (it is imported "
+                        "to rebuild the model)")
+    e.add_argument("--threads", type=int, help="with --uniform --device: threads to measure with (default: the "
+                                               "runtime's default on that device)")
     e.set_defaults(handler=export_command)
 
 
@@ -328,56 +344,3 @@ def run_notes(meta: dict) -> list[str]:
     if meta.get("note"):
         notes.append(f"[bold]NOTE[/bold]: {meta['note']}")
     return notes
-
-
-def export_command(args: argparse.Namespace) -> int:
-    import json
-
-    from rich.console import Console
-    from rich.table import Table
-
-    if not (math.isfinite(args.pick) and args.pick > 0):
-        raise SearchError(f"--pick must be a positive number of ms, got {args.pick}")
-    if args.reps < 1:
-        raise SearchError(f"--reps must be >= 1, got {args.reps}")
-    if args.rounds < 1:
-        raise SearchError(f"--rounds must be >= 1, got {args.rounds}")
-    out = Path(args.out)
-    check_output_file(out, "--out")  # before minutes of rebuilding and exporting, not after
-    from .export import export_candidate  # deferred past the checks above: it imports torch
-    console = Console(stderr=True)
-    with console.status("rebuilding, checking and exporting the candidate") as status:
-        report = export_candidate(args.run, args.pick, args.out, args.reps, args.compare_unpruned, args.model,
-                                  device=args.device, rounds=args.rounds, say=lambda text: status.update(text))
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    threads = report["threads"]
-    table = Table(title=f"jcw export: candidate {report['candidate']} -> {report['pte']}")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-    table.add_row(f"predicted ({report['predicted_what']}, {report['predictor_device'] or 'predictor device'}, "
-                  f"{report['predictor_threads'] or 'default'} thread(s))", f"{report['predicted_ms']:.4g} ms")
-    table.add_row(f"measured on {report['device']} ({report['runtime']}, {threads or 'default'} thread(s))",
-                  f"{report['measured_ms']:.4g} ms")
-    table.add_row("measured / predicted", f"{report['ratio']:.2f}")
-    if report.get("unpruned_predicted_ms"):
-        measured = report["unpruned_measured_ms"] / report["measured_ms"]
-        predicted = report["unpruned_predicted_ms"] / report["predicted_ms"]
-        table.add_row("unpruned .pte measured", f"{report['unpruned_measured_ms']:.4g} ms")
-        table.add_row("speed-up measured / predicted", f"{measured:.2f}x / {predicted:.2f}x")
-    table.add_row("accuracy estimate", f"{report['accuracy']:.4f}")
-    table.add_row("max |pte - torch|", f"{report['max_abs_err']:.2e}")
-    sparse = report["sparse_layers"]
-    if report["run_runtime"] == "sparse":
-        table.add_row("layers the search ran sparse", f"{len(sparse)}/{report['n_layers']}")
-    caption = [f"both sides: {report['statistic']}"]
-    if report["run_runtime"] == "sparse":
-        caption.append(f"the run optimised runtime sparse ({report['run_latency_ms']:.4g} ms); this .pte runs every "
-                       "layer dense on ExecuTorch" + (" (sparse in the search: " + ", ".join(sparse[:8])
-                                                      + (" ..." if len(sparse) > 8 else "") + ")" if sparse else ""))
-    if report["unmodelled_ops"]:
-        caption.append(f"{len(report['unmodelled_ops'])} unmodelled operators are not in the prediction")
-    table.caption = "; ".join(caption)
-    Console().print(table)
-    return 0

@@ -2,6 +2,7 @@
 layer specs, save it with its pruning masks, its layer list (JSONL) and its program spec, export the
 channel-pruned network to ExecuTorch (.pte, XNNPACK partitioner), check its output, and measure it on
 the predictor's device with the native ExecuTorch runner (or on this host through executorch.runtime).
+Under runtime sparse it also writes the network file (.jcwnet) the sparse engine runs, and measures it.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from torch import nn
 
 from profiler.cliargs import OutputPathError, check_output_file, os_error_reason, short_path
 from profiler.layerspec import write_jsonl
+from profiler.netfile import SUFFIX as NET_SUFFIX
 from profiler.program_build import quiet_executorch
 
-from .errors import SearchError
+from .errors import DeviceMeasureError, SearchError
+from .netexport import NetworkExport, export_network, pruned_conv_layers, write_network
 from .prune import apply_genome, check_against_specs, make_permanent, save_pruned
 from .run import build_space, load_run, settings_from_json
 from .zoo import resolve
@@ -126,13 +129,57 @@ def measure(paths: list[Path], device: str, threads: int | None, rounds: int, re
     return session.measure_programs(device, [str(p) for p in paths], threads=threads, rounds=rounds)
 
 
+def output_paths(out: str | Path, runtime: str) -> tuple[Path, Path | None]:
+    """The .pte (always written: the dense deployment) and, under runtime sparse, the .jcwnet beside it."""
+    out = Path(out)
+    stem = out.with_suffix("")
+    pte = stem.with_name(stem.name + ".pte") if out.suffix == NET_SUFFIX else out
+    return pte, (stem.with_name(stem.name + NET_SUFFIX) if runtime == "sparse" else None)
+
+
+def write_network_file(dense: nn.Module, example: torch.Tensor, path: Path, name: str,
+                       sparse_layers: list[str]) -> NetworkExport:
+    """The pruned model (masks made permanent) as the sparse engine's network file, checked by read_net."""
+    network = export_network(dense, example, name=name, sparse_layers=sparse_layers)
+    write_network(network, path)
+    return network
+
+
+def measure_network(path: Path, device: str, threads: int | None, rounds: int) -> tuple[dict | None, str | None]:
+    """(the sparse engine's timing of a .jcwnet, None) or (None, one sentence why it was not measured):
+    a failure here never costs the files already written. On "host" the host engine (device local) runs it."""
+    from profiler import session  # deferred: the device harness is loaded only to measure
+    from profiler.program_session import DeviceError
+    target = "local" if device == HOST else device
+    try:
+        return session.measure_programs(target, [str(path)], threads=threads, rounds=rounds, key="net")[0], None
+    except (DeviceError, ValueError) as exc:
+        return None, f"the network file was not measured on {target}: {str(exc).rstrip('.')}"
+
+
+def network_report(network: NetworkExport | None, path: Path | None, measured: dict | None,
+                   error: str | None) -> dict:
+    """The report fields of the network file: where it is, what runs sparse, what the engine measured."""
+    if network is None:
+        return {"net": None}
+    return {"net": str(path), "net_sparse_layers": network.sparse_layers, "net_layers": len(network.nodes),
+            "net_measured_ms": None if measured is None else measured["latency_ms"],
+            "net_measured_median_ms": None if measured is None or measured.get("us_median") is None
+            else measured["us_median"] / 1e3,
+            "net_max_abs_error": None if measured is None else measured.get("max_abs_error"),
+            "net_conversions": None if measured is None else measured.get("conversions"),
+            "net_measure_error": error}
+
+
 def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, reps: int = 20,
                      compare_unpruned: bool = False, confirmed_model: str | None = None,
-                     device: str | None = None, rounds: int = 1, say=lambda text: None) -> dict:
+                     device: str | None = None, rounds: int = 1, say=lambda text: None,
+                     runtime: str | None = None) -> dict:
     """Everything `jcw export` does; returns the report (also written to <out>.export.json).
 
     The .pte is measured on `device` (default: the predictor's device recorded in run.json) at the
     predictor's thread count, against the candidate's predicted whole-program ExecuTorch latency.
+    `runtime` (default: the run's) sparse also writes and measures <out>.jcwnet for the sparse engine.
     """
     out = Path(out)
     try:  # before minutes of rebuilding and exporting: where the files go must be writable
@@ -140,6 +187,8 @@ def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, rep
     except OutputPathError as exc:
         raise SearchError(str(exc)) from None
     model, shape, space, meta, front = rebuild(run_dir, confirmed_model)
+    runtime = runtime or meta.get("runtime") or "executorch"
+    out, net_path = output_paths(out, runtime)
     index, candidate = pick(front, budget_ms)
     x = np.array(candidate["genome"])
     if x.shape != (space.n_var,) or x.dtype.kind not in "iu" or np.any(x < space.xl) or np.any(x > space.xu):
@@ -173,6 +222,10 @@ def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, rep
         reference = dense(example)
     say("exporting to ExecuTorch")
     export_pte(dense, example, out)
+    network = None
+    if net_path is not None:
+        say("writing the sparse engine's network file")
+        network = write_network_file(dense, example, net_path, str(meta["model"]), pruned_conv_layers(space, x))
     paths = [out]
     if compare_unpruned:
         export_pte(model, example, side["unpruned"])
@@ -180,13 +233,17 @@ def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, rep
     say("checking the .pte's output on this machine")
     err = float((run_pte(out, example, reps=1, warmup=0)["output"] - reference).abs().max())
     say(f"measuring the .pte on {device}")
-    written = ", ".join(str(p) for p in (out, side["pruned"], side["layers"]))
+    written = ", ".join(str(p) for p in (out, *([net_path] if network else []), side["pruned"], side["layers"]))
+    from android_harness.device import DeviceUsageError
     from profiler.program_session import DeviceError  # the harness's error type, as the profiler raises it
     try:
         measured = measure(paths, device, threads, rounds, reps, example)
     except (DeviceError, ValueError) as exc:
-        raise SearchError(f"the .pte could not be measured on {device} ({str(exc).rstrip('.')}); "
-                          f"{written} are written and stay") from None
+        failed_device = isinstance(exc, DeviceError) and not isinstance(exc, DeviceUsageError)
+        raise (DeviceMeasureError if failed_device else SearchError)(
+            f"the .pte could not be measured on {device} ({str(exc).rstrip('.')}); {written} are written and stay"
+        ) from None
+    net_measured, net_error = (None, None) if network is None else measure_network(net_path, device, threads, rounds)
     predicted, predicted_what = predicted_pte_ms(candidate)
     result = measured[0]
     report = {"candidate": index, "pte": str(out), "device": result.get("device", device),
@@ -200,7 +257,10 @@ def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, rep
               "sparse_layers": [layer["name"] for layer in candidate["layers"] if layer["impl"] == "sparse"],
               "unmodelled_ops": candidate.get("unmodelled_ops", []), "predictor": meta.get("predictor"),
               "n_layers": len(expected), "files": {k: str(v) for k, v in side.items()
-                                                   if k != "unpruned" or compare_unpruned}}
+                                                   if k != "unpruned" or compare_unpruned},
+              "export_runtime": runtime, **network_report(network, net_path, net_measured, net_error)}
+    if network is not None:
+        report["files"]["net"] = str(net_path)
     if compare_unpruned:
         refs = {(r["kind"], r["value"]): r for r in meta.get("references", [])}
         full = refs.get(("width", 1.0), {})

@@ -28,7 +28,7 @@ def small_rows(small_profile):
 
     with ProfileStore(small_profile) as store:
         rows = store.measurements()
-    return [r for r in rows if r["sample"] != "holdout"], [r for r in rows if r["sample"] == "holdout"]
+    return [r for r in rows if r["sample"] not in ("holdout", "unseen")], [r for r in rows if r["sample"] == "holdout"]
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,8 @@ def test_connect_shell_getprop_and_banner(adb, phone):
     assert adb("-s", serial, "shell", "getprop ro.product.model").stdout == "JCW Interop 3\n"
     listing = adb("devices", "-l").stdout
     assert "model:JCW_Interop_3" in listing and "device:oriole" in listing
-    assert adb("-s", serial, "shell", "echo", "x", ">", "/data/local/tmp/y;", "cat", "/data/local/tmp/y").stdout == "x\n"
+    echoed = adb("-s", serial, "shell", "echo", "x", ">", "/data/local/tmp/y;", "cat", "/data/local/tmp/y")
+    assert echoed.stdout == "x\n"
 
 
 def test_push_pull_round_trip_of_a_multi_megabyte_file(adb, phone, tmp_path):

@@ -148,14 +148,14 @@ def test_profile_bad_out_csv_and_corrupt_database(made):
     good = made["good"]
     assert_one_sentence(jcw("profile", "--device", "local", "--out", good, *FAST), "not a directory")
     # --csv is checked before measuring, not after a long profile
-    assert_one_sentence(jcw("profile", "--device", "local", "--out", made["root"] / "p2", "--budget", "2", "--programs", "0",
-                            "--csv", good / "x.csv", *FAST), "--csv")
+    assert_one_sentence(jcw("profile", "--device", "local", "--out", made["root"] / "p2", "--budget", "2",
+                            "--programs", "0", "--csv", good / "x.csv", *FAST), "--csv")
     assert not (made["root"] / "p2").exists()
     corrupt = made["root"] / "corrupt"
     corrupt.mkdir()
     (corrupt / "profile.sqlite").write_bytes(os.urandom(4096))
-    assert_one_sentence(jcw("profile", "--device", "local", "--out", corrupt, "--budget", "2", "--programs", "0", *FAST),
-                        "not a readable profile database")
+    assert_one_sentence(jcw("profile", "--device", "local", "--out", corrupt, "--budget", "2", "--programs", "0",
+                            *FAST), "not a readable profile database")
 
 
 def test_measure_bad_input(made):

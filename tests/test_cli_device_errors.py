@@ -17,6 +17,7 @@ import pytest
 
 from android_harness.emulator import EmulatedPhone, Faults
 from android_harness.emulator.phone import DEFAULT_DESCRIPTION
+from jcw.__main__ import EXIT_DEVICE
 
 pytestmark = pytest.mark.device
 
@@ -52,7 +53,8 @@ def jcw(env, command: str, device: str, tmp_path: Path, timeout: float = 150) ->
 
 
 def assert_one_sentence(result: subprocess.CompletedProcess, command: str, *phrases: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    """Every problem here is the phone's, not the command's: the device-failure exit status."""
+    assert result.returncode == EXIT_DEVICE, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     # the authorisation countdown (issue 14) is progress, not an error: the error is the last line alone

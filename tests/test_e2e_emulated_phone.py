@@ -249,7 +249,7 @@ def test_profile_over_tcp_fills_a_profile_with_the_emulated_phones_facts(emulato
     assert facts["battery"]["level"] == 53 and not facts["battery"]["charging"]
     assert {zone["type"]: zone["temp_c"] for zone in facts["thermal"]} == {"cpu-big": 47.25, "battery": 30.1}
     assert runner["arch"] == "aarch64"
-    assert layers["prior"] + layers["random"] == 6 and layers["holdout"] >= 1, layers   # --budget 6
+    assert layers["prior"] + layers["coverage"] + layers["random"] == 6 and layers["holdout"] >= 1, layers  # --budget 6
 
     # The real bundle went to the phone's /data/local/tmp, and the run's plan files were cleaned up.
     installed = installed_bundle(phone.sandbox)

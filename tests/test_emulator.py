@@ -173,7 +173,8 @@ def test_arm64_executable_runs_under_qemu_including_a_loader_launcher(tmp_path, 
     sysroot = Path("/usr/aarch64-linux-gnu/lib")
     for lib in ("ld-linux-aarch64.so.1", "libc.so.6"):
         shutil.copy(sysroot / lib, bundle / lib)
-    (bundle / "run.sh").write_text('d=$(dirname "$0")\nexec "$d/ld-linux-aarch64.so.1" --library-path "$d" "$d/hello" "$@"\n')
+    (bundle / "run.sh").write_text('d=$(dirname "$0")\n'
+                                   'exec "$d/ld-linux-aarch64.so.1" --library-path "$d" "$d/hello" "$@"\n')
     device = connect(phone, keys["trusted"])
     device.push(str(tmp_path / "hello_static"), "/data/local/tmp/hello_static", st_mode=0o100755)
     for name in os.listdir(bundle):

@@ -6,7 +6,7 @@ import pytest
 from predictor import adaptive, baselines, efficiency, evaluation
 from predictor.errors import PredictorError
 from profiler import networks
-from predictor_profile import small_profile, small_rows  # noqa: F401  (fixtures)
+from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
 
 
 def test_metrics_by_hand():
@@ -33,6 +33,38 @@ def test_label_floor_compares_the_fastest_odd_rounds_with_the_fastest_even_round
     assert floor["n"] == 2 and floor["within10"] == 0.5
     assert floor["mape"] == pytest.approx((0.08 + 5 / 45) / 2)
     assert evaluation.label_floor(rows[2:])["n"] == 0
+
+
+def test_unseen_architecture_layers_are_a_second_held_out_set_reported_beside_the_first(small_profile,
+                                                                                        trained_predictor):
+    import json
+
+    from predictor import pipeline
+
+    data = pipeline.read_profile(small_profile)
+    assert data["holdout"] and data["unseen"] and {r["sample"] for r in data["unseen"]} == {"unseen"}
+    assert not {r["sample"] for r in data["training"]} & {"holdout", "unseen"}
+    out_dir, status, printed = trained_predictor
+    assert status == 0 and "real-network holdout" in printed and "unseen-architecture holdout" in printed
+    card = json.loads((out_dir / "card.json").read_text())
+    assert card["unseen_rows"] == len(data["unseen"])
+    for name in ("real-network holdout", "unseen-architecture holdout"):
+        entry = card["metrics"][name]
+        assert entry["n"] > 0 and 0 <= entry["noise_floor_within10"] <= 1 and "label_floor_within10" in entry
+    report = (out_dir / "report.md").read_text()
+    kinds = {evaluation.layer_kind(r) for r in data["unseen"]}
+    assert "## Unseen-architecture layers by kind" in report and all(f"| {kind} |" in report for kind in kinds)
+
+
+def test_layer_kinds_name_the_groups_errors_are_reported_in():
+    def row(**fields):
+        return {"op": "conv", "cin": 32, "cout": 64, "k": 3, "h": 28, "w": 28, "impl": "dense", **fields}
+    assert evaluation.layer_kind(row(op="dwconv", cout=32, k=5)) == "depthwise 5x5"
+    assert evaluation.layer_kind(row(cin=3, h=224, w=224, impl="sparse")) == "stem (sparse)"
+    assert evaluation.layer_kind(row(k=1, h=1, w=1)) == "fully connected (dense)"
+    assert evaluation.layer_kind(row(k=1)) == "conv 1x1 (dense)" and evaluation.layer_kind(row()) == "conv kxk (dense)"
+    groups = evaluation.by_kind([row(), row(k=1), row(cin=48)])
+    assert list(groups) == ["conv 1x1 (dense)", "conv kxk (dense)"] and len(groups["conv kxk (dense)"]) == 2
 
 
 def test_grouped_split_shares_no_shape_and_random_split_keeps_layers_whole(small_rows):

@@ -140,7 +140,7 @@ def test_measure_pte_bad_input_is_one_sentence(ptes, capsys, case, words):
 
 def test_measure_needs_layers_or_pte_not_both(ptes, capsys, tmp_path):
     status, _, err = run_cli(capsys, "measure", "--device", "local")
-    assert status == 2 and "one of the arguments --layers --pte is required" in err and "Traceback" not in err
+    assert status == 2 and "one of the arguments --layers --pte --net is required" in err and "Traceback" not in err
     layers = tmp_path / "l.jsonl"
     layers.write_text('{"op": "conv", "cin": 4, "cout": 4, "k": 1, "h": 4, "w": 4}\n')
     status, _, err = run_cli(capsys, "measure", "--device", "local", "--layers", str(layers), "--pte",

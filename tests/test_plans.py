@@ -16,15 +16,17 @@ def keys(specs):
 def test_same_seed_same_plan_other_seed_other_plan():
     a, b, c = plans.make_plan(120, seed=3), plans.make_plan(120, seed=3), plans.make_plan(120, seed=4)
     assert keys(a.training) == keys(b.training) and keys(a.holdout) == keys(b.holdout)
+    assert keys(a.unseen) == keys(b.unseen) and keys(a.unseen) != keys(c.unseen)
     assert len(set(keys(a.training)) & set(keys(c.training))) < 10
 
 
 def test_plan_sizes_mix_and_no_duplicates():
     plan = plans.make_plan(200, seed=0)
-    assert len(plan.prior) == 120 and len(plan.random) == 80
-    assert len(plan.holdout) == plans.holdout_size(200) == 50
+    assert (len(plan.prior), len(plan.coverage), len(plan.random)) == (120, 50, 30)
+    assert len(plan.holdout) == len(plan.unseen) == plans.holdout_size(200) == 50
     assert len(plans.make_plan(1000, seed=0).holdout) == 200
-    every = keys(plan.training) + keys(plan.holdout)
+    assert len(plans.make_plan(100, seed=0, holdout=10, unseen=70).unseen) == 70
+    every = keys(plan.training) + keys(plan.holdout) + keys(plan.unseen)
     assert len(every) == len(set(every))
 
 
@@ -41,6 +43,7 @@ def test_larger_budget_extends_the_plan():
     small, large = plans.make_plan(100, seed=2), plans.make_plan(300, seed=2)
     assert set(keys(small.training)) <= set(keys(large.training))
     assert keys(small.holdout) == keys(large.holdout)[:len(small.holdout)]
+    assert keys(small.unseen) == keys(large.unseen)[:len(small.unseen)]
 
 
 def test_configurations_measure_convs_both_ways_and_dwconv_dense_only():
@@ -48,10 +51,10 @@ def test_configurations_measure_convs_both_ways_and_dwconv_dense_only():
     configs = plan.configurations(threads=2)
     by_layer = Counter(spec.key() for spec, _, _, _ in configs)
     for spec, impl, threads, sample in configs:
-        assert threads == 2 and sample in ("prior", "random", "holdout")
+        assert threads == 2 and sample in ("prior", "coverage", "random", "holdout", "unseen")
         assert by_layer[spec.key()] == (1 if spec.op == "dwconv" else 2)
         assert not (spec.op == "dwconv" and impl == "sparse")
-    assert {s for *_, s in configs} == {"prior", "random", "holdout"}
+    assert {s for *_, s in configs} == {"prior", "coverage", "random", "holdout", "unseen"}
 
 
 def test_densities_cover_dense_and_very_sparse():
@@ -102,6 +105,8 @@ def test_bad_plan_parameters():
         plans.make_plan(0)
     with pytest.raises(ValueError, match="prior_share must be in"):
         plans.make_plan(10, prior_share=1.5)
+    with pytest.raises(ValueError, match="coverage_share must be in"):
+        plans.make_plan(10, prior_share=0.8, coverage_share=0.3)
 
 
 # ---- acquisition plug-ins through real entry points --------------------------------------------

@@ -63,9 +63,10 @@ def test_profile_measures_every_configuration_once_per_round_and_resumes(tmp_pat
         assert_exactly_once_per_round(store, 2)
         assert summary.configurations == len(store.plan()) and summary.measured == 2 * summary.configurations
         assert summary.new_results == summary.measured and summary.failures == 0
-        assert {r["sample"] for r in store.plan()} == {"prior", "random", "holdout"}
-        assert store.get_meta("plan_params") == {"budget": 6, "seed": 0, "threads": 1, "rounds": 2, "adaptive": False,
-                                                "holdout": 50}
+        assert {r["sample"] for r in store.plan()} == {"prior", "coverage", "holdout", "unseen"}  # 6: no random
+        assert store.get_meta("plan_params").items() >= {"budget": 6, "seed": 0, "threads": 1, "rounds": 2,
+                                                         "adaptive": False, "holdout": 50, "unseen": 50,
+                                                         "plan_version": plans.PLAN_VERSION}.items()
         assert store.get_meta("runner")["version"] and store.get_meta("device_facts")
         assert len(store.references()) >= 2 * summary.batches
         assert summary.timed_seconds > 0 and summary.device_seconds <= summary.wall_seconds
@@ -192,9 +193,12 @@ def test_adaptive_spends_half_the_budget_through_the_plugin(tmp_path, monkeypatc
     import pick_small
     with ProfileStore(tmp_path / "p") as store:
         adaptive = store.plan("adaptive")
-        training = store.plan("prior") + store.plan("random")
+        training = store.plan("prior") + store.plan("coverage") + store.plan("random")
         assert len({LayerSpec.from_dict(r).key() for r in training}) == 4  # the first half of the budget
-        assert len(adaptive) >= 4 and len(pick_small.CALLS) == min(session.ADAPTIVE_STEPS, len(adaptive))
+        # the adaptive half is spent in ADAPTIVE_STEPS steps of equal size, the last one taking what is left
+        step = -(-len(adaptive) // session.ADAPTIVE_STEPS)
+        assert len(adaptive) >= 4 and len(pick_small.CALLS) == -(-len(adaptive) // step)
+        assert [n for *_, n in pick_small.CALLS][:-1] == [step] * (len(pick_small.CALLS) - 1)
         assert all(m > 0 for _, m, _ in pick_small.CALLS)
         assert_exactly_once_per_round(store, 1)
         assert summary.samples["adaptive"] == len(adaptive)

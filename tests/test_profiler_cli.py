@@ -67,9 +67,10 @@ def count_results(out):
 
 
 def start_profile(out):
+    # settle rounds off: these tests count the base rounds exactly (tests/test_settle.py covers settling)
     command = [sys.executable, "-m", "jcw", "profile", "--device", "local", "--out", str(out), "--budget", "6",
-               "--rounds", "2", "--programs", "0", "--runner-arg=--warmup=0", "--runner-arg=--min-reps=2",
-               "--runner-arg=--min-time-ms=8"]
+               "--rounds", "2", "--programs", "0", "--settle-cap", "0", "--runner-arg=--warmup=0",
+               "--runner-arg=--min-reps=2", "--runner-arg=--min-time-ms=8"]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -103,7 +104,7 @@ def test_profile_killed_halfway_then_rerun_measures_everything_exactly_once(tmp_
     assert len(second) < total and set(first) <= set(second)
 
     done = subprocess.run([sys.executable, "-m", "jcw", "profile", "--device", "local", "--out", str(out),
-                           "--budget", "6", "--rounds", "2", "--programs", "0", *FAST], cwd=ROOT, capture_output=True, text=True,
+                           "--budget", "6", "--rounds", "2", "--programs", "0", "--settle-cap", "0", *FAST], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "results measured (all rounds)" in done.stdout
@@ -138,6 +139,8 @@ def test_profile_bad_input_is_one_sentence(tmp_path, capsys, monkeypatch):
     assert_one_sentence(status, err, "--seed", "expected a whole number")
     status, _, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "p"), "--holdout", "9999")
     assert_one_sentence(status, err, "--holdout", "expected at most 3000")
+    status, _, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "p"), "--unseen", "-2")
+    assert_one_sentence(status, err, "--unseen", "expected a number >= 0")
     status, _, err = run_cli(capsys, "profile", "--device", "tcp:bad host", "--out", str(tmp_path / "p"))
     assert_one_sentence(status, err, "is not a device address")
     (tmp_path / "afile").write_text("x")

@@ -8,8 +8,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from profiler import program_zoo as zoo  # noqa: E402
-from profiler.program_build import (ProgramBuildError, example_input, export_pte, quiet_executorch,  # noqa: E402
-                                    reference_output, to_torch)
+from profiler.program_build import (  # noqa: E402
+    ProgramBuildError,
+    example_input,
+    export_pte,
+    quiet_executorch,
+    reference_output,
+    to_torch,
+)
 from profiler.programs import shapes, validate  # noqa: E402
 
 #: Every operator of the spec: conv (dense, depthwise, fused relu/relu6), add, relu, relu6, both pools,

@@ -1,7 +1,6 @@
 """`jcw train` / `jcw predict --programs` end to end on a small profile built with the ProfileStore API:
 synthetic layer timings and whole programs timed in rounds under a known law (see test_program_model)."""
 import json
-import random
 
 import numpy as np
 import pytest
@@ -10,9 +9,9 @@ import predictor
 from jcw.__main__ import main
 from predictor import PredictorError, efficiency, pipeline
 from predictor.program_eval import BASELINE, LABEL_FLOOR, OURS, SUM_DENSE
+from profiler.layerspec import LayerSpec
 from profiler.store import ProfileStore
 from test_program_model import fake_layer_ms, make_specs, synthetic, synthetic_layer_rows
-from profiler.layerspec import LayerSpec
 
 THREADS = 1
 RUNNER = {"version": "0.2.0", "xnnpack": "executorch-1.5.1", "cpu": "test"}

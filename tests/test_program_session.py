@@ -1,7 +1,7 @@
 """`jcw profile`'s program phase on the real host runners: programs exported once, timed in the layers'
 rounds, resumable exactly like layers; the thread default; devices and hosts that cannot run programs."""
-import os
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -63,12 +63,13 @@ def tiny_plan(monkeypatch):
     """The zoo's networks take seconds each to export; the phase is the same with tiny programs."""
     calls = []
 
-    def plan(n_train, n_holdout, n_unseen, seed=0, resolutions=None):
+    def plan(n_train, n_holdout, n_unseen, seed=0, resolutions=None, n_probe=0):
         calls.append((n_train, n_holdout, n_unseen, seed))
         return [tiny(i) for i in range(n_train + n_holdout + n_unseen)]
 
     monkeypatch.setattr(program_zoo, "program_plan", plan)
     monkeypatch.setattr(program_session, "program_counts", lambda n: (n, 1, 1) if n else (0, 0, 0))
+    monkeypatch.setattr(program_session, "probe_count", lambda n: 0)
     return calls
 
 
@@ -129,7 +130,8 @@ def test_profile_exports_each_program_once_and_times_it_in_every_round(tmp_path,
         assert len(measured) == 4 and all(m["rounds"] == 2 and m["latency_us"] > 0 for m in measured)
         threads = store.get_meta("threads")
         assert store.get_meta("runtime") == "executorch" and store.get_meta("program_runner")["name"] == "ptebench"
-        assert store.get_meta("program_params") == {"programs": 2, "holdout": 1, "unseen": 1, "sizes": None}
+        assert store.get_meta("program_params") == {"programs": 2, "holdout": 1, "unseen": 1, "probes": 0,
+                                                      "sizes": None}
         assert {r["threads"] for r in store.plan()} == {threads} == {r["threads"] for r in rows}
     assert threads == 1  # the Python API keeps 1 unless told None (the device default)
     assert {line["threads"] for line in device.program_lines} == {1}
@@ -229,7 +231,8 @@ def test_threads_default_to_what_executorch_uses_on_the_device(tmp_path, tiny_pl
     summary = session.profile(NoPrograms(), tmp_path / "q", budget=2, holdout=1, rounds=1, threads=None,
                               programs=2, runner_args=FAST)
     assert summary.threads == 3 and summary.program_measured == 0
-    assert summary.programs_note == "whole programs cannot be measured on local: The .pte runner is not built; run `make runner` first"
+    assert summary.programs_note == ("whole programs cannot be measured on local: The .pte runner is not built; "
+                                     "run `make runner` first")
     assert program_session.default_threads(type("Bare", (LocalDevice,), {"runner_info": lambda self: {}})(), None) == 1
 
 
@@ -277,6 +280,7 @@ def test_zoo_plan_sizes_follow_programs():
     assert program_session.program_counts(120) == (120, 40, 40)
     assert program_session.program_counts(6) == (6, 10, 10)
     assert program_session.program_counts(45) == (45, 15, 15)
+    assert [program_session.probe_count(n) for n in (0, 3, 40, 120)] == [0, 0, 10, 30]
 
 
 def test_jcw_profile_measures_programs_at_the_runtime_default_threads(tmp_path, tiny_plan, capsys):

@@ -10,8 +10,15 @@ from search.errors import SearchError
 from search.export import export_pte, run_pte
 from search.genome import SearchSpace
 from search.graph import read_model
-from search.prune import (apply_genome, channel_order, check_against_specs, load_pruned, make_permanent,
-                          recalibrate_batchnorm, save_pruned)
+from search.prune import (
+    apply_genome,
+    channel_order,
+    check_against_specs,
+    load_pruned,
+    make_permanent,
+    recalibrate_batchnorm,
+    save_pruned,
+)
 
 
 def _space(name, shape=None):

@@ -14,6 +14,7 @@ import pytest
 from android_harness.adb_errors import DeviceUnauthorized
 from android_harness.connect import StderrCountdown, auth_wait_text, open_device
 from android_harness.emulator import EmulatedPhone
+from jcw.__main__ import EXIT_DEVICE
 
 pytestmark = pytest.mark.device
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +79,7 @@ def test_jcw_profile_says_it_is_waiting_before_giving_up(home, tmp_path):
         proc.wait(timeout=60)
     assert first.strip() == auth_wait_text(3), first + rest
     assert said_at < 15  # python start-up and imports, then at once (was: nothing for 30 s)
-    assert proc.returncode == 2 and "Traceback" not in rest
+    assert proc.returncode == EXIT_DEVICE and "Traceback" not in rest
     assert [line for line in rest.splitlines() if line.strip()][-1].startswith(
         f"jcw profile: The device at tcp:127.0.0.1:{phone.port} did not authorize this computer")
     assert not (tmp_path / "p").exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from android_harness.local import LocalDevice
+from jcw.__main__ import EXIT_DEVICE
 from profiler import session
 from profiler.batches import SystematicFailure, common_error, error_kind, same_failure
 from profiler.store import LOCK_NAME, ProfileStore, lock_holder
@@ -88,7 +89,7 @@ def test_the_cli_stops_with_one_sentence_and_a_non_zero_exit(tmp_path, monkeypat
                    *CLI_FAST])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip() and " configs " not in line]
-    assert status == 2 and len(lines) == 1, err
+    assert status == EXIT_DEVICE and len(lines) == 1, err  # the runner failed: a device failure, not bad input
     assert lines[0].startswith("jcw profile: every line of a batch failed") and "got 1000" in lines[0]
 
 
@@ -99,7 +100,7 @@ def test_a_runner_option_that_breaks_every_line_stops_the_cli(tmp_path):
     line = sentence(proc)
     if proc.returncode == 0:  # a batch in which some tiny layer matched its reference exactly
         pytest.fail(f"the run looked like a success: {proc.stdout[-1500:]}")
-    assert proc.returncode == 2 and "the fault is not the layers'" in line and "tolerance 0" in line
+    assert proc.returncode == EXIT_DEVICE and "the fault is not the layers'" in line and "tolerance 0" in line
     with ProfileStore(tmp_path / "p", readonly=True) as store:
         assert store.errors() == []
 
@@ -199,7 +200,8 @@ def _tiny_program(index):
 def fake_programs(monkeypatch):
     """Tiny programs whose host export only writes a stand-in file (nothing is timed for real here)."""
     from profiler import program_build, program_session, program_zoo
-    monkeypatch.setattr(program_zoo, "program_plan", lambda n, h, u, seed=0, resolutions=None: [_tiny_program(i) for i in range(n)])
+    monkeypatch.setattr(program_zoo, "program_plan",
+                        lambda n, h, u, seed=0, resolutions=None, n_probe=0: [_tiny_program(i) for i in range(n)])
     monkeypatch.setattr(program_session, "program_counts", lambda n: (n, 0, 0))
     monkeypatch.setattr(program_session, "EXPORT_WORKERS", 1)
     state = {"fail_export": None}

@@ -14,8 +14,18 @@ from pathlib import Path
 import pytest
 
 from profiler.layerspec import LayerSpec
-from profiler.store import (DB_NAME, LOCK_NAME, ProfileLocked, ProfileStore, StoreDamaged, StoreError,
-                            StoreNotWritable, config_id, lock_holder, profile_lock)
+from profiler.store import (
+    DB_NAME,
+    LOCK_NAME,
+    ProfileLocked,
+    ProfileStore,
+    StoreDamaged,
+    StoreError,
+    StoreNotWritable,
+    config_id,
+    lock_holder,
+    profile_lock,
+)
 from test_fuzz_cli import deny_writes, flip_middle
 
 ROOT = Path(__file__).resolve().parent.parent

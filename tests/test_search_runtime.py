@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jcw.__main__ import main
+from jcw.__main__ import EXIT_DEVICE, main
 from profiler import programs
 from search import zoo
 from search.errors import SearchError
@@ -62,7 +62,7 @@ def test_program_spec_validates_and_has_torchs_shapes(name):
         pruned = apply_genome(model, space, x).eval()
         seen = {}
         hooks = [pruned.get_submodule(layer.name).register_forward_hook(
-            lambda m, i, o, name=layer.name: seen.__setitem__(name, tuple(o.shape)))
+            lambda m, i, o, name=layer.name, seen=seen: seen.__setitem__(name, tuple(o.shape)))
             for layer in space.graph.layers]
         with torch.no_grad():
             out = pruned(example)
@@ -307,7 +307,7 @@ def test_export_to_an_unreachable_device_keeps_what_it_wrote(executorch_run, tmp
     front = json.loads((executorch_run / "front.json").read_text())
     status, _, err = _run(capsys, "export", "--run", str(executorch_run), "--pick", repr(front[-1]["latency_ms"]),
                           "--device", "tcp:127.0.0.1:9", "--out", str(tmp_path / "m.pte"))
-    assert status == 2 and "could not be measured on tcp:127.0.0.1:9" in err and err.count("\n") == 1
+    assert status == EXIT_DEVICE and "could not be measured on tcp:127.0.0.1:9" in err and err.count("\n") == 1
     assert "Traceback" not in err
     for name in ("m.pte", "m.layers.jsonl", "m.pruned.pt"):
         assert (tmp_path / name).stat().st_size > 0

@@ -1,8 +1,9 @@
 """Device-side ADB authentication: Android public keys, token signatures, the accept policy.
 
 A host proves its key by signing a 20-byte token: RSA PKCS#1 v1.5 over the raw token
-used as a SHA-1 digest (adbd's RSA_verify(NID_sha1, ...)). Unknown keys are offered
-as an Android-format public key, which the phone's owner accepts or refuses.
+used as a SHA-1 digest (adbd's RSA_verify(NID_sha1, ...)), checked here by `cryptography`.
+Unknown keys are offered as an Android-format public key, which the phone's owner accepts
+or refuses.
 """
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import os
 import struct
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
 from .messages import TOKEN_SIZE
 
-#: DER DigestInfo prefix for SHA-1 (RFC 8017, section 9.2, note 1).
-SHA1_DIGEST_INFO = bytes.fromhex("3021300906052b0e03021a05000414")
 AUTH_MODES = ("accept", "refuse", "listed")
 
 
@@ -37,7 +41,7 @@ class AndroidPublicKey:
         return self.modulus.bit_length()
 
     @classmethod
-    def parse(cls, text: str | bytes) -> "AndroidPublicKey":
+    def parse(cls, text: str | bytes) -> AndroidPublicKey:
         """Parse '<base64 of struct RSAPublicKey> [user@host]' and check its consistency.
 
         struct RSAPublicKey { u32 len; u32 n0inv; u32 n[len]; u32 rr[len]; u32 e; }, little
@@ -81,18 +85,20 @@ class AndroidPublicKey:
         text = base64.b64encode(blob).decode("ascii")
         return f"{text} {self.comment}" if self.comment else text
 
+    @cached_property
+    def _public_key(self) -> rsa.RSAPublicKey:
+        return rsa.RSAPublicNumbers(self.exponent, self.modulus).public_key()
+
     def verify(self, token: bytes, signature: bytes) -> bool:
-        """True when signature is a PKCS#1 v1.5 signature of token taken as a SHA-1 digest."""
-        size = (self.bits + 7) // 8
-        if len(token) != TOKEN_SIZE or len(signature) != size:
+        """True when signature is a PKCS#1 v1.5 signature of token taken as a SHA-1 digest (adbd signs the
+        token itself, unhashed: hence Prehashed)."""
+        if len(token) != TOKEN_SIZE or len(signature) != (self.bits + 7) // 8:
             return False
-        s = int.from_bytes(signature, "big")
-        if s >= self.modulus:
+        try:
+            self._public_key.verify(signature, token, padding.PKCS1v15(), utils.Prehashed(hashes.SHA1()))
+        except InvalidSignature:
             return False
-        encoded = pow(s, self.exponent, self.modulus).to_bytes(size, "big")
-        suffix = b"\x00" + SHA1_DIGEST_INFO + token
-        expected = b"\x00\x01" + b"\xff" * (size - 2 - len(suffix)) + suffix
-        return encoded == expected
+        return True
 
 
 def load_authorized_keys(path: str | os.PathLike) -> list[AndroidPublicKey]:

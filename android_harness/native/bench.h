@@ -18,12 +18,15 @@ struct bench_options {
   int check_samples;   /* random output positions checked (besides the 4 corners) */
   double max_mb;       /* memory cap per line */
   const char* dump_dir;
+  int cold_weights;    /* --weights cold: rotate over copies of the operator so each run's weights are cold */
 };
 
 struct bench_result {
   double us_min, us_median, us_mean, us_std, timed_us, max_abs_err;
   double line_us; /* whole line inside the runner: operands, operator, warm-up, timing, check */
   int reps;
+  int copies;          /* operators timed in rotation: 1 (warm), or enough to exceed the cache (cold) */
+  double rotated_bytes; /* what the rotation touches besides the input (packed weights and outputs) */
 };
 
 /* Times the line with `build` (its operators, its pool). Returns 0 and fills result, or -1 with a

@@ -122,19 +122,25 @@ void build_close(struct xnn_build* b) {
 
 enum xnn_status build_create(const struct xnn_build* b, int nchw, const struct conv_shape* s, const float* kernel,
                              xnn_operator_t* op) {
+  return build_create_fused(b, nchw, s, kernel, NULL, -INFINITY, INFINITY, op);
+}
+
+enum xnn_status build_create_fused(const struct xnn_build* b, int nchw, const struct conv_shape* s,
+                                   const float* kernel, const float* bias, float output_min, float output_max,
+                                   xnn_operator_t* op) {
   *op = NULL;
   if (b->api_2022) {
     return (nchw ? b->create_nchw_2022 : b->create_nhwc_2022)(
         s->pad, s->pad, s->pad, s->pad, s->k, s->k, s->stride, s->stride, 1, 1, s->groups,
-        s->group_input_channels, s->group_output_channels, s->input_stride, s->output_stride, kernel, NULL,
-        -INFINITY, INFINITY, 0, op);
+        s->group_input_channels, s->group_output_channels, s->input_stride, s->output_stride, kernel, bias,
+        output_min, output_max, 0, op);
   }
   const int pf32 = uses_pf32(b, nchw, s);
   return (nchw ? xnn_create_convolution2d_nchw_f32 : pf32 ? xnn_create_convolution2d_nhwc_pf32
                                                           : xnn_create_convolution2d_nhwc_f32)(
       s->pad, s->pad, s->pad, s->pad, s->k, s->k, s->stride, s->stride, 1, 1, s->groups,
-      s->group_input_channels, s->group_output_channels, s->input_stride, s->output_stride, kernel, NULL,
-      -INFINITY, INFINITY, pf32 ? XNN_FLAG_INLINE_LHS_PACKING : 0, NULL, op);
+      s->group_input_channels, s->group_output_channels, s->input_stride, s->output_stride, kernel, bias,
+      output_min, output_max, pf32 ? XNN_FLAG_INLINE_LHS_PACKING : 0, NULL, op);
 }
 
 enum xnn_status build_setup(const struct xnn_build* b, int nchw, const struct conv_shape* s, xnn_operator_t op,

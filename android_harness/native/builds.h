@@ -9,6 +9,10 @@
 
 #include "xnn_api.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* The 2022 operator API: no weights cache, no reshape; setup takes the sizes and the pool. */
 typedef enum xnn_status (*xnn2022_create_fn)(
     uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t,
@@ -69,5 +73,15 @@ enum xnn_status build_setup(const struct xnn_build* build, int nchw, const struc
 int build_pool(struct xnn_build* build, int64_t threads, pthreadpool_t* pool);
 
 const char* build_status_name(enum xnn_status status);
+
+/* build_create with a bias ([output channels] or NULL) and the output clamp fused into the operator,
+ * as a convolution node with its activation (ptebench's network engine). */
+enum xnn_status build_create_fused(const struct xnn_build* build, int nchw, const struct conv_shape* shape,
+                                   const float* kernel, const float* bias, float output_min, float output_max,
+                                   xnn_operator_t* op);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

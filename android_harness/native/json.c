@@ -1,5 +1,5 @@
-/* Flat JSON object parser (strings, numbers, booleans, null; nested values skipped)
- * and string/number writers for the runner's result lines. */
+/* Flat JSON object parser (strings, numbers, booleans, null; nested values skipped), a whole-document
+ * tree parser on the same lexer (a network file's header), and string/number writers for result lines. */
 #include "json.h"
 
 #include <ctype.h>
@@ -209,6 +209,124 @@ trailing:
 const struct json_field* json_get(const struct json_object* obj, const char* key) {
   for (int i = 0; i < obj->count; i++) {
     if (strcmp(obj->fields[i].key, key) == 0) return &obj->fields[i];
+  }
+  return NULL;
+}
+
+/* ---- whole documents ---- */
+#define JSON_MAX_DEPTH 64
+
+/* A string literal's decoded length never exceeds its raw length (escapes only shrink). */
+static size_t raw_string_length(const char* p) {
+  size_t n = 0;
+  for (p++; *p != '\0' && *p != '"'; p++, n++) {
+    if (*p == '\\' && p[1] != '\0') { p++; n++; }
+  }
+  return n;
+}
+
+static char* parse_owned_string(struct cursor* c) {
+  if (*c->p != '"') { fail(c, "expected a string"); return NULL; }
+  const size_t cap = raw_string_length(c->p) + 1;
+  char* s = malloc(cap);
+  if (s == NULL) { fail(c, "out of memory"); return NULL; }
+  if (parse_string(c, s, cap) != 0) { free(s); return NULL; }
+  return s;
+}
+
+static int parse_tree(struct cursor* c, struct json_value* v, int depth);
+
+/* Appends one zeroed item (and key slot for objects) to a container, growing it geometrically. */
+static struct json_value* add_item(struct cursor* c, struct json_value* v, size_t* cap) {
+  if (v->count == *cap) {
+    const size_t grown = *cap ? *cap * 2 : 4;
+    struct json_value* items = realloc(v->items, grown * sizeof *items);
+    if (items == NULL) { fail(c, "out of memory"); return NULL; }
+    v->items = items;
+    if (v->kind == JSON_OBJECT) {
+      char** keys = realloc(v->keys, grown * sizeof *keys);
+      if (keys == NULL) { fail(c, "out of memory"); return NULL; }
+      v->keys = keys;
+    }
+    *cap = grown;
+  }
+  memset(&v->items[v->count], 0, sizeof v->items[0]);
+  v->items[v->count].kind = JSON_NULL;
+  if (v->kind == JSON_OBJECT) v->keys[v->count] = NULL;
+  return &v->items[v->count++];
+}
+
+static int parse_container(struct cursor* c, struct json_value* v, int depth) {
+  const int is_object = *c->p == '{';
+  const char close = is_object ? '}' : ']';
+  size_t cap = 0;
+  v->kind = is_object ? JSON_OBJECT : JSON_ARRAY;
+  if (depth >= JSON_MAX_DEPTH) return fail(c, "nesting deeper than %d levels", JSON_MAX_DEPTH);
+  c->p++;
+  skip_ws(c);
+  if (*c->p == close) { c->p++; return 0; }
+  for (;;) {
+    skip_ws(c);
+    char* key = NULL;
+    if (is_object) {
+      if ((key = parse_owned_string(c)) == NULL) return -1;
+      if (json_member(v, key) != NULL) { fail(c, "duplicate key \"%.60s\"", key); free(key); return -1; }
+      skip_ws(c);
+      if (*c->p != ':') { free(key); return fail(c, "expected ':'"); }
+      c->p++;
+      skip_ws(c);
+    }
+    struct json_value* item = add_item(c, v, &cap);
+    if (item == NULL) { free(key); return -1; }
+    if (is_object) v->keys[v->count - 1] = key;
+    if (parse_tree(c, item, depth + 1) != 0) return -1;
+    skip_ws(c);
+    if (*c->p == ',') { c->p++; continue; }
+    if (*c->p == close) { c->p++; return 0; }
+    return fail(c, "expected ',' or '%c'", close);
+  }
+}
+
+static int parse_tree(struct cursor* c, struct json_value* v, int depth) {
+  if (*c->p == '"') {
+    v->kind = JSON_STRING;
+    return (v->str = parse_owned_string(c)) == NULL ? -1 : 0;
+  }
+  if (*c->p == '{' || *c->p == '[') return parse_container(c, v, depth);
+  if (strncmp(c->p, "true", 4) == 0) { v->kind = JSON_BOOL; v->num = 1.0; c->p += 4; return 0; }
+  if (strncmp(c->p, "false", 5) == 0) { v->kind = JSON_BOOL; c->p += 5; return 0; }
+  if (strncmp(c->p, "null", 4) == 0) { v->kind = JSON_NULL; c->p += 4; return 0; }
+  v->kind = JSON_NUMBER;
+  return parse_number(c, &v->num);
+}
+
+int json_parse_document(const char* text, struct json_value* out, char* err, size_t errlen) {
+  struct cursor c = { text, text, err, errlen };
+  memset(out, 0, sizeof *out);
+  out->kind = JSON_NULL;
+  skip_ws(&c);
+  if (parse_tree(&c, out, 0) != 0) return -1;
+  skip_ws(&c);
+  if (*c.p != '\0') return fail(&c, "unexpected text after the value");
+  return 0;
+}
+
+void json_free_document(struct json_value* v) {
+  for (size_t i = 0; i < v->count; i++) {
+    json_free_document(&v->items[i]);
+    if (v->keys != NULL) free(v->keys[i]);
+  }
+  free(v->items);
+  free(v->keys);
+  free(v->str);
+  memset(v, 0, sizeof *v);
+  v->kind = JSON_NULL;
+}
+
+const struct json_value* json_member(const struct json_value* object, const char* key) {
+  if (object == NULL || object->kind != JSON_OBJECT) return NULL;
+  for (size_t i = 0; i < object->count; i++) {
+    if (object->keys[i] != NULL && strcmp(object->keys[i], key) == 0) return &object->items[i];
   }
   return NULL;
 }

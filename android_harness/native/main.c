@@ -15,11 +15,12 @@
 
 #include "bench.h"
 #include "builds.h"
+#include "cold.h"
 #include "json.h"
 #include "plan.h"
 
 #ifndef CONVBENCH_VERSION
-#define CONVBENCH_VERSION "0.2.0"
+#define CONVBENCH_VERSION "0.2.1"
 #endif
 /* The wheel's build ("executorch-<version>") and, when Debian's libxnnpack0 was there at build
  * time, Debian's ("debian-<package version>"), loaded at run time only if the wheel has no SpMM. */
@@ -46,6 +47,10 @@ static const char usage[] =
   "                       first build with SpMM here) or debian (every line on Debian's 2022 build,\n"
   "                       to compare builds; x86 hosts with libxnnpack0 only)\n"
   "  --info               print the header line {\"runner\": {...}} and exit\n"
+  "  --weights MODE       warm (default: one operator, its weights cached after the first run) or cold\n"
+  "                       (rotate over copies of the operator, each with its own weights and output,\n"
+  "                       until together they exceed the last-level cache: each timed run reads\n"
+  "                       weights from memory, as a layer inside a network does)\n"
   "  --warmup N           untimed runs before timing (default 2) ...\n"
   "  --warmup-ms X        ... but no more once they took X ms; at least one runs (default 5)\n"
   "  --min-reps N         timed runs at least (default 5)\n"
@@ -161,6 +166,9 @@ static void write_header(const struct bench_options* o, const struct builds* b) 
   printf(", \"xnnpack_pf32\": %s", b->dense->pf32 ? "true" : "false");
   printf(", \"xnnpack_initialized\": %s, \"cpu\": ", b->dense->initialized ? "true" : "false");
   json_write_string(stdout, cpu);
+  const struct cache_size* cache = cold_cache_size();
+  printf(", \"weights\": \"%s\", \"cache_bytes\": %zu, \"cache_source\": \"%s\"", o->cold_weights ? "cold" : "warm",
+         cache->bytes, cache->source);
   printf(", \"arch\": \"%s\", \"cores\": %u, \"default_threads\": %d, \"timing\": {\"warmup\": %d, \"warmup_ms\": %g, "
          "\"min_reps\": %d, \"min_time_ms\": %g, \"max_reps\": %d, \"max_time_ms\": %g, \"clock\": \"CLOCK_MONOTONIC\"}, "
          "\"tolerance\": %g}}\n",
@@ -219,7 +227,8 @@ static void write_error(const struct plan_line* line, const char* message) {
   fflush(stdout);
 }
 
-static void write_result(const struct plan_line* line, const struct xnn_build* build, const struct bench_result* r) {
+static void write_result(const struct plan_line* line, const struct xnn_build* build, const struct bench_options* o,
+                         const struct bench_result* r) {
   printf("{\"id\": ");
   json_write_string(stdout, line->id);
   printf(", \"xnnpack\": ");
@@ -229,12 +238,16 @@ static void write_result(const struct plan_line* line, const struct xnn_build* b
          line->impl == IMPL_DENSE ? "dense" : "sparse", (long long) line->threads, r->us_min, r->us_median,
          r->us_mean, r->us_std, r->reps);
   json_write_number(stdout, r->max_abs_err, 4);
-  printf(", \"timed_us\": %.3f, \"line_us\": %.3f}\n", r->timed_us, r->line_us);
+  printf(", \"timed_us\": %.3f, \"line_us\": %.3f, \"weights\": \"%s\"", r->timed_us, r->line_us,
+         o->cold_weights ? "cold" : "warm");
+  /* How many copies rotated and over how many bytes: a rotation capped below the cache is visible. */
+  if (o->cold_weights) printf(", \"cold_copies\": %d, \"cold_bytes\": %.0f", r->copies, r->rotated_bytes);
+  printf("}\n");
   fflush(stdout);
 }
 
 int main(int argc, char** argv) {
-  struct bench_options o = { 2, 5.0, 5, 30.0, 1000, 5000.0, 1e-4, 64, 1024.0, NULL };
+  struct bench_options o = { 2, 5.0, 5, 30.0, 1000, 5000.0, 1e-4, 64, 1024.0, NULL, 0 };
   const char* plan_path = NULL;
   int info_only = 0, want_debian = 0;
   for (int i = 1; i < argc; i++) {
@@ -251,6 +264,11 @@ int main(int argc, char** argv) {
       else if (strcmp(v, "executorch") != 0) return usage_error("--xnnpack needs executorch or debian, got \"%s\"", v);
     }
     else if (strcmp(a, "--dump") == 0) o.dump_dir = v;
+    else if (strcmp(a, "--weights") == 0) {
+      if (strcmp(v, "cold") == 0) o.cold_weights = 1;
+      else if (strcmp(v, "warm") == 0) o.cold_weights = 0;
+      else return usage_error("--weights needs warm or cold, got \"%s\"", v);
+    }
     else if (strcmp(a, "--affinity") == 0) {
       const int rc = set_affinity(v);
       if (rc == -1) return usage_error("--affinity needs a non-empty hex CPU mask, got \"%s\"", v);
@@ -315,7 +333,7 @@ int main(int argc, char** argv) {
     }
     struct bench_result result;
     if (bench_run(&line, &o, build, pool, &result, err, sizeof err) != 0) write_error(&line, err);
-    else write_result(&line, build, &result);
+    else write_result(&line, build, &o, &result);
   }
   const int read_failed = ferror(plan);
   free(text);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <algorithm>
 #include <cmath>
 
 extern "C" {
@@ -94,10 +95,18 @@ std::string pte_error_json(const pte_line& line, const std::string& message) {
 
 std::string pte_result_json(const pte_line& line, const pte_result& r) {
   std::string s = "{\"id\": " + pte_json_str(line.id);
-  s += pte_say(", \"runtime\": \"executorch\", \"threads\": %zu, \"us_min\": %.3f, \"us_median\": %.3f, \"us_mean\": %.3f, "
+  s += pte_say(", \"runtime\": \"%s\", \"threads\": %zu, \"us_min\": %.3f, \"us_median\": %.3f, \"us_mean\": %.3f, "
            "\"us_std\": %.3f, \"reps\": %d, \"timed_us\": %.3f, \"line_us\": %.3f, \"load_us\": %.3f",
-           r.threads, r.us_min, r.us_median, r.us_mean, r.us_std, r.reps, r.timed_us, r.line_us, r.load_us);
+           r.sparse_runtime ? "sparse" : "executorch", r.threads, r.us_min, r.us_median, r.us_mean, r.us_std, r.reps, r.timed_us, r.line_us, r.load_us);
   s += ", \"input_shape\": " + shape_json(r.input_shape) + ", \"output_shape\": " + shape_json(r.output_shape);
+  if (r.sparse_runtime) {
+    s += ", \"sparse_layers\": [";
+    for (size_t i = 0; i < r.sparse_layers.size(); i++) s += (i ? ", " : "") + pte_json_str(r.sparse_layers[i]);
+    s += pte_say("], \"layers\": %d, \"conversions\": %d, \"max_abs_error\": %.6g", r.layers, r.conversions, r.max_abs_error);
+    s += ", \"xnnpack\": " + pte_json_str(r.xnnpack) + ", \"xnnpack_sparse\": " +
+         (r.xnnpack_sparse.empty() ? std::string("null") : pte_json_str(r.xnnpack_sparse));
+    return s + "}\n";
+  }
   s += ", \"backends\": [";
   for (size_t i = 0; i < r.backends.size(); i++) s += (i ? ", " : "") + pte_json_str(r.backends[i]);
   s += "]";
@@ -121,8 +130,15 @@ bool pte_parse_line(const char* text, pte_line* line, std::string* err) {
   else { *err = "field \"id\" must be a string"; return false; }
   line->has_id = true;
   f = json_get(&obj, "pte");
-  if (f == nullptr || f->kind != JSON_STRING || !f->str[0]) { *err = "field \"pte\" must be the path of a .pte file"; return false; }
-  line->pte = f->str;
+  const struct json_field* net = json_get(&obj, "net");
+  if (f != nullptr && net != nullptr) { *err = "a plan line names either a \"pte\" or a \"net\" file, not both"; return false; }
+  if (net != nullptr) {
+    if (net->kind != JSON_STRING || !net->str[0]) { *err = "field \"net\" must be the path of a jcw network file"; return false; }
+    line->net = net->str;
+  } else {
+    if (f == nullptr || f->kind != JSON_STRING || !f->str[0]) { *err = "field \"pte\" must be the path of a .pte file"; return false; }
+    line->pte = f->str;
+  }
   f = json_get(&obj, "threads");
   if (f != nullptr && f->kind != JSON_NULL) {
     if (f->kind != JSON_NUMBER || f->num != std::floor(f->num) || f->num < 0 || f->num > 256) {
@@ -141,7 +157,38 @@ bool pte_parse_line(const char* text, pte_line* line, std::string* err) {
     if (f->kind != JSON_BOOL) { *err = "field \"profile_ops\" must be true or false"; return false; }
     line->profile_ops = f->num != 0;
   }
+  if (!line->net.empty() && (!line->input_file.empty() || line->profile_ops)) {
+    *err = "\"input_file\" and \"profile_ops\" apply to \"pte\" lines; a \"net\" line runs on its file's check input";
+    return false;
+  }
   return true;
+}
+
+bool pte_timer::add(double dt) {
+  if (warmup_left_ > 0) {
+    warm_ += dt;
+    warmup_left_ = warm_ >= o_.warmup_ms * 1e3 ? 0 : warmup_left_ - 1;
+    return false;
+  }
+  samples_.push_back(dt);
+  timed_ += dt;
+  const int reps = (int) samples_.size();
+  return reps >= o_.max_reps || (reps >= o_.min_reps && timed_ >= o_.min_time_ms * 1e3) || (reps >= 2 && timed_ >= o_.max_time_ms * 1e3);
+}
+
+void pte_timer::summarize(pte_result* r) const {
+  std::vector<double> sorted = samples_;
+  const int reps = (int) sorted.size();
+  double sum = 0.0, sq = 0.0;
+  for (double s : sorted) sum += s;
+  r->us_mean = sum / reps;
+  for (double s : sorted) sq += (s - r->us_mean) * (s - r->us_mean);
+  r->us_std = reps > 1 ? std::sqrt(sq / (reps - 1)) : 0.0;
+  std::sort(sorted.begin(), sorted.end());
+  r->us_min = sorted[0];
+  r->us_median = reps % 2 ? sorted[reps / 2] : 0.5 * (sorted[reps / 2 - 1] + sorted[reps / 2]);
+  r->reps = reps;
+  r->timed_us = timed_;
 }
 
 std::string pte_dump_path(const char* dir, const std::string& id, const char* suffix) {

@@ -15,7 +15,7 @@ struct pte_options {
 };
 
 struct pte_line {
-  std::string id, pte, input_file;
+  std::string id, pte, net, input_file;  /* exactly one of pte (ExecuTorch program) and net (jcw network file) */
   bool has_id = false, profile_ops = false;
   long threads = 0;
 };
@@ -27,6 +27,28 @@ struct pte_result {
   std::vector<int> input_shape, output_shape;
   std::vector<std::string> backends;
   std::string ops_json;
+  /* net lines (runtime "sparse", NETFILE.md): */
+  bool sparse_runtime = false;
+  std::vector<std::string> sparse_layers;
+  int layers = 0, conversions = 0;
+  double max_abs_error = 0;
+  std::string xnnpack, xnnpack_sparse;  /* xnnpack_sparse "" when no NCHW operator ran (null) */
+};
+
+/* The timing loop's bookkeeping, shared by both runtimes: warm-up runs (cut short after --warmup-ms, at
+ * least one), then timed runs until --min-reps and --min-time-ms are both met, or --max-reps, or
+ * --max-time-ms (after 2). add() takes each run's duration and says when to stop. */
+class pte_timer {
+ public:
+  explicit pte_timer(const pte_options& o) : o_(o), warmup_left_(o.warmup) {}
+  bool add(double dt_us);
+  void summarize(pte_result* r) const;  /* us_min, us_median, us_mean, us_std, reps, timed_us */
+
+ private:
+  const pte_options& o_;
+  int warmup_left_;
+  double warm_ = 0, timed_ = 0;
+  std::vector<double> samples_;
 };
 
 double pte_now_us();
@@ -36,7 +58,8 @@ bool pte_set_affinity(const char* hex_mask);
 std::string pte_cpu_name();
 std::string pte_json_str(const std::string& text);
 
-/* One plan line: {"id": str, "pte": str, "threads": int 0..256, "input_file": str, "profile_ops": bool}. */
+/* One plan line: {"id": str, "pte" or "net": str, "threads": int 0..256, "input_file": str, "profile_ops": bool}
+ * (input_file and profile_ops: pte lines only). */
 bool pte_parse_line(const char* text, pte_line* line, std::string* err);
 std::string pte_error_json(const pte_line& line, const std::string& message);
 std::string pte_result_json(const pte_line& line, const pte_result& r);

@@ -21,6 +21,8 @@
 #include <executorch/runtime/executor/program.h>
 #include <executorch/runtime/platform/runtime.h>
 
+#include "net_engine.h"
+#include "net_file.h"
 #include "pte_isolate.h"
 #include "pte_plan.h"
 #include "pte_profile.h"
@@ -59,7 +61,9 @@ namespace tp = executorch::extension::threadpool;
 static const char usage[] =
   "usage: ptebench [--plan FILE] [--info] [options] < plan.jsonl\n"
   "Times whole forward() calls of ExecuTorch programs, one JSON result per plan line\n"
-  "{\"id\", \"pte\": path, \"threads\": N (0 = ExecuTorch's default), [\"input_file\": raw f32], [\"profile_ops\": true]}.\n"
+  "{\"id\", \"pte\": path, \"threads\": N (0 = ExecuTorch's default), [\"input_file\": raw f32], [\"profile_ops\": true]},\n"
+  "and whole runs of jcw network files on the sparse network engine (runtime \"sparse\", NETFILE.md)\n"
+  "{\"id\", \"net\": path, \"threads\": N}: checked against the file's reference output, then timed on its input.\n"
   "  --plan FILE          read the plan from FILE instead of stdin\n"
   "  --info               print the header line {\"runner\": {...}} and exit\n"
   "  --warmup N           untimed runs before timing (default 2) ...\n"
@@ -72,7 +76,8 @@ static const char usage[] =
   "  --max-mb X           cap on a program's input size in MB (default 1024)\n"
   "  --timeout-s X        a line still running after X s is an error result (default 600)\n"
   "  --affinity MASK      pin the runner and its threads to the CPUs in hex MASK (e.g. f0)\n"
-  "  --dump DIR           write <id>.input.f32 and <id>.output.f32 (first output), little-endian float32\n";
+  "  --dump DIR           write <id>.input.f32 and <id>.output.f32 (first output), little-endian float32\n"
+  "  --max-mb also caps a network file and the engine's buffers.\n";
 
 static int usage_error(const std::string& what) {
   fprintf(stderr, "ptebench: %s; see ptebench --help.\n", what.c_str());
@@ -83,7 +88,7 @@ static void write_header(const pte_options& o, size_t default_threads) {
   printf("{\"runner\": {\"name\": \"ptebench\", \"version\": \"%s\", \"executorch\": \"%s\", \"default_threads\": %zu, "
          "\"xnnpack_registered\": %s, \"cpu\": %s, \"arch\": \"%s\", \"cores\": %ld, \"timing\": {\"warmup\": %d, "
          "\"warmup_ms\": %g, \"min_reps\": %d, \"min_time_ms\": %g, \"max_reps\": %d, \"max_time_ms\": %g, "
-         "\"clock\": \"CLOCK_MONOTONIC\", \"timed\": \"Module::execute(forward)\"}, \"timeout_s\": %g}}\n",
+         "\"clock\": \"CLOCK_MONOTONIC\", \"timed\": \"Module::execute(forward)\"}, \"timeout_s\": %g, \"net_format_version\": 1}}\n",
          PTEBENCH_VERSION, EXECUTORCH_VERSION, default_threads,
          executorch::runtime::get_backend_class("XnnpackBackend") ? "true" : "false", pte_json_str(pte_cpu_name()).c_str(), ARCH,
          sysconf(_SC_NPROCESSORS_ONLN), o.warmup, o.warmup_ms, o.min_reps, o.min_time_ms, o.max_reps, o.max_time_ms,
@@ -191,41 +196,20 @@ static bool run_line(const pte_line& line, const pte_options& o, size_t default_
   auto tensor = executorch::extension::make_tensor_ptr(sizes, input.data(), executorch::aten::ScalarType::Float);
   const std::vector<EValue> inputs{EValue(*tensor)};
 
-  /* Timing, as convbench: warm-up runs (cut short after --warmup-ms), then timed runs until both minimums
-   * are met, or --max-reps, or --max-time-ms (after 2). One run is one whole Module::execute("forward"). */
-  std::vector<double> samples;
+  /* Timing, as convbench (pte_timer). One run is one whole Module::execute("forward"). */
+  pte_timer timer(o);
   std::vector<EValue> outputs;
-  double timed = 0.0, warm = 0.0;
-  int warmup_left = o.warmup;
   for (;;) {
     const double t0 = pte_now_us();
     auto out = module->execute("forward", inputs);
     const double dt = pte_now_us() - t0;
     if (!out.ok()) { *err = pte_say("forward failed (%s)", executorch::runtime::to_string(out.error())); return false; }
-    if (warmup_left > 0) {
-      warm += dt;
-      warmup_left = warm >= o.warmup_ms * 1e3 ? 0 : warmup_left - 1;
-      continue;
-    }
-    samples.push_back(dt);
-    timed += dt;
-    const int reps = (int) samples.size();
-    if (reps >= o.max_reps || (reps >= o.min_reps && timed >= o.min_time_ms * 1e3) || (reps >= 2 && timed >= o.max_time_ms * 1e3)) {
+    if (timer.add(dt)) {
       outputs = std::move(*out);
       break;
     }
   }
-  const int reps = (int) samples.size();
-  double sum = 0.0, sq = 0.0;
-  for (double s : samples) sum += s;
-  r->us_mean = sum / reps;
-  for (double s : samples) sq += (s - r->us_mean) * (s - r->us_mean);
-  r->us_std = reps > 1 ? std::sqrt(sq / (reps - 1)) : 0.0;
-  std::sort(samples.begin(), samples.end());
-  r->us_min = samples[0];
-  r->us_median = reps % 2 ? samples[reps / 2] : 0.5 * (samples[reps / 2 - 1] + samples[reps / 2]);
-  r->reps = reps;
-  r->timed_us = timed;
+  timer.summarize(r);
 
   if (outputs.empty() || !outputs[0].isTensor()) { *err = "the forward method's first output is not a tensor"; return false; }
   const auto& out = outputs[0].toTensor();
@@ -253,6 +237,56 @@ static bool run_line(const pte_line& line, const pte_options& o, size_t default_
       if (i > 0) ops->end_run();
     }
     r->ops_json = ops->json();
+  }
+  r->line_us = pte_now_us() - line_t0;
+  return true;
+}
+
+/* A "net" line: the jcw network file on the sparse network engine (NETFILE.md). Its output on the file's
+ * check input must match the torch reference before it is timed on that same input. */
+static bool run_net_line(const pte_line& line, const pte_options& o, size_t default_threads, pte_result* r, std::string* err) {
+  const double line_t0 = pte_now_us();
+  r->sparse_runtime = true;
+  r->threads = line.threads > 0 ? (size_t) line.threads : std::max<size_t>(default_threads, 1);
+  net_file net;
+  net_engine engine;
+  if (!net_read(line.net, o.max_mb * 1048576.0, &net, err)) return false;
+  if (!engine.load(net, r->threads, o.max_mb * 1048576.0, err)) return false;
+  r->load_us = pte_now_us() - line_t0;
+  r->layers = (int) net.nodes.size();
+  r->sparse_layers = engine.sparse_layers;
+  r->conversions = engine.conversions;
+  r->xnnpack = engine.xnnpack;
+  r->xnnpack_sparse = engine.xnnpack_sparse;
+  for (int64_t d : net.shapes.at(net.input_name)) r->input_shape.push_back((int) d);
+  for (int64_t d : net.shapes.at(net.output)) r->output_shape.push_back((int) d);
+
+  const float* input = net.check_input->data;
+  const net_tensor& want = *net.check_output;
+  if (!engine.run(input, err)) return false;
+  double worst = 0, largest = 0;
+  for (size_t i = 0; i < want.count; i++) {
+    const double diff = std::fabs((double) engine.output()[i] - want.data[i]);
+    worst = std::isfinite(diff) ? std::max(worst, diff) : INFINITY;
+    largest = std::max(largest, std::fabs((double) want.data[i]));
+  }
+  r->max_abs_error = worst;
+  if (!(worst <= net.tolerance * std::max(1.0, largest))) {
+    *err = pte_say("the engine's output on %s differs from the file's check output by up to %.3g, more than its tolerance "
+                   "%g x max(1, max |reference|) = %.3g", line.net.c_str(), worst, net.tolerance, net.tolerance * std::max(1.0, largest));
+    return false;
+  }
+  pte_timer timer(o);
+  for (bool done = false; !done;) {
+    const double t0 = pte_now_us();
+    if (!engine.run(input, err)) return false;
+    done = timer.add(pte_now_us() - t0);
+  }
+  timer.summarize(r);
+  if (o.dump_dir != nullptr) {
+    if (!pte_write_file(pte_dump_path(o.dump_dir, line.id, ".input.f32"), input, net.check_input->count * sizeof(float), err) ||
+        !pte_write_file(pte_dump_path(o.dump_dir, line.id, ".output.f32"), engine.output(), engine.output_count() * sizeof(float), err))
+      return false;
   }
   r->line_us = pte_now_us() - line_t0;
   return true;
@@ -316,7 +350,8 @@ int main(int argc, char** argv) {
       pte_result result;
       bool ok;
       try {
-        ok = run_line(line, o, default_threads, &result, &err);
+        ok = line.net.empty() ? run_line(line, o, default_threads, &result, &err)
+                              : run_net_line(line, o, default_threads, &result, &err);
       } catch (const std::bad_alloc&) {
         ok = false;
         err = "ptebench ran out of memory running this program";
@@ -328,6 +363,8 @@ int main(int argc, char** argv) {
     }, o.timeout_s);
     if (run.finished && !run.text.empty() && run.text.back() == '\n') pte_emit(run.text);
     else if (run.why.rfind("could not", 0) == 0) pte_emit(pte_error_json(line, "ptebench " + run.why));
+    else if (!line.net.empty()) pte_emit(pte_error_json(line, "the sparse engine " + run.why + " running " + line.net +
+                                                       (run.last_log.empty() ? std::string() : " (" + run.last_log + ")")));
     else pte_emit(pte_error_json(line, "ExecuTorch " + run.why + " running " + line.pte +
                                (run.last_log.empty() ? std::string() : " (" + run.last_log + ")") +
                                ", so the program is corrupt or needs something this runtime lacks"));

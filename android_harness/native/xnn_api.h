@@ -37,6 +37,8 @@ struct cpuinfo_package;
 bool cpuinfo_initialize(void);
 uint32_t cpuinfo_get_processors_count(void);
 const struct cpuinfo_package* cpuinfo_get_package(uint32_t index);
+/* Size in bytes of the largest cache (0 when unknown): XNNPACK's benchmarks size their rotation by it. */
+uint32_t cpuinfo_get_max_cache_size(void);
 
 /* ---- XNNPACK ---- */
 enum xnn_status {
@@ -105,6 +107,76 @@ enum xnn_status xnn_reshape_convolution2d_nchw_f32(
     size_t* output_height_out, size_t* output_width_out, pthreadpool_t threadpool);
 enum xnn_status xnn_setup_convolution2d_nchw_f32(xnn_operator_t convolution_op, const float* input,
                                                  float* output);
+
+/* ---- the other operators ptebench's network engine runs (net_ops.cpp), same revision ---- */
+/* Only the enumerators the engine passes; the values are the header's (enums are int-sized there too). */
+enum xnn_datatype { xnn_datatype_invalid = 0, xnn_datatype_fp32 = 1 };
+enum xnn_binary_operator { xnn_binary_invalid = -1, xnn_binary_add = 0 };
+enum xnn_unary_operator { xnn_unary_invalid = -1, xnn_unary_clamp = 4 };
+enum xnn_reduce_operator { xnn_reduce_invalid = -1, xnn_reduce_sum = 0, xnn_reduce_mean = 2 };
+struct xnn_quantization_params; /* float operators take NULL */
+union xnn_unary_params {
+  struct { float min; float max; } clamp;
+  struct { float alpha; } elu;
+  struct { float negative_slope; } leaky_relu;
+};
+
+/* Elementwise a + b; a fused activation is a clamp operator after it, as the subgraph inserts one. */
+enum xnn_status xnn_create_binary_elementwise_nd(
+    enum xnn_binary_operator type, enum xnn_datatype datatype, const struct xnn_quantization_params* a_quantization,
+    const struct xnn_quantization_params* b_quantization, const struct xnn_quantization_params* output_quantization,
+    uint32_t flags, xnn_operator_t* binary_op_out);
+enum xnn_status xnn_reshape_binary_elementwise_nd(xnn_operator_t binary_op, size_t num_input1_dims,
+                                                  const size_t* input1_shape, size_t num_input2_dims,
+                                                  const size_t* input2_shape, pthreadpool_t threadpool);
+enum xnn_status xnn_setup_binary_elementwise_nd(xnn_operator_t binary_op, const void* input1, const void* input2,
+                                                void* output);
+
+enum xnn_status xnn_create_unary_elementwise_nc(
+    enum xnn_unary_operator op_type, enum xnn_datatype input_datatype, enum xnn_datatype output_datatype,
+    const union xnn_unary_params* params, const void* lut, const struct xnn_quantization_params* input_quantization,
+    const struct xnn_quantization_params* output_quantization, uint32_t flags, xnn_operator_t* op_out);
+enum xnn_status xnn_reshape_unary_elementwise_nc(xnn_operator_t op, size_t batch_size, size_t channels,
+                                                 size_t input_stride, size_t output_stride, pthreadpool_t threadpool);
+enum xnn_status xnn_setup_unary_elementwise_nc(xnn_operator_t op, const void* input, void* output);
+
+/* Kernel [output_channels][input_channels] (no XNN_FLAG_TRANSPOSE_WEIGHTS). */
+enum xnn_status xnn_create_fully_connected_nc_f32(
+    size_t input_channels, size_t output_channels, size_t input_stride, size_t output_stride, const float* kernel,
+    const float* bias, float output_min, float output_max, uint32_t flags, xnn_weights_cache_t weights_cache,
+    xnn_operator_t* fully_connected_op_out);
+enum xnn_status xnn_reshape_fully_connected_nc_f32(xnn_operator_t fully_connected_op, size_t batch_size,
+                                                   pthreadpool_t threadpool);
+enum xnn_status xnn_setup_fully_connected_nc_f32(xnn_operator_t fully_connected_op, const float* input,
+                                                 float* output);
+
+enum xnn_status xnn_create_max_pooling2d_nhwc_f32(
+    uint32_t input_padding_top, uint32_t input_padding_right, uint32_t input_padding_bottom,
+    uint32_t input_padding_left, uint32_t pooling_height, uint32_t pooling_width, uint32_t stride_height,
+    uint32_t stride_width, uint32_t dilation_height, uint32_t dilation_width, float output_min, float output_max,
+    uint32_t flags, xnn_operator_t* max_pooling_op_out);
+enum xnn_status xnn_reshape_max_pooling2d_nhwc_f32(
+    xnn_operator_t max_pooling_op, size_t batch_size, size_t input_height, size_t input_width, size_t channels,
+    size_t input_pixel_stride, size_t output_pixel_stride, size_t* output_height_out, size_t* output_width_out,
+    pthreadpool_t threadpool);
+enum xnn_status xnn_setup_max_pooling2d_nhwc_f32(xnn_operator_t max_pooling_op, const float* input, float* output);
+
+/* Mean (or sum) over the given axes. For float32 the subgraph passes workspace_size NULL and workspace
+ * NULL (the accumulator is the output); a workspace would make it call a conversion kernel it lacks. */
+enum xnn_status xnn_create_reduce_nd(enum xnn_reduce_operator reduce_operator_type, enum xnn_datatype datatype,
+                                     const struct xnn_quantization_params* input_quantization,
+                                     const struct xnn_quantization_params* output_quantization, uint32_t flags,
+                                     xnn_operator_t* reduce_op_out);
+enum xnn_status xnn_reshape_reduce_nd(xnn_operator_t reduce_op, size_t num_reduction_axes,
+                                      const int64_t* reduction_axes, size_t num_input_dims, const size_t* input_shape,
+                                      size_t* workspace_size, pthreadpool_t threadpool);
+enum xnn_status xnn_setup_reduce_nd(xnn_operator_t reduce_op, void* workspace, const void* input, void* output);
+
+/* A layout conversion (NCHW <-> NHWC of one image is the 2-D transpose [C, HW] <-> [HW, C]). */
+enum xnn_status xnn_create_transpose_nd_x32(uint32_t flags, xnn_operator_t* transpose_op_out);
+enum xnn_status xnn_reshape_transpose_nd_x32(xnn_operator_t transpose_op, size_t num_dims, const size_t* input_shape,
+                                             const size_t* output_perm, pthreadpool_t threadpool);
+enum xnn_status xnn_setup_transpose_nd_x32(xnn_operator_t transpose_op, const void* input, void* output);
 
 #ifdef __cplusplus
 }

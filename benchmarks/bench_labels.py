@@ -1,0 +1,230 @@
+"""Labels of issue 11 on the local device: (a) repeatability, settle rounds against more rounds everywhere;
+(b) warm against cold weights, judged by whole-program (.pte) latency.
+
+(a) Two independent profiles, A and B, of the same plan (same seed), one after the other. Each is measured
+    in 5 rounds without settling (the anchor: the profile default before settle rounds); a copy of it then
+    settles (`--settle-cap`), another copy is extended to 8 rounds. For each setting: the share of
+    configurations whose labels (us_min of the fastest clean round) in A and B agree within ±5%, their
+    p90 difference, and the profile time the setting cost (wall seconds: its base rounds plus its own step).
+(b) Two profiles with whole programs, layers timed with warm and with cold weights (same seed, same plan,
+    same exported programs), each trained into a predictor. Model-level error against the measured .pte
+    latency (the fastest of both profiles' measurements of each program): the sum of each program's dense
+    layer predictions (the layer labels alone, no program model) over every program, and the program model
+    on held-out and unseen programs; plus the cold / warm ratio of the layer labels themselves.
+Every comparison uses us_min of the fastest round on both sides, on the same device and thread count.
+
+Reproduce (quiet machine, ~40 min at the defaults here):
+    .venv/bin/python benchmarks/bench_labels.py [--budget 400] [--programs 40] [--keep DIR]
+Smoke check (a few minutes): .venv/bin/python benchmarks/bench_labels.py --budget 40 --programs 4 --program-sizes 32,48
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from android_harness.local import LocalDevice  # noqa: E402
+from profiler import labels, session  # noqa: E402
+from profiler.store import ProfileStore  # noqa: E402
+
+BASE_ROUNDS, MORE_ROUNDS = 5, 8
+TOLERANCE = labels.SETTLE_TOLERANCE
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def agreement(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Share of configurations (in both) whose two labels are within ±5% of each other, and the p90 of |a/b - 1|."""
+    common = sorted(set(a) & set(b))
+    diffs = np.array([abs(a[c] / b[c] - 1.0) for c in common if a[c] > 0 and b[c] > 0])
+    if not len(diffs):
+        return {"n": 0, "within5": float("nan"), "p90": float("nan")}
+    return {"n": len(diffs), "within5": float(np.mean(diffs <= TOLERANCE)), "p90": float(np.percentile(diffs, 90))}
+
+
+def label_map(directory: Path, max_round: int | None = None) -> dict[str, float]:
+    """config_id -> label, from every round or only rounds below `max_round` (the label's own rule)."""
+    with ProfileStore(directory, readonly=True) as store:
+        if max_round is None:
+            return {m["config_id"]: m["latency_us"] for m in store.measurements()}
+        rows = [r for r in store.rounds() if r["round"] < max_round and r["error"] is None and r["us_min"]]
+    by_config: dict[str, list[tuple[float, int]]] = {}
+    for row in rows:
+        by_config.setdefault(row["config_id"], []).append((row["us_min"], row["drift"]))
+    return {c: min([v for v, d in values if not d] or [v for v, _ in values]) for c, values in by_config.items()}
+
+
+def profile(directory: Path, args: argparse.Namespace, **kw) -> session.ProfileSummary:
+    return session.profile(LocalDevice(), directory, budget=args.budget, seed=args.seed, threads=args.threads,
+                           runner_args=args.runner_arg, **kw)
+
+
+def repeatability(args: argparse.Namespace, work: Path) -> None:
+    settings = {"5 rounds (anchor)": {}, f"5 rounds + settle (cap {args.settle_cap})": {},
+                f"{MORE_ROUNDS} rounds": {}}
+    base_name, settle_name, more_name = settings
+    costs: dict[str, list[float]] = {name: [] for name in settings}
+    settle_counts: list[dict[str, int]] = []
+    for replica in "AB":
+        base, settled, more = (work / f"repeat-{replica}-{s}" for s in ("5", "settle", str(MORE_ROUNDS)))
+        first = profile(base, args, rounds=BASE_ROUNDS, settle_cap=0)
+        shutil.copytree(base, settled)
+        shutil.copytree(base, more)
+        step = profile(settled, args, rounds=BASE_ROUNDS, settle_cap=args.settle_cap)
+        extended = profile(more, args, rounds=MORE_ROUNDS, settle_cap=0)
+        costs[base_name].append(first.wall_seconds)
+        costs[settle_name].append(first.wall_seconds + step.wall_seconds)
+        costs[more_name].append(first.wall_seconds + extended.wall_seconds)
+        settle_counts.append(step.settle)
+        settings[base_name][replica] = label_map(base)
+        settings[settle_name][replica] = label_map(settled)
+        settings[more_name][replica] = label_map(more)
+        print(f"  profile {replica}: {first.configurations} configurations, 5 rounds in {first.wall_seconds:.0f} s; "
+              f"settle {step.wall_seconds:.0f} s ({step.settle_results} results: {step.settle}); "
+              f"rounds 6-{MORE_ROUNDS} {extended.wall_seconds:.0f} s", flush=True)
+    print(f"\n(a) repeatability on {LocalDevice().address}, threads {args.threads}, budget {args.budget}: two "
+          f"profiles A and B of the same plan, labels within ±{TOLERANCE:.0%}")
+    print("| setting | configurations | within ±5% | p90 |diff| | profile time (A, B) | within ±5% vs anchor "
+          "| time vs anchor |")
+    print("|---|---|---|---|---|---|---|")
+    anchor = agreement(settings[base_name]["A"], settings[base_name]["B"])
+    anchor_time = statistics.mean(costs[base_name])
+    for name, maps in settings.items():
+        result = agreement(maps["A"], maps["B"])
+        ratio = result["within5"] / anchor["within5"] if anchor["within5"] else float("nan")
+        seconds = statistics.mean(costs[name])
+        print(f"| {name} | {result['n']} | {pct(result['within5'])} | {pct(result['p90'])} | "
+              f"{', '.join(f'{c:.0f} s' for c in costs[name])} | {ratio:.3f}× | {seconds / anchor_time:.2f}× |")
+    for replica, counts in zip("AB", settle_counts):
+        print(f"settle, profile {replica}: {counts.get('disagreeing_base')} configurations disagreed after 5 rounds, "
+              f"{counts.get('settled_configurations')} settled with {counts.get('extra_rounds')} extra rounds, "
+              f"{counts.get('still_disagreeing')} still disagree at the cap")
+    # The same data read as fewer rounds: what each round buys, for free.
+    for rounds in range(2, MORE_ROUNDS + 1):
+        result = agreement(label_map(work / f"repeat-A-{MORE_ROUNDS}", rounds),
+                           label_map(work / f"repeat-B-{MORE_ROUNDS}", rounds))
+        print(f"  first {rounds} rounds of the {MORE_ROUNDS}-round profiles: {pct(result['within5'])} within ±5%")
+    print("target: ≥ 98% within ±5%")
+
+
+def program_errors(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    ratio = predicted / measured
+    rel = np.abs(ratio - 1.0)
+    return {"n": len(rel), "within10": float(np.mean(rel <= 0.10)), "median": float(np.median(rel)),
+            "p90": float(np.percentile(rel, 90)), "bias": float(np.median(ratio))}
+
+
+def warm_vs_cold(args: argparse.Namespace, work: Path) -> None:
+    import predictor
+    from predictor import pipeline
+
+    dirs = {mode: work / f"weights-{mode}" for mode in labels.WEIGHTS_MODES}
+    seconds = {}
+    for mode, directory in dirs.items():
+        if mode == "cold" and (dirs["warm"] / "programs").is_dir():  # the same .pte files: exported once
+            shutil.copytree(dirs["warm"] / "programs", directory / "programs")
+        started = time.monotonic()
+        summary = profile(directory, args, rounds=BASE_ROUNDS, weights=mode, settle_cap=args.settle_cap,
+                          programs=args.programs, program_sizes=args.program_sizes)
+        seconds[mode] = time.monotonic() - started
+        if summary.programs_note:
+            sys.exit(f"bench_labels: the {mode} profile measured no programs: {summary.programs_note}")
+        print(f"  {mode} profile: {summary.configurations} configurations, {summary.programs} programs, "
+              f"{seconds[mode]:.0f} s", flush=True)
+    stores = {mode: ProfileStore(directory, readonly=True) for mode, directory in dirs.items()}
+    layer = {mode: {m["config_id"]: m for m in store.measurements()} for mode, store in stores.items()}
+    measured = {mode: {p["program_id"]: p for p in store.program_measurements()} for mode, store in stores.items()}
+    for store in stores.values():
+        store.close()
+    print(f"\n(b) warm vs cold layer labels on {LocalDevice().address}, threads {args.threads}, budget {args.budget}, "
+          f"programs {args.programs}; profile time warm {seconds['warm']:.0f} s, cold {seconds['cold']:.0f} s "
+          f"({seconds['cold'] / seconds['warm']:.2f}×)")
+    common = sorted(set(layer["warm"]) & set(layer["cold"]))
+    groups: dict[str, list[float]] = {}
+    for config in common:
+        row = layer["warm"][config]
+        groups.setdefault(f"{row['op']} {row['impl']}", []).append(
+            layer["cold"][config]["latency_us"] / row["latency_us"])
+    print("cold / warm layer label, median (p10-p90): " + "; ".join(
+        f"{name} {np.median(r):.3f} ({np.percentile(r, 10):.2f}-{np.percentile(r, 90):.2f}, n {len(r)})"
+        for name, r in sorted(groups.items())))
+    programs = sorted(set(measured["warm"]) & set(measured["cold"]))
+    truth = np.array([min(measured[mode][p]["latency_us"] for mode in measured) for p in programs]) / 1e3
+    specs = [measured["warm"][p]["spec"] for p in programs]
+    sample = np.array([measured["warm"][p]["sample"] for p in programs], dtype=object)
+    held = sample != "train"
+    print("| labels | predictor | programs | within ±10% | median |err| | p90 |err| | median pred/meas | "
+          "median |err| vs warm |")
+    print("|---|---|---|---|---|---|---|---|")
+    anchors: dict[str, float] = {}
+    for mode in labels.WEIGHTS_MODES:
+        out = work / f"weights-{mode}-predictor"
+        pipeline.train(dirs[mode], out, seed=args.seed)
+        predicted = predictor.load(out).predict_programs(specs)
+        for name, values, mask in (("sum of dense layers", predicted["layers_dense_ms"], np.ones(len(held), bool)),
+                                   ("program model (held-out + unseen)", predicted["latency_ms"], held)):
+            if not mask.any():
+                continue
+            e = program_errors(values[mask], truth[mask])
+            anchors.setdefault(name, e["median"])
+            ratio = e["median"] / anchors[name] if anchors[name] else float("nan")
+            print(f"| {mode} | {name} | {e['n']} | {pct(e['within10'])} | {pct(e['median'])} | {pct(e['p90'])} | "
+                  f"{e['bias']:.3f} | {ratio:.2f}× |")
+    print("truth: each .pte's us_min of the fastest round, the faster of the two profiles' measurements; "
+          "anchor: warm labels")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=int, default=400, help="training layers per profile (default 400)")
+    parser.add_argument("--programs", type=int, default=session.DEFAULT_PROGRAMS,
+                        help=f"training programs of the (b) profiles (default {session.DEFAULT_PROGRAMS})")
+    parser.add_argument("--program-sizes", default=None, metavar="R,R",
+                        help="program input sizes (default the profile's 128-224; 32,48 for a quick check)")
+    parser.add_argument("--settle-cap", type=int, default=labels.DEFAULT_SETTLE_CAP)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=("a", "b"), default=None, help="run one part only")
+    parser.add_argument("--runner-arg", action="append", default=[], metavar="FLAG",
+                        help="a layer-runner timing flag, e.g. --runner-arg=--min-time-ms=10 (repeatable)")
+    parser.add_argument("--keep", metavar="DIR", help="keep the profiles in DIR (must be empty or absent)")
+    args = parser.parse_args()
+    if args.budget < 8 or args.programs < 0 or not 0 <= args.settle_cap <= labels.MAX_SETTLE_CAP:
+        parser.error("--budget must be at least 8, --programs at least 0, --settle-cap from 0 to "
+                     f"{labels.MAX_SETTLE_CAP}")
+    try:
+        args.program_sizes = [int(v) for v in args.program_sizes.split(",")] if args.program_sizes else None
+    except ValueError:
+        parser.error(f"--program-sizes must be whole numbers separated by commas, got {args.program_sizes!r}")
+    args.runner_arg = [token for flag in args.runner_arg
+                       for token in (flag.split("=", 1) if "=" in flag else [flag])]  # the runner's own tokens
+    reproduce = " ".join(sys.argv[1:])
+    print(f"bench_labels on {LocalDevice().runner_info().get('cpu')}; reproduce with: "
+          f".venv/bin/python benchmarks/bench_labels.py {reproduce}".rstrip(), flush=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-labels-") as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        if args.keep and work.exists() and any(work.iterdir()):
+            sys.exit(f"bench_labels: --keep {work} is not empty; the benchmark needs fresh profiles.")
+        work.mkdir(parents=True, exist_ok=True)
+        if args.only in (None, "a"):
+            repeatability(args, work)
+        if args.only in (None, "b"):
+            warm_vs_cold(args, work)
+    print(f"\nbench_labels took {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

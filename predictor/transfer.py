@@ -1,0 +1,292 @@
+"""Transfer from a known device: a new device's layer-latency predictor from a small profile plus the saved
+predictor of another device (the prior, predictor.priors).
+
+Owns the transfer strategies (`TransferPredictor`) and the per-operator rescaling they share.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from predictor.errors import PredictorError
+from predictor.features import FEATURE_NAMES, feature_matrix, physical
+from predictor.models import LatencyPredictor, PhysicalModel, _check_param, _one_thread, training_arrays
+from profiler.layerspec import IMPLS
+
+#: scale: the prior's latency times a per-operator factor that may change with the layer's size (a robust
+#: line in log space per (op, impl), shrunk toward the pooled one); residual: scale, then small trees on
+#: what is left, weighted by how much they help on shapes held out of their fit; feature: the new device's
+#: own physical model and trees, with the prior's log-latency as one more feature.
+STRATEGIES = ("scale", "residual", "feature")
+#: Chosen on the transfer curve (benchmarks/RESULTS.md, benchmarks/bench_transfer.py).
+DEFAULT_STRATEGY = "residual"
+GROUPS = ("conv/dense", "conv/sparse", "dwconv/dense")
+#: Slopes of the per-operator line (latency ∝ prior^(1 + slope)); beyond this the data is noise.
+MAX_SLOPE = 0.5
+#: Rows below which an (op, impl) group takes the pooled line.
+_MIN_GROUP_ROWS = 3
+#: Weights of the residual trees tried by grouped cross-validation (0: the rescaled prior alone).
+TREE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+_TREE_FOLDS = 5
+
+
+# ---- the estimator -----------------------------------------------------------------------------
+def _prior_model(prior: Any) -> Any:
+    """The fitted model behind a prior: a loaded predictor.priors.Prior, or a fitted model itself."""
+    return prior.loaded.model if hasattr(prior, "loaded") else prior
+
+
+def _group_keys(op: np.ndarray, impl: str | np.ndarray) -> np.ndarray:
+    return np.char.add(np.char.add(np.asarray(op, dtype=str), "/"), np.asarray(impl, dtype=str))
+
+
+def _robust_line(x: np.ndarray, r: np.ndarray, offset0: float, slope0: float, penalty: float
+                 ) -> tuple[float, float]:
+    """r ≈ a + s·x by Huber-weighted least squares, with `penalty` pseudo-observations pulling a toward
+    offset0 and s toward slope0: a handful of noisy rows cannot tilt the line, many rows decide it."""
+    weights = np.ones(len(x))
+    a, s = offset0, slope0
+    for _ in range(25):
+        sw, swx, swxx = weights.sum(), (weights * x).sum(), (weights * x * x).sum()
+        matrix = np.array([[sw + penalty, swx], [swx, swxx + penalty]])
+        target = np.array([(weights * r).sum() + penalty * offset0, (weights * x * r).sum() + penalty * slope0])
+        a, s = np.linalg.solve(matrix, target)
+        residual = r - a - s * x
+        spread = max(1.4826 * float(np.median(np.abs(residual))), 1e-3)
+        # Labels disturbed by other load are far off; Huber weights stop them from steering the line.
+        weights = np.minimum(1.0, 1.345 * spread / np.maximum(np.abs(residual), 1e-12))
+    return float(a), float(np.clip(s, -MAX_SLOPE, MAX_SLOPE))
+
+
+def fit_scale(op: np.ndarray, impl: np.ndarray, log_prior: np.ndarray, log_ratio: np.ndarray,
+              shrinkage: float) -> dict[str, list[float]]:
+    """Per (op, impl) group: [offset, slope, centre, low, high] of log(measured / prior) against log(prior).
+
+    The pooled line comes first (slope shrunk toward 0: a plain rescaling), each group's is shrunk toward it;
+    a group with too few rows takes it. Prediction clips log(prior) to [low, high]: beyond the data the
+    factor stays constant instead of following the slope.
+    """
+    centre = float(np.median(log_prior))
+    x = log_prior - centre
+    pooled = _robust_line(x, log_ratio, float(np.median(log_ratio)), 0.0, shrinkage)
+    keys = _group_keys(op, impl)
+    out = {}
+    for key in GROUPS:
+        mask = keys == key
+        line = _robust_line(x[mask], log_ratio[mask], *pooled, shrinkage) if mask.sum() >= _MIN_GROUP_ROWS \
+            else pooled
+        out[key] = [line[0], line[1], centre, float(log_prior.min()), float(log_prior.max())]
+    return out
+
+
+def apply_scale(scale: Mapping[str, Sequence[float]], op: np.ndarray, impl: str, log_prior: np.ndarray
+                ) -> np.ndarray:
+    """log(new / prior) for layers of one implementation."""
+    out = np.zeros(len(log_prior))
+    keys = _group_keys(op, impl)
+    for key, (offset, slope, centre, low, high) in scale.items():
+        mask = keys == key
+        out[mask] = offset + slope * (np.clip(log_prior[mask], low, high) - centre)
+    return out
+
+
+class TransferPredictor(LatencyPredictor):
+    """A new device's per-layer latency from a prior (a `Prior` or any fitted model with `predict_impl`)
+    and that device's measured rows; `strategy` is one of STRATEGIES.
+
+    Predictions, `predict` and `predict_dense` behave as LatencyPredictor's. Parameters are validated in
+    `fit`: `shrinkage` is how many pseudo-rows pull each operator's line toward the pooled one (and the pooled
+    slope toward a plain rescaling); the tree settings apply to the residual and feature strategies, whose
+    trees are deliberately small: a transfer profile has tens to hundreds of layers.
+    """
+
+    def __init__(self, prior: Any = None, strategy: str = DEFAULT_STRATEGY, *, shrinkage: float = 8.0,
+                 n_estimators: int = 40, max_leaf_nodes: int = 8, learning_rate: float = 0.1,
+                 min_samples_leaf: int = 8, random_state: int = 0) -> None:
+        self.prior = prior
+        self.strategy = strategy
+        self.shrinkage = shrinkage
+        self.n_estimators = n_estimators
+        self.max_leaf_nodes = max_leaf_nodes
+        self.learning_rate = learning_rate
+        self.min_samples_leaf = min_samples_leaf
+        self.random_state = random_state
+
+    def get_params(self) -> dict[str, Any]:
+        return {"prior": self.prior, "strategy": self.strategy, "shrinkage": self.shrinkage,
+                "n_estimators": self.n_estimators, "max_leaf_nodes": self.max_leaf_nodes,
+                "learning_rate": self.learning_rate, "min_samples_leaf": self.min_samples_leaf,
+                "random_state": self.random_state}
+
+    def _validate_params(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise PredictorError(f"parameter 'strategy' must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if not callable(getattr(_prior_model(self.prior), "predict_impl", None)):
+            raise PredictorError("parameter 'prior' must be a loaded prior or a fitted latency predictor, "
+                                 f"got {type(self.prior).__name__}")
+        _check_param("shrinkage", self.shrinkage, float, 0.0, 1e6)
+        _check_param("n_estimators", self.n_estimators, int, 1, 5000)
+        _check_param("max_leaf_nodes", self.max_leaf_nodes, int, 2, 1024)
+        _check_param("learning_rate", self.learning_rate, float, 1e-4, 1.0)
+        _check_param("min_samples_leaf", self.min_samples_leaf, int, 1)
+        _check_param("random_state", self.random_state, int, 0)
+
+    # ---- training ----------------------------------------------------------------------------
+    def fit(self, rows: Sequence[Mapping[str, Any]]) -> TransferPredictor:
+        """Learn from the new device's profile rows (spec fields, `impl`, `latency_us`)."""
+        self._validate_params()
+        columns, impl, latency = training_arrays(rows)
+        if len(latency) < 8:
+            raise PredictorError(f"a transfer predictor needs at least 8 measured configurations, got {len(latency)}")
+        prior_us = self._stacked(columns, impl, lambda cols, name: _prior_model(self.prior).predict_impl(cols, name))
+        log_prior = np.log(prior_us)
+        self.scale_ = fit_scale(columns["op"], impl, log_prior, np.log(latency) - log_prior, float(self.shrinkage))
+        self.physical_ = None
+        self.estimator_ = None
+        self.tree_weight_ = 1.0
+        log_latency = np.log(latency)
+        if self.strategy == "residual":
+            base = log_prior + self._log_scale(self.scale_, columns, impl, log_prior)
+            self.tree_weight_ = self._choose_tree_weight(columns, impl, log_prior, log_latency)
+            if self.tree_weight_ > 0:
+                self.estimator_ = self._fit_trees(columns, impl, log_prior, log_latency - base)
+        elif self.strategy == "feature":
+            self.physical_ = PhysicalModel().fit(columns, impl, latency)
+            physical_us = self._stacked(columns, impl, lambda cols, name: self.physical_.predict(cols, name))
+            self.estimator_ = self._fit_trees(columns, impl, log_prior, log_latency - np.log(physical_us))
+        self.kind_ = "transfer"
+        self.cv_scores_ = {}
+        self.n_training_rows_ = len(latency)
+        return self
+
+    @staticmethod
+    def _log_scale(scale: Mapping[str, Sequence[float]], columns: Mapping[str, np.ndarray], impl: np.ndarray,
+                   log_prior: np.ndarray) -> np.ndarray:
+        out = np.empty(len(impl))
+        for name in IMPLS:
+            mask = impl == name
+            out[mask] = apply_scale(scale, columns["op"][mask], name, log_prior[mask])
+        return out
+
+    def _choose_tree_weight(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, log_prior: np.ndarray,
+                            log_latency: np.ndarray) -> float:
+        """The weight of the residual trees with the most rows within ±10 % on shapes held out of the fit (of
+        the rescaling too); ties go to the smaller weight. On noisy labels the trees learn the noise, and this
+        turns them off rather than let them undo the prior."""
+        shapes = [f"{o}/{k}/{a}/{b}/{h}" for o, k, a, b, h in zip(columns["op"], columns["k"], columns["cin"],
+                                                                 columns["cout"], columns["h"])]
+        distinct = sorted(set(shapes))  # the unseen-shape split of predictor.evaluation: (op, k, cin, cout, h)
+        order = np.random.default_rng(self.random_state).permutation(len(distinct)) % _TREE_FOLDS
+        fold_of = dict(zip(distinct, order))
+        fold = np.array([fold_of[s] for s in shapes])
+        base, trees = np.full(len(impl), np.nan), np.zeros(len(impl))
+        for k in range(_TREE_FOLDS):
+            train, test = fold != k, fold == k
+            if train.sum() < 8 or not test.any():
+                continue
+            sub = {name: values[train] for name, values in columns.items()}
+            scale = fit_scale(sub["op"], impl[train], log_prior[train], log_latency[train] - log_prior[train],
+                              float(self.shrinkage))
+            fold_base = log_prior + self._log_scale(scale, columns, impl, log_prior)
+            model = self._fit_trees(sub, impl[train], log_prior[train], (log_latency - fold_base)[train])
+            base[test] = fold_base[test]
+            trees[test] = self._predict_trees(model, {name: values[test] for name, values in columns.items()},
+                                              impl[test], log_prior[test])
+        scored = ~np.isnan(base)
+        if not scored.any():
+            return 0.0
+        shares = [float(np.mean(np.abs(np.exp(log_latency[scored] - base[scored] - w * trees[scored]) - 1.0) <= 0.10))
+                  for w in TREE_WEIGHTS]
+        return TREE_WEIGHTS[int(np.argmax(shares))]  # argmax takes the first, i.e. smallest, of equal shares
+
+    def _predict_trees(self, model: Any, columns: Mapping[str, np.ndarray], impl: np.ndarray,
+                       log_prior: np.ndarray) -> np.ndarray:
+        out = np.empty(len(impl))
+        for name in IMPLS:
+            mask = impl == name
+            if mask.any():
+                with _one_thread():
+                    out[mask] = model.predict(self._design({k: v[mask] for k, v in columns.items()}, name,
+                                                           log_prior[mask]))
+        return out
+
+    @staticmethod
+    def _stacked(columns: Mapping[str, np.ndarray], impl: np.ndarray, predict: Any) -> np.ndarray:
+        out = np.empty(len(impl))
+        for name in IMPLS:
+            mask = impl == name
+            if mask.any():
+                out[mask] = predict({k: v[mask] for k, v in columns.items()}, name)
+        return out
+
+    def _fit_trees(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, log_prior: np.ndarray,
+                   target: np.ndarray) -> Any:
+        from sklearn.ensemble import HistGradientBoostingRegressor  # deferred: start-up
+        # A label disturbed by other load can be off by orders of magnitude; clipped at a few robust
+        # deviations it still says "slower here" without pulling a whole leaf after it.
+        centre = float(np.median(target))
+        spread = max(1.4826 * float(np.median(np.abs(target - centre))), 0.02)
+        target = np.clip(target, centre - 3 * spread, centre + 3 * spread)
+        x = np.empty((len(impl), len(FEATURE_NAMES) + 1))
+        for name in IMPLS:
+            mask = impl == name
+            if mask.any():
+                x[mask] = self._design({k: v[mask] for k, v in columns.items()}, name, log_prior[mask])
+        # One pooled model (is_sparse and is_dwconv are features): a small profile has too few rows to
+        # split by implementation.
+        leaf = max(self.min_samples_leaf, len(target) // 40)
+        trees = HistGradientBoostingRegressor(
+            max_iter=self.n_estimators, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=min(leaf, max(1, len(target) // 2)), l2_regularization=1.0, early_stopping=False,
+            random_state=self.random_state)
+        with _one_thread():
+            return trees.fit(x, target)
+
+    @staticmethod
+    def _design(columns: Mapping[str, np.ndarray], impl: str, log_prior: np.ndarray,
+                phys: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        return np.column_stack([feature_matrix(columns, impl, phys), log_prior])
+
+    # ---- prediction --------------------------------------------------------------------------
+    def predict_impl(self, columns: Mapping[str, np.ndarray], impl: str,
+                     phys: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Latency in microseconds of one implementation for every layer of validated columns."""
+        self._check_fitted()
+        phys = physical(columns) if phys is None else phys
+        log_prior = np.log(_prior_model(self.prior).predict_impl(columns, impl, phys))
+        if self.strategy == "feature":
+            with _one_thread():
+                correction = self.estimator_.predict(self._design(columns, impl, log_prior, phys))
+            return self.physical_.predict(columns, impl, phys) * np.exp(correction)
+        log_out = log_prior + apply_scale(self.scale_, columns["op"], impl, log_prior)
+        if self.estimator_ is not None:  # residual trees, unless cross-validation gave them weight 0
+            with _one_thread():
+                log_out = log_out + self.tree_weight_ * self.estimator_.predict(
+                    self._design(columns, impl, log_prior, phys))
+        return np.exp(log_out)
+
+    # ---- state for persistence ---------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        self._check_fitted()
+        params = self.get_params()
+        params.pop("prior")
+        return {"kind": self.kind_, "params": params, "scale": self.scale_, "tree_weight": self.tree_weight_,
+                "physical": None if self.physical_ is None else self.physical_.coef_,
+                "n_training_rows": self.n_training_rows_, "features": list(FEATURE_NAMES)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], estimator: Any, prior: Any = None) -> TransferPredictor:
+        model = cls(prior, **dict(state["params"]))
+        model.kind_ = "transfer"
+        model.scale_ = {key: [float(v) for v in state["scale"][key]] for key in GROUPS}
+        model.tree_weight_ = float(state.get("tree_weight", 1.0))
+        model.physical_ = None
+        if state.get("physical") is not None:
+            model.physical_ = PhysicalModel()
+            model.physical_.coef_ = {k: [float(v) for v in c] for k, c in state["physical"].items()}
+        model.cv_scores_ = {}
+        model.n_training_rows_ = int(state["n_training_rows"])
+        model.estimator_ = estimator
+        return model

@@ -1,0 +1,110 @@
+"""The sparse network engine's layout plan (android_harness/native/net_engine.cpp) replayed in Python, for
+many genomes of one network at once: which convolutions run sparse, and how many NHWC <-> NCHW
+conversions (and elements transposed) one run of each makes. The predictor prices them; tests hold the
+replay to the engine's own `conversions` count.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from profiler import programs
+
+#: Program-spec operators the engine runs (flatten is no engine node: it follows a global pool, where both
+#: layouts are the same bytes).
+ENGINE_OPS = ("conv", "linear", "add", "maxpool", "gap", "flatten")
+
+
+class EnginePlanError(ValueError):
+    """A program the sparse engine cannot run; one sentence naming the node."""
+
+
+def runs_sparse(node: Mapping[str, Any], density: Any = None) -> Any:
+    """Whether the engine runs a program node sparse: a groups-1 convolution whose weights are pruned."""
+    if node["op"] != "conv" or node.get("groups", 1) != 1:
+        return False if density is None else np.zeros(np.shape(density), dtype=bool)
+    d = node.get("density", 1.0) if density is None else np.asarray(density, dtype=np.float64)
+    return d < 1.0
+
+
+def check_runnable(spec: Mapping[str, Any]) -> None:
+    """EnginePlanError for the first node the engine cannot run (concat, average pooling, a standalone
+    activation, a flatten of a spatial tensor)."""
+    dims = programs.shapes(spec)
+    for node in spec["nodes"]:
+        if node["op"] not in ENGINE_OPS:
+            raise EnginePlanError(f"the sparse engine cannot run program node {node['name']!r} ({node['op']})")
+        c, h, w = dims[node["inputs"][0]]
+        if node["op"] == "flatten" and h * w != 1:
+            raise EnginePlanError(f"the sparse engine flattens pooled tensors only; {node['name']!r} reads a "
+                                  f"{c}x{h}x{w} tensor")
+
+
+def conversions(nodes: Sequence[Mapping[str, Any]], elements: Mapping[str, np.ndarray],
+                layout_free: Mapping[str, np.ndarray], sparse: Mapping[str, np.ndarray],
+                n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(count, elements) of the layout conversions one engine run makes, for n genomes at once.
+
+    nodes: program nodes (name, op, inputs, k, stride, pad, groups) in order; elements[v], layout_free[v]:
+    (n,) element count of value v ("input" included) and whether its two layouts are the same bytes
+    (C == 1 or H*W == 1); sparse[name]: (n,) whether that convolution runs sparse. The rules are
+    net_engine.cpp's: the input is NCHW; a value keeps its producer's layout; sparse convolutions read and
+    write NCHW; a depthwise 3x3/5x5 (stride 1 or 2, pad k/2) whose input is NCHW stays NCHW when the
+    network has a sparse layer (the NCHW build is loaded then); dense convolutions and max pools read
+    NHWC; an add takes its first non-layout-free operand's layout; a global pool reads either; the output
+    is read NCHW. A value is converted at most once per run, on first need.
+    """
+    any_sparse = np.zeros(n, dtype=bool)
+    for mask in sparse.values():
+        any_sparse |= np.asarray(mask, dtype=bool)
+    nchw = {"input": np.ones(n, dtype=bool)}  # home layout: True = NCHW
+    converted: dict[str, np.ndarray] = {}
+    count, moved = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
+
+    def need(value: str, want_nchw: np.ndarray) -> None:
+        nonlocal count, moved
+        fresh = (nchw[value] != want_nchw) & ~layout_free[value] & ~converted.get(value, np.zeros(n, dtype=bool))
+        converted[value] = converted.get(value, np.zeros(n, dtype=bool)) | fresh
+        count = count + fresh
+        moved = moved + np.where(fresh, elements[value], 0.0)
+
+    for node in nodes:
+        op, src = node["op"], node["inputs"][0]
+        if op == "conv":
+            is_sparse = np.asarray(sparse.get(node["name"], np.zeros(n, dtype=bool)), dtype=bool)
+            depthwise_nchw = np.zeros(n, dtype=bool)
+            if node.get("groups", 1) > 1 and node["k"] in (3, 5) and node["stride"] in (1, 2) \
+                    and node["pad"] == node["k"] // 2:
+                depthwise_nchw = any_sparse & nchw[src] & ~layout_free[src]
+            # a depthwise layer that stays NCHW reads its input as it is: no need() for it
+            need(src, np.where(depthwise_nchw, nchw[src], is_sparse))
+            home = is_sparse | depthwise_nchw
+        elif op == "add":
+            other = node["inputs"][1]
+            home = np.where(~layout_free[src], nchw[src], np.where(~layout_free[other], nchw[other], False))
+            need(src, home)
+            need(other, home)
+        elif op == "maxpool":
+            home = np.zeros(n, dtype=bool)
+            need(src, home)
+        elif op in ("gap", "flatten", "linear"):
+            home = nchw[src]  # layout-free outputs: which one does not matter
+        else:
+            raise EnginePlanError(f"the sparse engine cannot run program node {node['name']!r} ({op})")
+        nchw[node["name"]] = home
+    last = nodes[-1]["name"]
+    need(last, np.ones(n, dtype=bool))
+    return count, moved
+
+
+def spec_conversions(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """(count, elements) of the conversions one engine run of a program spec makes (sparse where the
+    spec's density < 1)."""
+    check_runnable(spec)
+    dims = programs.shapes(spec)
+    elements = {v: np.array([c * h * w], dtype=np.float64) for v, (c, h, w) in dims.items()}
+    free = {v: np.array([c == 1 or h * w == 1]) for v, (c, h, w) in dims.items()}
+    sparse = {node["name"]: np.array([bool(runs_sparse(node))]) for node in spec["nodes"] if node["op"] == "conv"}
+    count, moved = conversions(spec["nodes"], elements, free, sparse, 1)
+    return int(count[0]), int(moved[0])
