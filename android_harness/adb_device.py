@@ -12,14 +12,22 @@ import os
 import secrets
 import shlex
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from android_harness import phone_facts, runner
-from android_harness.adb_errors import (ConnectionLost, DeviceDiskFull, DeviceDirNotWritable,
-                                        DeviceUnauthorized, NotArm64, disconnected,
-                                        message_says_disk_full, message_says_not_writable,
-                                        short_reason)
+from android_harness.adb_errors import (
+    ConnectionLost,
+    DeviceDirNotWritable,
+    DeviceDiskFull,
+    DeviceUnauthorized,
+    NotArm64,
+    disconnected,
+    message_says_disk_full,
+    message_says_not_writable,
+    short_reason,
+)
 from android_harness.adb_programs import ProgramRunner
 from android_harness.adb_transport import AdbTransport
 from android_harness.device import Device, DeviceDisconnected, DeviceError, RunnerCrashed

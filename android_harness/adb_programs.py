@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from android_harness import runner
 from android_harness.device import DeviceError

@@ -11,18 +11,23 @@ import secrets
 import select
 import socket
 import stat as stat_mod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from adb_shell import exceptions as adb_exc
 from adb_shell.adb_device import AdbDevice as _AdbShellDevice
 from adb_shell.transport.base_transport import BaseTransport
 from adb_shell.transport.tcp_transport import TcpTransport
 
-from android_harness.adb_errors import (ConnectionLost, DeviceDiskFull, DeviceDirNotWritable,
-                                        is_connection_loss,
-                                        message_says_disk_full, message_says_not_writable,
-                                        translate_connect_error)
+from android_harness.adb_errors import (
+    ConnectionLost,
+    DeviceDirNotWritable,
+    DeviceDiskFull,
+    is_connection_loss,
+    message_says_disk_full,
+    message_says_not_writable,
+    translate_connect_error,
+)
 from android_harness.device import DeviceError
 
 
@@ -35,7 +40,7 @@ class Timeouts:
     push_s: float = 300.0        # one file push, start to end
     idle_s: float = 900.0        # a streaming command that prints nothing for this long is stuck
 
-    def validate(self) -> "Timeouts":
+    def validate(self) -> Timeouts:
         for name, value in vars(self).items():
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"timeout {name} must be a positive number of seconds, got {value!r}")

@@ -15,8 +15,9 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from android_harness.device import Device, DeviceUsageError
 
@@ -226,8 +227,7 @@ def open_device(address: str, **opts: Any) -> Device:
 
     from android_harness.adb_device import AdbDevice
     from android_harness.adb_keys import load_signers
-    from android_harness.adb_transport import (AdbTransport, Timeouts, tcp_transport_factory,
-                                               usb_transport_factory)
+    from android_harness.adb_transport import AdbTransport, Timeouts, tcp_transport_factory, usb_transport_factory
     allowed = set(inspect.signature(AdbDevice).parameters) - {"transport"} | set(_TRANSPORT_OPTIONS)
     unknown = sorted(set(opts) - allowed)
     if unknown:

@@ -6,7 +6,8 @@ lines (ptebench), yielding result lines (the runner contracts) as they arrive.
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 
 class DeviceError(Exception):
@@ -77,7 +78,7 @@ class Device(abc.ABC):
     def close(self) -> None:
         """Release the connection and any temporary files."""
 
-    def __enter__(self) -> "Device":
+    def __enter__(self) -> Device:
         return self
 
     def __exit__(self, *exc: object) -> None:

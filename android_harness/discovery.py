@@ -9,8 +9,9 @@ import os
 import platform
 import socket
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from android_harness.connect import parse_address
 from android_harness.device import DeviceUsageError

@@ -9,15 +9,16 @@ import os
 import platform
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
-ReadText = Callable[[str], Optional[str]]
+ReadText = Callable[[str], str | None]
 
 SYS_CPU = "/sys/devices/system/cpu"
 
 
-def read_local_text(path: str) -> Optional[str]:
+def read_local_text(path: str) -> str | None:
     """File contents, or None when the file is missing or unreadable (common in /sys)."""
     try:
         return Path(path).read_text(errors="replace")
@@ -25,7 +26,7 @@ def read_local_text(path: str) -> Optional[str]:
         return None
 
 
-def parse_cpu_list(text: Optional[str]) -> list[int]:
+def parse_cpu_list(text: str | None) -> list[int]:
     """Kernel CPU list syntax ("0-3,6") as sorted CPU numbers."""
     cpus: set[int] = set()
     for part in (text or "").strip().split(","):
@@ -41,7 +42,7 @@ def parse_cpu_list(text: Optional[str]) -> list[int]:
     return sorted(cpus)
 
 
-def parse_cpuinfo(text: Optional[str]) -> dict[str, Any]:
+def parse_cpuinfo(text: str | None) -> dict[str, Any]:
     """/proc/cpuinfo: the first processor block's fields, plus whole-file fields (ARM "Hardware")."""
     first: dict[str, str] = {}
     processors = 0
@@ -62,7 +63,7 @@ def parse_cpuinfo(text: Optional[str]) -> dict[str, Any]:
     return {"model": model, "processors": processors, "fields": first}
 
 
-def _int_or_none(text: Optional[str]) -> Optional[int]:
+def _int_or_none(text: str | None) -> int | None:
     text = (text or "").strip()
     return int(text) if text.isdigit() else None
 

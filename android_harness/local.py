@@ -10,8 +10,9 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any
 
 from android_harness import runner
 from android_harness.device import Device, DeviceError, RunnerCrashed
@@ -31,7 +32,7 @@ class LocalDevice(Device):
 
     address = "local"
 
-    def __init__(self, threads: Optional[int] = None, affinity: Optional[Iterable[int]] = None,
+    def __init__(self, threads: int | None = None, affinity: Iterable[int] | None = None,
                  binary: str | os.PathLike[str] | None = None,
                  ptebench: str | os.PathLike[str] | None = None) -> None:
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -46,22 +47,22 @@ class LocalDevice(Device):
         self.affinity = cpus
         self._binary_path = binary
         self._ptebench_path = ptebench
-        self._header: Optional[dict[str, Any]] = None
-        self._program_header: Optional[dict[str, Any]] = None
-        self._process: Optional[subprocess.Popen[bytes]] = None
+        self._header: dict[str, Any] | None = None
+        self._program_header: dict[str, Any] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def binary(self) -> Path:
         return runner.host_binary(self._binary_path)
 
     @property
-    def running_pid(self) -> Optional[int]:
+    def running_pid(self) -> int | None:
         """PID of the runner of the batch in progress, None when idle."""
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
 
     @property
-    def last_header(self) -> Optional[dict[str, Any]]:
+    def last_header(self) -> dict[str, Any] | None:
         """The header object the runner printed at the start of the last batch."""
         return self._header
 
@@ -70,11 +71,11 @@ class LocalDevice(Device):
         return runner.host_ptebench(self._ptebench_path)
 
     @property
-    def last_program_header(self) -> Optional[dict[str, Any]]:
+    def last_program_header(self) -> dict[str, Any] | None:
         """The header object ptebench printed at the start of the last run_programs."""
         return self._program_header
 
-    def _base_args(self, binary: Optional[Path] = None) -> list[str]:
+    def _base_args(self, binary: Path | None = None) -> list[str]:
         args = [str(binary if binary is not None else self.binary)]
         if self.affinity is not None:
             args += ["--affinity", format(sum(1 << cpu for cpu in self.affinity), "x")]

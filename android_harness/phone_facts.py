@@ -5,7 +5,8 @@ cores and clusters, thermal zones, battery. Any file a phone lacks is simply lef
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # POSIX sh that runs on toybox/mksh (phones) and dash alike; one round trip for everything.
 FACTS_SCRIPT = r"""

@@ -24,7 +24,7 @@ from search.genome import SearchSpace  # noqa: E402
 from search.graph import read_model  # noqa: E402
 from search.jcw_selection import JCWSurvival  # noqa: E402
 from search.nsga2 import NSGA2, hypervolume_2d, non_dominated_sort  # noqa: E402
-from search.objectives import LatencyModel, PruningProblem, ProxyAccuracy  # noqa: E402
+from search.objectives import LatencyModel, ProxyAccuracy, PruningProblem  # noqa: E402
 
 
 def pymoo_nsga2(space, problem, pop, gens, seed):

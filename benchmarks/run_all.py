@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--quick", action="store_true", help="small sizes everywhere: a smoke check of the scripts")
     parser.add_argument("--only", default="",
-                        help="comma-separated subset: profiler,predictor,search,digits,whole,bad-input,adb")
+                        help="comma-separated subset: profiler,predictor,search,digits,whole,bad-input,sparse,adb")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     only = {s for s in args.only.split(",") if s}
@@ -78,6 +78,12 @@ def main() -> int:
                                    *(["--shapes", "4"] if args.quick else [])])
     if want("bad-input"):
         step("bench_bad_input", [PY, "benchmarks/bench_bad_input.py"])
+    if want("sparse"):  # issue 10: the sparse engine against the dense .pte, local then the emulated phone
+        small = ["--models", "mobilenetv1", "--densities", "0.1", "--resolution", "64", "--rounds", "1"]
+        step("bench_sparse_engine", [PY, "benchmarks/bench_sparse_engine.py", *(small if args.quick else [])])
+        step("bench_sparse_engine_phone", [PY, "benchmarks/bench_sparse_engine.py", "--device", "emulated",
+                                           "--no-bad-input", *(small if args.quick else ["--resolution", "96",
+                                                                                          "--rounds", "2"])])
     if want("adb"):
         step("bench_emulated_phone", [PY, "benchmarks/bench_emulated_phone.py",
                                       *(["--budget", "12", "--programs", "4"] if args.quick else [])])

@@ -81,12 +81,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "predictor was trained on (null when its card predates them); the id is the line's \"id\" or "
                     "its line number. --programs: predict the "
                     "latency of whole ExecuTorch programs (program specs, one per line) on the runtime "
-                    "\"executorch\"; one JSON line per program with --json: {id, name, latency_ms, conv_ms, "
-                    "other_ms, model}.")
+                    "\"executorch\", or with --runtime sparse on the kit's sparse network engine; one JSON line per "
+                    "program with --json: {id, name, runtime, latency_ms, conv_ms, other_ms, model} (sparse adds "
+                    "sparse_layers and conversions).")
     predict.add_argument("--predictor", required=True, metavar="DIR", help="predictor directory from `jcw train`")
     what = predict.add_mutually_exclusive_group(required=True)
     what.add_argument("--layers", metavar="FILE", help="layer specs, one JSON object per line")
     what.add_argument("--programs", metavar="FILE", help="program specs (jcw-program), one JSON object per line")
+    predict.add_argument("--runtime", choices=("executorch", "sparse"), default="executorch",
+                         help="with --programs: the runtime whose whole-program latency to predict (default "
+                              "executorch, the .pte; sparse: the kit's network engine, which runs every weight-pruned "
+                              "groups-1 convolution sparse)")
     predict.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     predict.set_defaults(handler=cmd_predict)
 
@@ -96,7 +101,7 @@ def _pct(value: float) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from predictor import efficiency, pipeline, program_eval, report
+    from predictor import efficiency, pipeline, report
     from profiler import labels
 
     check_output_dir(args.out, "--out")  # before minutes of training, not after them
@@ -128,15 +133,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         out.print(net)
     programs = result["programs"]
     if programs is not None:
-        whole = Table(title=f"whole-program latency on ExecuTorch (threads {result['card'].get('threads')})")
-        for column in program_eval.HEADER:
-            whole.add_column(column, justify="left" if column in ("programs", "predictor") else "right",
-                             no_wrap=column in ("programs", "predictor"))
-        for row in program_eval.rows_table(programs):
-            whole.add_row(*row, style="dim" if row[1] == program_eval.LABEL_FLOOR else None)
-        whole.caption = ("holdout: zoo architectures at genomes never trained on; unseen: architectures no plan "
-                         "drew from; baseline: what the kit reported before (sum of the faster conv kernel)")
-        out.print(whole)
+        out.print(_program_table(programs, f"whole-program latency on ExecuTorch (threads "
+                                           f"{result['card'].get('threads')})",
+                                 "holdout: zoo architectures at genomes never trained on; unseen: architectures no "
+                                 "plan drew from; baseline: what the kit reported before (sum of the faster conv "
+                                 "kernel)"))
+    sparse = result.get("sparse_programs")
+    if sparse is not None:
+        out.print(_program_table(sparse, f"whole-program latency on the sparse engine (threads "
+                                         f"{result['card'].get('threads')})",
+                                 "holdout: ResNet-18/50, MobileNetV1/V2 at genomes and densities never trained on; "
+                                 "baseline: the old anchor (sum of the faster kernel per layer)"))
     if result["program_curve"]:
         curve = Table(title="program sample efficiency (mean over draws)")
         for column in efficiency.PROGRAM_HEADER:
@@ -172,6 +179,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         summary.add_row("whole-program model", "none (the profile has too few measured programs): whole programs "
                                                "are predicted as the sum of their dense layers")
+    summary.add_row("sparse-engine program model", "none (the profile has too few sparse-engine programs): the sum "
+                    "of the layers as the engine runs them" if sparse is None else
+                    f"{sparse['model'].kind_} on {sparse['counts']['train']} training programs")
     summary.add_row("predictor", result["out_dir"])
     summary.add_row("report", f"{result['out_dir']}/report.md")
     summary.add_row("time", f"{result['seconds']:.1f} s")
@@ -179,6 +189,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result["hint"]:
         out.print(f"note: {result['hint']}")
     return 0
+
+
+def _program_table(evaluated: dict[str, Any], title: str, caption: str) -> Table:
+    """One runtime's whole-program accuracy: per set, ours, the references and the label floor."""
+    from predictor import program_eval
+    table = Table(title=title)
+    for column in program_eval.HEADER:
+        table.add_column(column, justify="left" if column in ("programs", "predictor") else "right",
+                         no_wrap=column in ("programs", "predictor"))
+    for row in program_eval.rows_table(evaluated):
+        table.add_row(*row, style="dim" if row[1] == program_eval.LABEL_FLOOR else None)
+    table.caption = caption
+    return table
 
 
 def _prior_table(prior: dict[str, Any]) -> Table:
@@ -203,6 +226,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = predictor.load(args.predictor)
     if args.programs:
         return _predict_programs(model, args)
+    if args.runtime != "executorch":
+        raise PredictorError("--runtime applies to --programs; --layers predicts each layer's dense and sparse kernel")
     entries = read_jsonl(args.layers)
     ids, number = [], 0
     for obj, _ in entries:
@@ -258,27 +283,36 @@ def _read_programs(path: str) -> list[tuple[str, Any]]:
 
 def _predict_programs(model: Any, args: argparse.Namespace) -> int:
     entries = _read_programs(args.programs)
+    sparse = args.runtime == "sparse"
     try:
-        out = model.predict_programs([spec for _, spec in entries])
+        out = model.predict_programs([spec for _, spec in entries], runtime=args.runtime)
     except PredictorError as exc:
         raise PredictorError(f"{args.programs}: {exc}") from None
-    how = "program model" if model.program_model is not None else "sum of dense layers"
-    records = [{"id": label, "name": spec.get("name"), "latency_ms": _number(out["latency_ms"][i]),
-                "conv_ms": _number(out["conv_ms"][i]), "other_ms": _number(out["other_ms"][i]), "model": how}
+    fitted = model.sparse_program_model if sparse else model.program_model
+    how = "program model" if fitted is not None else (
+        "sum of layers as the engine runs them" if sparse else "sum of dense layers")
+    records = [{"id": label, "name": spec.get("name"), "runtime": args.runtime,
+                "latency_ms": _number(out["latency_ms"][i]), "conv_ms": _number(out["conv_ms"][i]),
+                "other_ms": _number(out["other_ms"][i]), "model": how,
+                **({"sparse_layers": int(out["sparse_layers"][i]), "conversions": int(out["conversions"][i])}
+                   if sparse else {})}
                for i, (label, spec) in enumerate(entries)]
     if args.json:
         for record in records:
             sys.stdout.write(json.dumps(record) + "\n")
         return 0
     threads = model.card.get("threads")
-    table = Table(title=f"predicted whole-program latency on ExecuTorch ({args.predictor}, threads {threads})")
-    for column in ("id", "latency ms", "conv ms", "other ms"):
+    where = "the sparse engine" if sparse else "ExecuTorch"
+    table = Table(title=f"predicted whole-program latency on {where} ({args.predictor}, threads {threads})")
+    for column in ("id", "latency ms", "conv ms", "other ms") + (("sparse layers", "conversions") if sparse else ()):
         table.add_column(column, justify="left" if column == "id" else "right")
     for r in records:
-        table.add_row(r["id"], f"{r['latency_ms']:.3f}", f"{r['conv_ms']:.3f}", f"{r['other_ms']:.3f}")
+        table.add_row(r["id"], f"{r['latency_ms']:.3f}", f"{r['conv_ms']:.3f}", f"{r['other_ms']:.3f}",
+                      *((str(r["sparse_layers"]), str(r["conversions"])) if sparse else ()))
     console = Console()
     console.print(table)
-    console.print(f"{len(records)} programs; whole-program latency from {model.program_note}")
+    console.print(f"{len(records)} programs; whole-program latency from "
+                  f"{model.sparse_program_note if sparse else model.program_note}")
     return 0
 
 

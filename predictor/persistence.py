@@ -1,5 +1,6 @@
-"""Saved predictors: a directory with the layer model and the whole-program model (JSON state + skops
-trees, no pickle) and `card.json`; the loaded `Predictor` answers for layers and for whole programs.
+"""Saved predictors: a directory with the layer model and the whole-program models of the runtimes
+"executorch" and "sparse" (JSON state + skops trees, no pickle) and `card.json`; the loaded `Predictor`
+answers for layers and for whole programs on either runtime.
 
 Owns save/load, the card (device facts, runner version, runtime, threads, feature-schema version,
 training-data hash, metrics, SHA-256 of each model file) and every refusal: foreign format, schema or
@@ -14,23 +15,33 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from predictor import sparse_runtime
 from predictor.errors import PredictorError
 from predictor.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, as_columns
 from predictor.models import _PHYSICAL_TERMS as PHYSICAL_TERMS
 from predictor.models import MODEL_KINDS, LatencyPredictor
 from predictor.programs import RUNTIME, ProgramModel, design, per_program, spec_parts
+from predictor.sparse_runtime import SparseProgramModel
 from profiler.layerspec import IMPLS
 from profiler.store import DB_NAME as PROFILE_DB
 
 FORMAT = "jcw-predictor"
-#: 3: whole-program model for the runtime "executorch" (format 2 predicted a sum of convolutions).
+#: 3: whole-program model for the runtime "executorch" (format 2 predicted a sum of convolutions). The sparse
+#: runtime's model came later as two more optional files and a card key (`sparse_program_model`, absent from
+#: earlier predictors, which load with none), so the format stayed 3.
 FORMAT_VERSION = 3
 CARD = "card.json"
 STATE = "model.json"
 TREES = "model.skops"
 PROGRAM_STATE = "programs.json"
 PROGRAM_TREES = "programs.skops"
-MODEL_FILES = (STATE, TREES, PROGRAM_STATE, PROGRAM_TREES)
+SPARSE_PROGRAM_STATE = "programs_sparse.json"
+SPARSE_PROGRAM_TREES = "programs_sparse.skops"
+MODEL_FILES = (STATE, TREES, PROGRAM_STATE, PROGRAM_TREES, SPARSE_PROGRAM_STATE, SPARSE_PROGRAM_TREES)
+#: Per runtime: the card key of its program model, its files and its class.
+PROGRAM_MODELS = {RUNTIME: ("program_model", PROGRAM_STATE, PROGRAM_TREES, ProgramModel),
+                  sparse_runtime.RUNTIME: ("sparse_program_model", SPARSE_PROGRAM_STATE, SPARSE_PROGRAM_TREES,
+                                           SparseProgramModel)}
 #: Runner versions whose measurement semantics the features model (major.minor). Series 0.1 timed
 #: Debian's XNNPACK build, not the kernels inside the executorch wheel that a deployed .pte runs, so its
 #: layer latencies do not describe the deployed program: refused.
@@ -52,9 +63,10 @@ def runner_series(version: Any) -> str:
 
 
 def save(predictor: LatencyPredictor, directory: str | Path, card: Mapping[str, Any],
-         program_model: ProgramModel | None = None) -> Path:
-    """Write model files and the card (the caller's facts plus format, schema, runtime, program model and
-    file hashes). Without a program model the card says `program_model: null`."""
+         program_model: ProgramModel | None = None, sparse_program_model: SparseProgramModel | None = None) -> Path:
+    """Write model files and the card (the caller's facts plus format, schema, runtime, program models and
+    file hashes). Without a program model the card says `program_model: null` (`sparse_program_model: null`
+    for the sparse runtime's)."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -62,13 +74,18 @@ def save(predictor: LatencyPredictor, directory: str | Path, card: Mapping[str, 
         files = {STATE: _write_json(directory / STATE, state)}
         if predictor.estimator_ is not None:
             files[TREES] = _write_trees(directory / TREES, predictor.estimator_)
-        program_card = None
-        if program_model is not None:
-            program_state = program_model.state()
-            files[PROGRAM_STATE] = _write_json(directory / PROGRAM_STATE, program_state)
-            if program_model.trees_ is not None:
-                files[PROGRAM_TREES] = _write_trees(directory / PROGRAM_TREES, program_model.trees_)
-            program_card = {k: program_state[k] for k in ("kind", "coef", "borrowed", "cv", "n_training_programs")}
+        program_cards = {}
+        for model, (key, state_file, trees_file, _) in zip((program_model, sparse_program_model),
+                                                           PROGRAM_MODELS.values()):
+            program_cards[key] = None
+            if model is None:
+                continue
+            program_state = model.state()
+            files[state_file] = _write_json(directory / state_file, program_state)
+            if model.trees_ is not None:
+                files[trees_file] = _write_trees(directory / trees_file, model.trees_)
+            program_cards[key] = {k: program_state[k]
+                                  for k in ("kind", "coef", "borrowed", "cv", "n_training_programs")}
         for name in MODEL_FILES:
             if name not in files and (directory / name).exists():
                 (directory / name).unlink()  # a stale file from an earlier save would mislead
@@ -76,7 +93,7 @@ def save(predictor: LatencyPredictor, directory: str | Path, card: Mapping[str, 
         prior = priors.embed(predictor, directory)
         full_card = {**dict(card), "format": FORMAT, "format_version": FORMAT_VERSION,
                      "feature_schema_version": FEATURE_SCHEMA_VERSION, "features": list(FEATURE_NAMES),
-                     "model": state["kind"], "runtime": RUNTIME, "program_model": program_card, "files": files,
+                     "model": state["kind"], "runtime": RUNTIME, **program_cards, "files": files,
                      "prior": None if prior is None else {**dict(card.get("prior") or {}), **prior}}
         (directory / CARD).write_text(json.dumps(full_card, indent=1, default=_json_default), encoding="utf-8")
     except OSError as exc:
@@ -119,16 +136,19 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 class Predictor:
-    """A loaded predictor: `predict(layers)` per layer, `predict_programs(specs)` per whole program
-    (runtime "executorch"), and its `card`. `program_model` is None when the profile had no programs:
-    whole programs are then the sum of their layers' dense latencies (`FALLBACK`)."""
+    """A loaded predictor: `predict(layers)` per layer, `predict_programs(specs, runtime)` per whole program
+    (runtime "executorch" or "sparse"), and its `card`. `program_model` is None when the profile had no
+    programs: whole programs are then the sum of their layers' dense latencies (`FALLBACK`);
+    `sparse_program_model` is None when it had no sparse-engine programs (sparse_runtime.FALLBACK)."""
 
     def __init__(self, model: LatencyPredictor, card: dict[str, Any], path: Path | None,
-                 program_model: ProgramModel | None = None) -> None:
+                 program_model: ProgramModel | None = None,
+                 sparse_program_model: SparseProgramModel | None = None) -> None:
         self.model = model
         self.card = card
         self.path = path
         self.program_model = program_model
+        self.sparse_program_model = sparse_program_model
 
     def predict(self, layers: Any) -> dict[str, np.ndarray]:
         return self.model.predict(layers)
@@ -151,6 +171,12 @@ class Predictor:
         """How whole programs are predicted: the program model's kind, or the fallback."""
         return FALLBACK if self.program_model is None else f"program model ({self.program_model.kind_})"
 
+    @property
+    def sparse_program_note(self) -> str:
+        """How whole programs are predicted on the sparse engine: its program model's kind, or the fallback."""
+        model = self.sparse_program_model
+        return sparse_runtime.FALLBACK if model is None else f"sparse program model ({model.kind_})"
+
     def predict_program_parts(self, conv_ms: Any, ops: Mapping[str, Any], n_nodes: Any, n_conv: Any
                               ) -> np.ndarray:
         """Vectorised whole-program latency (ms) of n programs from their parts.
@@ -167,6 +193,20 @@ class Predictor:
             return self.program_model.predict(x)
         return x[:, 0] + self._linear_dense_ms(ops, len(x))
 
+    def predict_sparse_program_parts(self, engine: Mapping[str, Any], ops: Mapping[str, Any], n_nodes: Any,
+                                     n_conv: Any) -> np.ndarray:
+        """Vectorised whole-program latency (ms) of n programs on the sparse engine, from their parts.
+
+        engine: {name: (n,) array} for every name of sparse_runtime.ENGINE_TERMS — dense_conv_ms (`predict_dense`
+        ms of the conv and dwconv layers the engine runs NHWC), nchw_dwconv_ms (the same for the depthwise layers
+        profiler.engine_plan.layout_plan runs NCHW), sparse_conv_ms (`predict_impl(columns, "sparse")` / 1000 of
+        the layers engine_plan.runs_sparse, at their density), conversion_elems and conversions (layout_plan's);
+        sparse_runtime.engine_parts builds it from per-layer (n, layers) arrays. ops, n_nodes, n_conv: as for
+        predict_program_parts.
+        """
+        return sparse_runtime.predict_parts(self.sparse_program_model, self._linear_dense_ms, engine, ops, n_nodes,
+                                            n_conv)
+
     def _linear_dense_ms(self, ops: Mapping[str, Any], n: int) -> np.ndarray:
         linear = np.asarray(ops["op"], dtype=object) == "linear"
         if not linear.any():
@@ -182,14 +222,20 @@ class Predictor:
         """Dense-kernel ms per layer (density ignored: ExecuTorch runs pruned weights dense)."""
         return self.model.predict_dense(layers)
 
-    def predict_programs(self, specs: Any) -> dict[str, np.ndarray]:
-        """Whole-program latency of program specs (profiler.programs) under the runtime "executorch".
+    def predict_programs(self, specs: Any, runtime: str = RUNTIME) -> dict[str, np.ndarray]:
+        """Whole-program latency of program specs (profiler.programs) under `runtime`.
 
-        Returns arrays: latency_ms; conv_ms, the share of it spent in conv and dwconv layers; other_ms, the
-        rest (other operators, linear layers, delegate and runtime overheads); layers_dense_ms, the sum of
-        every layer's dense latency (what a predictor without program model answers). One call of the
-        layer predictor covers all layers of all specs.
+        "executorch" returns arrays: latency_ms; conv_ms, the share of it spent in conv and dwconv layers;
+        other_ms, the rest (other operators, linear layers, delegate and runtime overheads); layers_dense_ms,
+        the sum of every layer's dense latency (what a predictor without program model answers). "sparse"
+        (the network engine, which runs every weight-pruned groups-1 convolution sparse) returns
+        sparse_runtime.predict_specs's arrays; a spec the engine cannot run is a PredictorError. One call
+        of the layer predictor covers all layers of all specs.
         """
+        if runtime == sparse_runtime.RUNTIME:
+            return sparse_runtime.predict_specs(self.model, self.sparse_program_model, specs)
+        if runtime != RUNTIME:
+            raise PredictorError(f"runtime must be {RUNTIME} or {sparse_runtime.RUNTIME}, got {runtime!r}"[:200])
         parts = spec_parts(specs)
         n = parts["n"]
         dense = self.model.predict_dense(parts["layers"]) if len(parts["layer_program"]) else np.zeros(0)
@@ -256,7 +302,7 @@ def load(directory: str | Path, *, runner_version: str | None = None, _depth: in
     if state.get("kind") == "transfer":
         from predictor import priors
         model = priors.load_model(directory, card, files, state, _depth)
-        return Predictor(model, card, directory, _load_program_model(directory, card, files))
+        return Predictor(model, card, directory, *_load_program_models(directory, card, files))
     estimator = _load_trees(directory / TREES) if TREES in files else None
     try:
         model = LatencyPredictor.from_state(state, estimator)
@@ -268,25 +314,33 @@ def load(directory: str | Path, *, runner_version: str | None = None, _depth: in
     if state.get("features") != list(FEATURE_NAMES) or model.kind_ not in MODEL_KINDS or not coef_fits \
             or (model.kind_ != "linear") != (estimator is not None):
         raise PredictorError(f"predictor model {directory / STATE} does not fit this jcw's features or files")
-    return Predictor(model, card, directory, _load_program_model(directory, card, files))
+    return Predictor(model, card, directory, *_load_program_models(directory, card, files))
 
 
-def _load_program_model(directory: Path, card: Mapping[str, Any], files: Mapping[str, str]) -> ProgramModel | None:
+def _load_program_models(directory: Path, card: Mapping[str, Any], files: Mapping[str, str]) -> list[Any]:
+    """[executorch program model, sparse program model], each None when the card names none (a card from
+    before the sparse runtime has no `sparse_program_model` key: none)."""
     if card.get("runtime") != RUNTIME:
         raise PredictorError(f"predictor {directory} is for the runtime {card.get('runtime')!r}; "
                              f"this jcw predicts {RUNTIME}")
-    if card.get("program_model") is None:
-        if PROGRAM_STATE in files or PROGRAM_TREES in files:
-            raise PredictorError(f"predictor card {directory / CARD} lists program-model files but no program model")
+    return [_load_program_model(directory, card, files, *entry) for entry in PROGRAM_MODELS.values()]
+
+
+def _load_program_model(directory: Path, card: Mapping[str, Any], files: Mapping[str, str], key: str,
+                        state_file: str, trees_file: str, cls: type[ProgramModel]) -> ProgramModel | None:
+    what = "program model" if cls is ProgramModel else "sparse program model"
+    if card.get(key) is None:
+        if state_file in files or trees_file in files:
+            raise PredictorError(f"predictor card {directory / CARD} lists {what} files but no {what}")
         return None
-    if PROGRAM_STATE not in files:
-        raise PredictorError(f"predictor card {directory / CARD} names a program model but lists no {PROGRAM_STATE}")
-    state = _read_json(directory / PROGRAM_STATE, "program model")
-    trees = _load_program_trees(directory / PROGRAM_TREES) if PROGRAM_TREES in files else None
+    if state_file not in files:
+        raise PredictorError(f"predictor card {directory / CARD} names a {what} but lists no {state_file}")
+    state = _read_json(directory / state_file, what)
+    trees = _load_program_trees(directory / trees_file) if trees_file in files else None
     try:
-        return ProgramModel.from_state(state, trees)
+        return cls.from_state(state, trees)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise PredictorError(f"program model {directory / PROGRAM_STATE} is malformed ({exc})") from None
+        raise PredictorError(f"{what} {directory / state_file} is malformed ({exc})") from None
 
 
 def _load_program_trees(path: Path) -> Any:

@@ -1,5 +1,6 @@
 """`jcw train` end to end: read a profile, fit the layer predictor and (when the profile has measured
-programs) the whole-program model, run the evaluation protocols against the baselines, write the saved
+programs) the whole-program model of each runtime (ExecuTorch, and the sparse engine when it has programs
+measured there), run the evaluation protocols against the baselines, write the saved
 predictor, its card and its report.
 
 With priors (saved predictors of other devices), the closest one by the profile's probe latencies is
@@ -75,8 +76,10 @@ def read_profile(directory: str | Path, threads: int | None = None) -> dict[str,
     if len(training) < 8:
         raise PredictorError(_too_few(directory, counted))
     layer_threads = threads if threads is not None else (counts[0] if counts else None)
+    runtimes = program_eval.by_runtime(program_rows)
     return {**info, "training": training, "holdout": holdout, "unseen": unseen, "threads": layer_threads if layer_threads is not None
-            else meta_threads, "programs": program_eval.check_threads(program_rows, layer_threads),
+            else meta_threads, "programs": program_eval.check_threads(runtimes["executorch"], layer_threads),
+            "sparse_programs": program_eval.check_threads(runtimes["sparse"], layer_threads),
             "counts": counted, "transfer_priors": transfer_priors}
 
 
@@ -237,6 +240,7 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
         program_curve = efficiency.program_efficiency(programs["data"], seed=seed, progress=say)
     if programs is None and data["programs"]:
         say("too few measured training programs for a program model")
+    sparse = program_eval.evaluate_programs(ours, data["sparse_programs"], seed=seed, say=say, runtime="sparse")
     summary = {name: {k: s["models"][OURS][k] for k in ("n", "rmspe", "mape", "within5", "within10", "within15")}
                | {"noise_floor_within10": s["noise_floor"]["within10"],
                   "noise_floor_rmspe": s["noise_floor"]["rmspe"],
@@ -251,13 +255,16 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
             "metrics": summary, "network": network.get("models", {}).get(OURS, {}),
             "runtime": RUNTIME, "program_runner": data["program_runner"], "labels": data["labels"],
             "program_metrics": program_eval.card_metrics(programs), "program_rows": len(data["programs"]),
+            "sparse_program_metrics": program_eval.card_metrics(sparse),
+            "sparse_program_rows": len(data["sparse_programs"]),
             "training_ranges": ranges.union(ranges.training_ranges(as_columns(rows_to_columns(list(training)))),
                                             chosen.loaded.card.get("training_ranges") if chosen else None),
             "prior": None if chosen is None else {**prior_card, **chosen.describe()},
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    persistence.save(ours, out_dir, card, None if programs is None else programs["model"])
+    persistence.save(ours, out_dir, card, None if programs is None else programs["model"],
+                     None if sparse is None else sparse["model"])
     result = {"card": card, "sets": sets, "network": network, "best_impl": best_impl, "curve": curve_points,
-              "programs": programs, "program_curve": program_curve,
+              "programs": programs, "program_curve": program_curve, "sparse_programs": sparse,
               "model": ours.kind_, "cv_scores": ours.cv_scores_, "out_dir": str(out_dir),
               "counts": data["counts"], "prior": card["prior"], "hint": _transfer_hint(data, priors),
               "training_rows": len(training), "holdout_rows": len(holdout), "unseen_rows": len(data["unseen"]),

@@ -1,6 +1,7 @@
-"""Whole-program evaluation for `jcw train`: fit the program model on a profile's "train" programs with the
-fitted layer predictor, score it on "holdout" (zoo architectures at unseen genomes) and "unseen"
-(architectures no plan drew from) next to the old sum-of-convolutions prediction and the label floor.
+"""Whole-program evaluation for `jcw train`: fit the program model of a runtime (executorch, or the sparse
+engine's) on a profile's "train" programs with the fitted layer predictor, score it on "holdout" (zoo
+architectures at unseen genomes) and "unseen" (architectures no plan drew from) next to the old
+sum-of-convolutions prediction and the label floor.
 
 Returns plain dicts: the CLI table, report.md and the card all show the same figures.
 """
@@ -38,12 +39,28 @@ def program_data(layer_model: Any, rows: Sequence[Row]) -> dict[str, Any]:
         dense = best = np.zeros(0)
     linear = parts["is_linear"]
     conv_ms = per_program(dense[~linear], parts["layer_program"][~linear], n)
+    baseline, sum_dense = per_program(best, parts["layer_program"], n), per_program(dense, parts["layer_program"], n)
     return {"x": design(conv_ms, parts["ops"], parts["n_nodes"], parts["n_conv"]),
-            "measured_ms": np.array([r["latency_us"] for r in rows], dtype=np.float64) / 1000.0,
-            "baseline_ms": per_program(best, parts["layer_program"], n),
-            "sum_dense_ms": per_program(dense, parts["layer_program"], n),
+            "baseline_ms": baseline, "sum_dense_ms": sum_dense,
+            "references": {BASELINE: baseline, SUM_DENSE: sum_dense}, **_measured(rows)}
+
+
+def _measured(rows: Sequence[Row]) -> dict[str, Any]:
+    return {"measured_ms": np.array([r["latency_us"] for r in rows], dtype=np.float64) / 1000.0,
             "family": [r["family"] for r in rows], "sample": np.array([r["sample"] for r in rows], dtype=object),
             "rounds": [list(r.get("round_latencies") or ()) for r in rows]}
+
+
+def sparse_program_data(layer_model: Any, rows: Sequence[Row]) -> dict[str, Any]:
+    """program_data for the sparse engine's programs: its design (predictor.sparse_runtime) and, as
+    references, the old anchor (faster kernel per layer) and the engine's layers summed."""
+    from predictor import sparse_runtime
+    parts = sparse_runtime.spec_parts([r["spec"] for r in rows])
+    engine = sparse_runtime.engine_columns(layer_model, parts)
+    return {"x": sparse_runtime.sparse_design(engine, parts["ops"], parts["n_nodes"], parts["n_conv"]),
+            "baseline_ms": engine["best_sum_ms"],
+            "references": {BASELINE: engine["best_sum_ms"], sparse_runtime.ENGINE_SUM: engine["engine_sum_ms"]},
+            **_measured(rows)}
 
 
 def label_floor(rounds: Sequence[Sequence[float]]) -> dict[str, Any] | None:
@@ -60,24 +77,29 @@ def scored(model: ProgramModel, data: Mapping[str, Any], mask: np.ndarray) -> di
     measured = data["measured_ms"][mask]
     return {"n": int(mask.sum()), "models": {
         OURS: errors(model.predict(data["x"][mask]), measured),
-        BASELINE: errors(data["baseline_ms"][mask], measured),
-        SUM_DENSE: errors(data["sum_dense_ms"][mask], measured)},
+        **{name: errors(values[mask], measured) for name, values in data["references"].items()}},
         "label_floor": label_floor([r for r, m in zip(data["rounds"], mask) if m])}
 
 
 def evaluate_programs(layer_model: Any, rows: Sequence[Row], *, seed: int = 0, kind: str = "auto",
-                      say: Callable[[str], None] = lambda message: None) -> dict[str, Any] | None:
-    """Fit on "train" programs, score "holdout" and "unseen" (and "train" itself, in sample).
+                      say: Callable[[str], None] = lambda message: None,
+                      runtime: str = "executorch") -> dict[str, Any] | None:
+    """Fit the `runtime`'s program model ("executorch" or "sparse") on "train" programs, score "holdout" and
+    "unseen" (and "train" itself, in sample).
 
     None when the profile has fewer than MIN_TRAIN_PROGRAMS measured training programs.
     """
+    from predictor.sparse_runtime import RUNTIME as SPARSE
+    from predictor.sparse_runtime import SparseProgramModel
+    if runtime not in ("executorch", SPARSE):
+        raise ValueError(f"runtime must be executorch or {SPARSE}, got {runtime!r}")
     train_rows = [r for r in rows if r["sample"] == "train"]
     if len(train_rows) < MIN_TRAIN_PROGRAMS:
         return None
-    say("fitting the whole-program model")
-    data = program_data(layer_model, rows)
+    say("fitting the whole-program model" + (" of the sparse engine" if runtime == SPARSE else ""))
+    data = (sparse_program_data if runtime == SPARSE else program_data)(layer_model, rows)
     train = data["sample"] == "train"
-    model = ProgramModel(kind, random_state=seed).fit(
+    model = (SparseProgramModel if runtime == SPARSE else ProgramModel)(kind, random_state=seed).fit(
         data["x"][train], data["measured_ms"][train], [f for f, t in zip(data["family"], train) if t])
     sets = {}
     for sample in EVAL_SAMPLES:
@@ -86,7 +108,7 @@ def evaluate_programs(layer_model: Any, rows: Sequence[Row], *, seed: int = 0, k
             sets[sample] = scored(model, data, mask)
     sets["train (in sample)"] = scored(model, data, train)
     counts = {s: int((data["sample"] == s).sum()) for s in ("train", *EVAL_SAMPLES)}
-    return {"model": model, "sets": sets, "counts": counts, "data": data}
+    return {"model": model, "sets": sets, "counts": counts, "data": data, "runtime": runtime}
 
 
 def card_metrics(evaluated: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -118,6 +140,15 @@ HEADER = ["programs", "predictor", "n", "±10%", "median |err|", "p90 |err|"]
 
 def _pct(value: Any) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def by_runtime(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """Measured program rows split by runtime ("executorch", "sparse"); rows of a profile from before the
+    sparse runtime carry none and are ExecuTorch's."""
+    out: dict[str, list[Row]] = {"executorch": [], "sparse": []}
+    for row in rows:
+        out.setdefault(row.get("runtime") or "executorch", []).append(row)
+    return out
 
 
 def check_threads(rows: Sequence[Row], threads: int | None) -> list[Row]:

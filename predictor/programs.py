@@ -23,7 +23,6 @@ ELEMENT_KINDS = ("add", "act", "maxpool", "avgpool", "gap", "flatten", "concat")
 #: Columns of the design: ms of the dense conv/dwconv layers, elements read + written per operator kind
 #: (pooling: its windows' reads + writes), linear MACs, node and weighted-layer counts, one per program.
 TERMS = ("conv_ms", *(f"{kind}_elems" for kind in ELEMENT_KINDS), "linear_macs", "nodes", "convs", "program")
-_COLUMN = {kind: TERMS.index(f"{kind}_elems") for kind in ELEMENT_KINDS} | {"linear": TERMS.index("linear_macs")}
 OP_FIELDS = ("c", "h", "w", "out_c", "out_h", "out_w", "k", "stride", "in_elems")
 MODEL_KINDS = ("linear", "corrected")
 #: Features of the correction: shares of the linear prediction, its log and the program's size.
@@ -36,29 +35,44 @@ _MIN_MS = 1e-3
 
 
 # ---- parts of a program ------------------------------------------------------------------
-def design(conv_ms: Any, ops: Mapping[str, Any], n_nodes: Any, n_conv: Any) -> np.ndarray:
-    """(n, len(TERMS)) design matrix from the vectorised parts (see Predictor.predict_program_parts)."""
+def design(conv_ms: Any, ops: Mapping[str, Any], n_nodes: Any, n_conv: Any,
+           terms: Sequence[str] = TERMS) -> np.ndarray:
+    """(n, len(terms)) design matrix from the vectorised parts (see Predictor.predict_program_parts).
+
+    conv_ms: (n,) for TERMS; for another term set (the sparse runtime's), (n, k) values of its k leading
+    terms, the ones before the operator elements."""
     conv_ms = np.asarray(conv_ms, dtype=np.float64)
-    if conv_ms.ndim != 1:
-        raise PredictorError(f"conv_ms must be a 1-d array, got shape {conv_ms.shape}")
+    lead = _column(terms)[ELEMENT_KINDS[0]]
+    if conv_ms.ndim == 1 and lead == 1:
+        conv_ms = conv_ms[:, None]
+    if conv_ms.ndim != 2 or conv_ms.shape[1] != lead:
+        raise PredictorError(f"the conv parts must have shape (n, {lead}), got {conv_ms.shape}"
+                             if lead > 1 else f"conv_ms must be a 1-d array, got shape {conv_ms.shape}")
     n = len(conv_ms)
-    x = np.zeros((n, len(TERMS)))
-    x[:, 0] = conv_ms
-    for index, values in ((TERMS.index("nodes"), n_nodes), (TERMS.index("convs"), n_conv)):
+    x = np.zeros((n, len(terms)))
+    x[:, :lead] = conv_ms
+    for name, values in (("nodes", n_nodes), ("convs", n_conv)):
         values = np.asarray(values, dtype=np.float64)
         if values.shape != (n,):
-            raise PredictorError(f"{TERMS[index]} counts must have shape ({n},), got {values.shape}")
-        x[:, index] = values
+            raise PredictorError(f"{name} counts must have shape ({n},), got {values.shape}")
+        x[:, list(terms).index(name)] = values
     x[:, -1] = 1.0
-    program, column, amount = op_amounts(ops, n)
+    program, column, amount = op_amounts(ops, n, terms)
     if len(program):
-        x += np.bincount(program * len(TERMS) + column, weights=amount, minlength=n * len(TERMS)).reshape(n, -1)
+        x += np.bincount(program * len(terms) + column, weights=amount, minlength=n * len(terms)).reshape(n, -1)
     if not np.all(np.isfinite(x)) or np.any(x < 0):
         raise PredictorError("program parts must be finite and non-negative")
     return x
 
 
-def op_amounts(ops: Mapping[str, Any], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _column(terms: Sequence[str]) -> dict[str, int]:
+    """Design column of every operator kind (and of "linear") in a term set."""
+    return {kind: list(terms).index(f"{kind}_elems") for kind in ELEMENT_KINDS} | {
+        "linear": list(terms).index("linear_macs")}
+
+
+def op_amounts(ops: Mapping[str, Any], n: int, terms: Sequence[str] = TERMS
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per operator row: its program index, its design column and its amount (elements or MACs)."""
     if "op" not in ops or "program" not in ops:
         raise PredictorError("ops must have the arrays 'program' and 'op'")
@@ -75,7 +89,7 @@ def op_amounts(ops: Mapping[str, Any], n: int) -> tuple[np.ndarray, np.ndarray, 
     unknown = [name for name in names if name not in KIND_OF_OP]
     if unknown:
         raise PredictorError(f"ops hold the operator {unknown[0]!r}, not one of {', '.join(KIND_OF_OP)}")
-    column = np.array([_COLUMN[KIND_OF_OP[name]] for name in names], dtype=np.int64)[inverse]
+    column = np.array([_column(terms)[KIND_OF_OP[name]] for name in names], dtype=np.int64)[inverse]
     f = {}
     for name in OP_FIELDS:
         if name in ops:
@@ -152,7 +166,16 @@ def _nnls_relative(x: np.ndarray, latency: np.ndarray) -> np.ndarray:
 
 class ProgramModel:
     """latency_ms ≈ a·conv_ms + Σ b_kind·elements_kind + c·linear_MACs + d·nodes + e·layers + f (all ≥ 0),
-    times exp(small trees on aggregate shares) when the `corrected` kind won grouped cross-validation."""
+    times exp(small trees on aggregate shares) when the `corrected` kind won grouped cross-validation.
+
+    A subclass for another runtime sets RUNTIME, TERMS (leading terms, then the operator kinds' elements,
+    linear MACs, nodes, convs, program), CONV_TERMS (the conv layers' ms) and LAYOUT_TERMS (data movement
+    counted with the element-wise share of the correction)."""
+
+    RUNTIME = RUNTIME
+    TERMS = TERMS
+    CONV_TERMS = ("conv_ms",)
+    LAYOUT_TERMS: tuple[str, ...] = ()
 
     def __init__(self, kind: str = "auto", *, cv_folds: int = 5, random_state: int = 0,
                  min_gain: float = MIN_GAIN) -> None:
@@ -173,8 +196,8 @@ class ProgramModel:
             raise PredictorError(f"program model kind must be auto or one of {', '.join(MODEL_KINDS)}, "
                                  f"got {self.kind!r}")
         x, y = np.asarray(x, dtype=np.float64), np.asarray(latency_ms, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(TERMS) or len(y) != len(x):
-            raise PredictorError(f"a program design must have shape (n, {len(TERMS)}) and one latency per row")
+        if x.ndim != 2 or x.shape[1] != len(self.TERMS) or len(y) != len(x):
+            raise PredictorError(f"a program design must have shape (n, {len(self.TERMS)}) and one latency per row")
         if len(y) < 4:
             raise PredictorError(f"a program model needs at least 4 measured programs, got {len(y)}")
         if not np.all(np.isfinite(y) & (y > 0)):
@@ -185,7 +208,7 @@ class ProgramModel:
             # Held out by family (new architectures) and by program (new genomes of known ones): the
             # correction is kept only if it helps under both.
             splits = ("family", "program") if groups is not None and len(set(groups)) >= 3 else ("program",)
-            self.cv_ = {k: {split: cross_validate(ProgramModel(k, random_state=self.random_state), x, y,
+            self.cv_ = {k: {split: cross_validate(type(self)(k, random_state=self.random_state), x, y,
                                                   groups if split == "family" else None, self.cv_folds,
                                                   self.random_state) for split in splits} for k in MODEL_KINDS}
             gain = min((self.cv_["corrected"][s]["within10"] or 0.0) - (self.cv_["linear"][s]["within10"] or 0.0)
@@ -198,13 +221,15 @@ class ProgramModel:
         # element of all element-moving operators seen (one coefficient for their summed elements, fitted
         # alongside the other terms): they are memory-bound alike. Measured against the median of the
         # per-kind coefficients, which a few unidentifiable kinds fitted at 0 drag to nothing.
-        self.borrowed_ = [k for k in ELEMENT_KINDS if not np.any(x[:, _COLUMN[k]] > 0)]
+        column = _column(self.TERMS)
+        self.borrowed_ = [k for k in ELEMENT_KINDS if not np.any(x[:, column[k]] > 0)]
         if self.borrowed_ and len(self.borrowed_) < len(ELEMENT_KINDS):
-            columns = [_COLUMN[k] for k in ELEMENT_KINDS]
-            pooled = _nnls_relative(np.column_stack([x[:, 0], x[:, columns].sum(axis=1),
-                                                     x[:, max(columns) + 1:]]), y)[1]
+            columns = [column[k] for k in ELEMENT_KINDS]
+            first = min(columns)
+            pooled = _nnls_relative(np.column_stack([x[:, :first], x[:, columns].sum(axis=1),
+                                                     x[:, max(columns) + 1:]]), y)[first]
             for k in self.borrowed_:
-                self.coef_[_COLUMN[k]] = pooled
+                self.coef_[column[k]] = pooled
         self.trees_ = None
         if kind == "corrected":
             from sklearn.ensemble import HistGradientBoostingRegressor  # deferred: start-up
@@ -229,15 +254,20 @@ class ProgramModel:
     def linear_ms(self, x: np.ndarray) -> np.ndarray:
         return np.maximum(self.terms_ms(x).sum(axis=1), _MIN_MS)
 
+    def _columns(self, names: Sequence[str]) -> list[int]:
+        return [self.TERMS.index(name) for name in names]
+
     def _features(self, x: np.ndarray) -> np.ndarray:
         parts = self.terms_ms(x)
+        column = _column(self.TERMS)
         total = np.maximum(parts.sum(axis=1), _MIN_MS)
-        pool = parts[:, [_COLUMN["maxpool"], _COLUMN["avgpool"], _COLUMN["gap"]]].sum(axis=1)
-        elementwise = parts[:, [_COLUMN[k] for k in ("add", "act", "flatten", "concat")]].sum(axis=1)
+        pool = parts[:, [column["maxpool"], column["avgpool"], column["gap"]]].sum(axis=1)
+        elementwise = parts[:, [column[k] for k in ("add", "act", "flatten", "concat")]
+                            + self._columns(self.LAYOUT_TERMS)].sum(axis=1)
         fixed = parts[:, -3:].sum(axis=1)
-        return np.column_stack([np.log(total), parts[:, 0] / total, pool / total, elementwise / total,
-                                parts[:, _COLUMN["linear"]] / total, fixed / total,
-                                np.log(np.maximum(x[:, TERMS.index("nodes")], 1.0))])
+        return np.column_stack([np.log(total), parts[:, self._columns(self.CONV_TERMS)].sum(axis=1) / total,
+                                pool / total, elementwise / total, parts[:, column["linear"]] / total, fixed / total,
+                                np.log(np.maximum(x[:, self.TERMS.index("nodes")], 1.0))])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Whole-program latency in ms for every row of a design."""
@@ -249,25 +279,25 @@ class ProgramModel:
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(latency_ms, conv_ms, other_ms): the conv layers' share of the prediction and all the rest."""
         latency = self.predict(x)
-        conv = latency * self.terms_ms(x)[:, 0] / self.linear_ms(x)
+        conv = latency * self.terms_ms(x)[:, self._columns(self.CONV_TERMS)].sum(axis=1) / self.linear_ms(x)
         return latency, conv, latency - conv
 
     # ---- state ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         self._check_fitted()
-        return {"runtime": RUNTIME, "kind": self.kind_, "terms": list(TERMS),
-                "coef": {t: float(c) for t, c in zip(TERMS, self.coef_)}, "borrowed": list(self.borrowed_),
+        return {"runtime": self.RUNTIME, "kind": self.kind_, "terms": list(self.TERMS),
+                "coef": {t: float(c) for t, c in zip(self.TERMS, self.coef_)}, "borrowed": list(self.borrowed_),
                 "params": self.get_params(), "cv": self.cv_, "correction_features": list(CORRECTION_FEATURES),
                 "n_training_programs": self.n_training_programs_}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], trees: Any = None) -> "ProgramModel":
-        if state.get("runtime") != RUNTIME or list(state.get("terms", ())) != list(TERMS) \
+        if state.get("runtime") != cls.RUNTIME or list(state.get("terms", ())) != list(cls.TERMS) \
                 or state.get("kind") not in MODEL_KINDS or (state["kind"] == "corrected") != (trees is not None):
             raise ValueError("the program model does not fit this jcw's terms or files")
         model = cls(**dict(state["params"]))
         model.kind_ = state["kind"]
-        coef = np.array([float(state["coef"][t]) for t in TERMS])
+        coef = np.array([float(state["coef"][t]) for t in cls.TERMS])
         if not np.all(np.isfinite(coef) & (coef >= 0)):
             raise ValueError("program model coefficients must be finite and non-negative")
         model.coef_ = coef
@@ -308,7 +338,7 @@ def cross_validate(model: ProgramModel, x: np.ndarray, y: np.ndarray, groups: Se
         train = fold != f
         if train.sum() < 4:
             continue
-        fitted = ProgramModel(**{**model.get_params(), "kind": model.kind}).fit(x[train], y[train])
+        fitted = type(model)(**{**model.get_params(), "kind": model.kind}).fit(x[train], y[train])
         predicted[~train] = fitted.predict(x[~train])
     done = np.isfinite(predicted)
     scores = errors(predicted[done], y[done])

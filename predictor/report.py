@@ -117,7 +117,8 @@ def _plots(directory: Path, predicted: np.ndarray, measured: np.ndarray, impls: 
     return written
 
 
-def _program_plot(directory: Path, programs: Mapping[str, Any]) -> str:
+def _program_plot(directory: Path, programs: Mapping[str, Any], name: str = "programs_pred_vs_measured.png",
+                  title: str = "whole programs on ExecuTorch", measured: str = ".pte") -> str:
     """Predicted against measured whole-program latency, ours and the old baseline, per evaluation sample."""
     data, model = programs["data"], programs["model"]
     predicted = model.predict(data["x"])
@@ -134,13 +135,35 @@ def _program_plot(directory: Path, programs: Mapping[str, Any]) -> str:
     ax.plot([low, high], [low, high], "k-", lw=0.8)
     for factor in (0.9, 1.1):
         ax.plot([low, high], [low * factor, high * factor], "k:", lw=0.6)
-    ax.set(xscale="log", yscale="log", xlabel="measured .pte latency (ms)", ylabel="predicted latency (ms)",
-           title="whole programs on ExecuTorch")
+    ax.set(xscale="log", yscale="log", xlabel=f"measured {measured} latency (ms)", ylabel="predicted latency (ms)",
+           title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(directory / "programs_pred_vs_measured.png", dpi=110)
+    fig.savefig(directory / name, dpi=110)
     plt.close(fig)
-    return "programs_pred_vs_measured.png"
+    return name
+
+
+def _sparse_section(result: Mapping[str, Any]) -> list[str]:
+    """The sparse engine's program model and its held-out accuracy, beside the ExecuTorch section."""
+    from predictor import program_eval
+    sparse = result.get("sparse_programs")
+    if sparse is None:
+        return ["## Whole programs (sparse engine)", "",
+                "The profile has too few sparse-engine programs (`jcw profile --sparse-programs N`), so the predictor "
+                "has no sparse program model (card: `sparse_program_model: null`): a network on the sparse engine is "
+                "predicted as the sum of its layers as the engine runs them, without its layout conversions.", ""]
+    model = sparse["model"]
+    coef = ", ".join(f"{t} {c:.3g}" for t, c in zip(model.state()["terms"], model.coef_) if c > 0)
+    return ["## Whole programs (sparse engine)", "",
+            f"Latency of jcw network files run by the kit's sparse engine at {result['card'].get('threads')} "
+            f"thread(s), measured on {sparse['counts']['train']} training and {sparse['counts'].get('holdout', 0)} "
+            "held-out programs (ResNet-18/50, MobileNetV1/V2 at genomes and per-layer densities never trained on). "
+            "The law: dense ms of the convolutions run dense (NHWC, and depthwise ones run NCHW between sparse "
+            "layers, apart), sparse ms of those run sparse at their density, the layout conversions (elements and "
+            f"count), and the other operators as for ExecuTorch: **{model.kind_}**. Coefficients (ms per unit): "
+            f"{coef}. The old anchor sums the faster kernel of every layer.", "",
+            _markdown_table(program_eval.HEADER, program_eval.rows_table(sparse)), ""]
 
 
 def _program_section(result: Mapping[str, Any]) -> list[str]:
@@ -185,6 +208,9 @@ def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarra
     images = _plots(directory, predicted, measured, impls, plotted_set, result["curve"])
     if result.get("programs") is not None:
         images.append(_program_plot(directory, result["programs"]))
+    if result.get("sparse_programs") is not None:
+        images.append(_program_plot(directory, result["sparse_programs"], "sparse_programs_pred_vs_measured.png",
+                                    "whole programs on the sparse engine", ".jcwnet"))
     card = result["card"]
     facts = card.get("device_facts") or {}
     parts = [
@@ -217,6 +243,7 @@ def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarra
                   "Latency = sum over layers of the faster kernel (predicted vs measured).", "",
                   _markdown_table(NETWORK_HEADER, network_rows(result["network"], result["best_impl"])), ""]
     parts += _program_section(result)
+    parts += _sparse_section(result)
     if result["curve"]:
         from predictor.efficiency import as_table, first_budget_reaching
         reach = first_budget_reaching(result["curve"])

@@ -19,7 +19,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-from profiler import labels, plans, program_measure, program_session, session
+from profiler import labels, plans, program_measure, program_session, session, sparse_programs
 from profiler.acquisition import AcquisitionError, load_chooser
 from profiler.transfer_prior import PriorCardError, check_prior, check_runner
 from profiler.cliargs import (OutputPathError, check_output_dir, check_output_file, int_at_least, int_between,
@@ -124,6 +124,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            f"{program_session.MIN_EVAL_PROGRAMS} each, come on top; 0 skips programs; at most "
                            f"{session.MAX_PROGRAMS}; exporting them needs the search extra, jcw[search]: without "
                            f"it the default is skipped with a note and an explicit N is refused)")
+    prof.add_argument("--sparse-programs", type=_programs, default=None, metavar="N",
+                      help=f"whole training programs for the sparse network engine (ResNet-18/50, MobileNetV1/V2 at "
+                           f"random widths and per-layer densities, exported as .jcwnet network files and timed in "
+                           f"the same rounds; default: as many as --programs, "
+                           f"{sparse_programs.DEFAULT_SPARSE_PROGRAMS} unless --programs says otherwise; N/3 held-out "
+                           f"ones, at "
+                           f"least {sparse_programs.MIN_EVAL_PROGRAMS}, come on top; 0 skips them; skipped with a "
+                           f"note on a device whose runner has no engine)")
     prof.add_argument("--program-sizes", type=_program_sizes, default=None, metavar="R[,R...]",
                       help="input resolutions of the whole programs (default 128,160,192,224; small sizes such as "
                            "32,48 keep an emulated phone's programs fast); fixed when the programs are first planned")
@@ -265,14 +273,17 @@ def _summary_table(summary: session.ProfileSummary) -> Table:
         table.add_row("disagreed / settled / still disagree",
                       f"{settle['disagreeing_base']} / {settle['settled_configurations']} "
                       f"({settle['extra_rounds']} rounds) / {settle['still_disagreeing']}")
-    if summary.programs:
-        programs = ", ".join(f"{k} {v}" for k, v in sorted(summary.program_samples.items()))
-        for what, value in (("whole programs planned (ExecuTorch)", f"{summary.programs} ({programs})"),
-                            ("program results (all rounds)", summary.program_measured),
-                            ("program failures", summary.program_failures),
-                            ("programs exported this run", summary.programs_exported),
-                            ("new program results this run", summary.program_new_results),
-                            ("new program failures this run", summary.program_new_failures)):
+    planned = [(f"whole programs planned ({name})", count, ", ".join(f"{k} {v}" for k, v in sorted(samples.items())))
+               for name, count, samples in (("ExecuTorch", summary.programs, summary.program_samples),
+                                            ("sparse engine", summary.sparse_programs, summary.sparse_samples))
+               if count]
+    if planned:  # the counts below cover both runtimes
+        for what, value in ([(what, f"{count} ({samples})") for what, count, samples in planned]
+                            + [("program results (all rounds)", summary.program_measured),
+                               ("program failures", summary.program_failures),
+                               ("programs exported this run", summary.programs_exported),
+                               ("new program results this run", summary.program_new_results),
+                               ("new program failures this run", summary.program_new_failures)]):
             table.add_row(what, str(value))
     return table
 
@@ -338,6 +349,13 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def _sparse_programs(args: argparse.Namespace) -> int:
+    """--sparse-programs, by default as many as --programs (so --programs 0 still profiles layers only)."""
+    if args.sparse_programs is not None:
+        return args.sparse_programs
+    return sparse_programs.DEFAULT_SPARSE_PROGRAMS if args.programs is None else args.programs
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:  # before anything connects or measures: a profile that cannot be written is never started
@@ -351,9 +369,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     budget = args.budget or (plans.TRANSFER_BUDGET if priors else plans.DEFAULT_BUDGET)
     try:
         absent = program_session.export_modules_missing()
-        if args.programs and absent:  # asked for explicitly: refused, where the default is skipped with a note
-            return _fail("profile", f"--programs {args.programs}: {program_session.export_unavailable_sentence(absent)}"
-                                    f", or pass --programs 0 to profile layers only.")
+        asked = [f"{flag} {n}" for flag, n in (("--programs", args.programs),
+                                                 ("--sparse-programs", args.sparse_programs)) if n]
+        if asked and absent:  # asked for explicitly: refused, where the default is skipped with a note
+            layers_only = "--programs 0" + (" --sparse-programs 0" if args.sparse_programs else "")  # sparse follows
+            return _fail("profile", f"{' and '.join(asked)}: {program_session.export_unavailable_sentence(absent)}"
+                                    f", or pass {layers_only} to profile layers only.")
         if args.adaptive:
             load_chooser()  # fail before connecting to anything
         with _CtrlC() as ctrl_c, profile_lock(out):
@@ -372,6 +393,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                           else args.programs, program_sizes=args.program_sizes,
                                           runner_args=runner_argv, progress=progress, weights=args.weights,
                                           settle_cap=args.settle_cap,
+                                          sparse_programs=_sparse_programs(args),
                                           transfer_priors=[{"path": p["path"], "sha256": p["sha256"]} for p in priors])
                 ctrl_c.check()
     except (AcquisitionError, PriorCardError) as exc:
@@ -385,6 +407,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if summary.programs_note:
         print(f"jcw profile: {summary.programs_note.rstrip('.')}; the layer profile is complete, and a rerun of the "
               f"same command adds the programs once that is fixed.", file=sys.stderr)
+    if summary.sparse_note:
+        print(f"jcw profile: {summary.sparse_note.rstrip('.')}.", file=sys.stderr)
     if args.csv:
         try:
             with ProfileStore(out, readonly=True) as store:

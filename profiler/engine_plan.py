@@ -44,7 +44,17 @@ def check_runnable(spec: Mapping[str, Any]) -> None:
 def conversions(nodes: Sequence[Mapping[str, Any]], elements: Mapping[str, np.ndarray],
                 layout_free: Mapping[str, np.ndarray], sparse: Mapping[str, np.ndarray],
                 n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(count, elements) of the layout conversions one engine run makes, for n genomes at once.
+    """(count, elements) of the layout conversions one engine run makes, for n genomes at once (layout_plan's)."""
+    plan = layout_plan(nodes, elements, layout_free, sparse, n)
+    return plan["conversions"], plan["conversion_elems"]
+
+
+def layout_plan(nodes: Sequence[Mapping[str, Any]], elements: Mapping[str, np.ndarray],
+                layout_free: Mapping[str, np.ndarray], sparse: Mapping[str, np.ndarray],
+                n: int) -> dict[str, Any]:
+    """The engine's layout plan for n genomes at once: {"conversions": (n,) count and "conversion_elems": (n,)
+    elements transposed per run, "nchw_depthwise": {name: (n,) whether that depthwise convolution runs NCHW,
+    on XNNPACK's CHW kernels, instead of NHWC}}.
 
     nodes: program nodes (name, op, inputs, k, stride, pad, groups) in order; elements[v], layout_free[v]:
     (n,) element count of value v ("input" included) and whether its two layouts are the same bytes
@@ -61,6 +71,7 @@ def conversions(nodes: Sequence[Mapping[str, Any]], elements: Mapping[str, np.nd
     nchw = {"input": np.ones(n, dtype=bool)}  # home layout: True = NCHW
     converted: dict[str, np.ndarray] = {}
     count, moved = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
+    nchw_depthwise: dict[str, np.ndarray] = {}
 
     def need(value: str, want_nchw: np.ndarray) -> None:
         nonlocal count, moved
@@ -77,6 +88,7 @@ def conversions(nodes: Sequence[Mapping[str, Any]], elements: Mapping[str, np.nd
             if node.get("groups", 1) > 1 and node["k"] in (3, 5) and node["stride"] in (1, 2) \
                     and node["pad"] == node["k"] // 2:
                 depthwise_nchw = any_sparse & nchw[src] & ~layout_free[src]
+                nchw_depthwise[node["name"]] = depthwise_nchw
             # a depthwise layer that stays NCHW reads its input as it is: no need() for it
             need(src, np.where(depthwise_nchw, nchw[src], is_sparse))
             home = is_sparse | depthwise_nchw
@@ -95,16 +107,25 @@ def conversions(nodes: Sequence[Mapping[str, Any]], elements: Mapping[str, np.nd
         nchw[node["name"]] = home
     last = nodes[-1]["name"]
     need(last, np.ones(n, dtype=bool))
-    return count, moved
+    return {"conversions": count, "conversion_elems": moved, "nchw_depthwise": nchw_depthwise}
 
 
-def spec_conversions(spec: Mapping[str, Any]) -> tuple[int, int]:
-    """(count, elements) of the conversions one engine run of a program spec makes (sparse where the
-    spec's density < 1)."""
+def spec_plan(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The engine's plan for one program spec (sparse where a groups-1 convolution's density < 1):
+    {"sparse": names of the convolutions run sparse, "nchw_depthwise": names of the depthwise ones run NCHW,
+    "conversions": count, "conversion_elems": elements transposed per run}."""
     check_runnable(spec)
     dims = programs.shapes(spec)
     elements = {v: np.array([c * h * w], dtype=np.float64) for v, (c, h, w) in dims.items()}
     free = {v: np.array([c == 1 or h * w == 1]) for v, (c, h, w) in dims.items()}
     sparse = {node["name"]: np.array([bool(runs_sparse(node))]) for node in spec["nodes"] if node["op"] == "conv"}
-    count, moved = conversions(spec["nodes"], elements, free, sparse, 1)
-    return int(count[0]), int(moved[0])
+    plan = layout_plan(spec["nodes"], elements, free, sparse, 1)
+    return {"sparse": {name for name, mask in sparse.items() if mask[0]},
+            "nchw_depthwise": {name for name, mask in plan["nchw_depthwise"].items() if mask[0]},
+            "conversions": int(plan["conversions"][0]), "conversion_elems": int(plan["conversion_elems"][0])}
+
+
+def spec_conversions(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """(count, elements) of the conversions one engine run of a program spec makes."""
+    plan = spec_plan(spec)
+    return plan["conversions"], plan["conversion_elems"]

@@ -46,10 +46,14 @@ Progress = Callable[[int, int, dict[str, Any]], None]
 SHARED_RUNNER_FLAGS = ("--warmup", "--min-reps", "--min-time-ms", "--max-reps", "--max-time-ms")
 
 
-def _export_one(spec: dict[str, Any], temp: str) -> dict[str, Any]:
-    """One host export (in a worker process): the delegation facts, or {"error": sentence}."""
-    from profiler import program_build
+def _export_one(spec: dict[str, Any], temp: str, runtime: str = RUNTIME) -> dict[str, Any]:
+    """One host export (in a worker process): a .pte (or, for the sparse runtime, a .jcwnet) and the
+    delegation facts, or {"error": sentence}."""
+    from profiler import program_build, program_net
     try:
+        if runtime == program_net.RUNTIME:
+            program_net.export_net(spec, temp, seed=0)
+            return {}
         built = program_build.export_pte(spec, temp, seed=0)
     except program_build.ProgramBuildError as exc:
         return {"error": str(exc)}
@@ -66,11 +70,11 @@ def _exported(jobs: list[tuple[dict[str, Any], Path, Path]]):
     workers = max(1, min(EXPORT_WORKERS, len(os.sched_getaffinity(0)), len(jobs)))
     if workers == 1:
         for job in jobs:
-            yield job, _export_one(job[0]["spec"], str(job[1]))
+            yield job, _export_one(job[0]["spec"], str(job[1]), job[0]["runtime"])
         return
     pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        pending = {pool.submit(_export_one, job[0]["spec"], str(job[1])): job for job in jobs}
+        pending = {pool.submit(_export_one, job[0]["spec"], str(job[1]), job[0]["runtime"]): job for job in jobs}
         for done in futures.as_completed(pending):
             yield pending[done], done.result()
     finally:
@@ -190,8 +194,10 @@ class ProgramPhase:
 
     def __init__(self, device: Device, store: ProfileStore, *, threads: int, rounds: int, seed: int,
                  runner_args: list[str], summary: Any, report: Callable[..., None],
-                 resolutions: Iterable[int] | None = None) -> None:
+                 resolutions: Iterable[int] | None = None, runtimes: Iterable[str] = (RUNTIME,)) -> None:
         self.device, self.store, self.threads, self.rounds, self.seed = device, store, threads, rounds, seed
+        # the runtimes this run measures: "sparse" only on a device whose runner has the network engine
+        self.runtimes = tuple(runtimes)
         self.resolutions = tuple(resolutions) if resolutions else None
         self.runner_args, self.summary, self.report = runner_args, summary, report
         self.directory = store.directory / PROGRAM_DIR
@@ -201,25 +207,38 @@ class ProgramPhase:
         self._held: list[tuple[str, int, dict[str, Any], int]] = []
         self._measured_any = False
 
-    def plan(self, n_train: int) -> None:
-        from profiler import program_zoo
+    def plan(self, n_train: int, n_sparse: int = 0) -> None:
+        """Plan `n_train` ExecuTorch training programs (and their held-out, unseen and probe ones) and, on a
+        run measuring the sparse runtime, `n_sparse` sparse-engine ones (and their held-out ones)."""
+        from profiler import program_zoo, sparse_programs
         train, holdout, unseen = program_counts(n_train)
         entries = program_zoo.program_plan(train, holdout, unseen, self.seed, resolutions=self.resolutions,
                                            n_probe=probe_count(train))
         self.store.add_programs((spec, sample, self.threads) for spec, sample in entries)
+        if n_sparse and sparse_programs.RUNTIME in self.runtimes:
+            sparse = sparse_programs.sparse_plan(*sparse_programs.sparse_counts(n_sparse), self.seed,
+                                                 resolutions=self.resolutions)
+            self.store.add_programs(((spec, sample, self.threads) for spec, sample in sparse),
+                                    runtime=sparse_programs.RUNTIME)
+
+    def runnable(self, row: dict[str, Any]) -> bool:
+        """Whether this run measures the program (its runtime was asked for and the device runs it)."""
+        return row["runtime"] in self.runtimes
 
     def path(self, row: dict[str, Any]) -> Path:
         """The exported file of a planned program: named by the spec alone, since the thread count is a
-        runtime setting, so a profile of the same programs at another thread count reuses the exports."""
-        return self.directory / f"{programs.program_id(row['spec'])}.pte"
+        runtime setting, so a profile of the same programs at another thread count reuses the exports;
+        .pte for ExecuTorch, .jcwnet for the sparse engine."""
+        suffix = ".pte" if row["runtime"] == RUNTIME else ".jcwnet"
+        return self.directory / (programs.program_id(row["spec"]) + suffix)
 
     def work_done(self) -> tuple[int, int]:
-        """(done, total) units: one export and `rounds` results per program."""
-        rows = self.store.programs()
+        """(done, total) units: one export and `rounds` results per program this device runs."""
+        rows = [r for r in self.store.programs() if self.runnable(r)]
         pending = [{r["program_id"] for r in self.store.pending_programs(i)} for i in range(self.rounds)]
         exported = sum(1 for r in rows if self.path(r).exists()
                        or not any(r["program_id"] in p for p in pending))  # a failed export counts as done
-        measured = sum(len(rows) - len(p) for p in pending)
+        measured = sum(len(rows) - len({r["program_id"] for r in rows} & p) for p in pending)
         return exported + measured, len(rows) * (1 + self.rounds)
 
     def export_missing(self) -> None:
@@ -227,7 +246,7 @@ class ProgramPhase:
         Ctrl-C loses nothing finished)."""
         pending = {r["program_id"] for i in range(self.rounds) for r in self.store.pending_programs(i)}
         missing = [r for r in self.store.programs()
-                   if r["program_id"] in pending and not self.path(r).exists()]
+                   if r["program_id"] in pending and self.runnable(r) and not self.path(r).exists()]
         if not missing:
             return
         absent = export_modules_missing()
@@ -237,12 +256,12 @@ class ProgramPhase:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ProgramsUnavailable(f"cannot create {self.directory}: {exc.strerror or exc}") from None
-        for stale in self.directory.glob(".*.tmp.pte"):  # left by an export that Ctrl-C cut short
-            stale.unlink(missing_ok=True)
+        for stale in [*self.directory.glob(".*.tmp.pte"), *self.directory.glob(".*.tmp.jcwnet*")]:
+            stale.unlink(missing_ok=True)  # left by an export that Ctrl-C cut short
         jobs = []
         for row in missing:
             final = self.path(row)
-            jobs.append((row, final.with_name(f".{final.stem}.{os.getpid()}.tmp.pte"), final))
+            jobs.append((row, final.with_name(f".{final.stem}.{os.getpid()}.tmp{final.suffix}"), final))
         results = _exported(jobs)
         held: list[tuple[dict[str, Any], str]] = []  # export failures before the first success of this run
         exported_any = False
@@ -295,7 +314,8 @@ class ProgramPhase:
 
     def run_rounds(self) -> None:
         for round_index in range(self.rounds):
-            pending = [r for r in self.store.pending_programs(round_index) if self.path(r).exists()]
+            pending = [r for r in self.store.pending_programs(round_index)
+                       if self.runnable(r) and self.path(r).exists()]
             random.Random(f"programs:{self.seed}:{round_index}:{len(pending)}").shuffle(pending)
             while pending:
                 batch, pending = pending[:self.batch_size], pending[self.batch_size:]
@@ -327,8 +347,8 @@ class ProgramPhase:
     def run_batch(self, rows: list[dict[str, Any]], round_index: int) -> None:
         batch_number = self.store.next_batch_number()
         by_id = {f"g{row['position']}": row for row in rows}
-        lines = [{"id": line_id, "pte": str(self.path(row).resolve()), "threads": self.threads}
-                 for line_id, row in by_id.items()]
+        lines = [{"id": line_id, "pte" if row["runtime"] == RUNTIME else "net": str(self.path(row).resolve()),
+                  "threads": self.threads} for line_id, row in by_id.items()]
         started = time.monotonic()
         try:
             for result in run_lines(self.device, lines, self.runner_args, self.summary, run=self.device.run_programs):
@@ -365,11 +385,11 @@ def _guarded(phase: ProgramPhase, step: Callable[[], None]) -> str | None:
     return None
 
 
-def plan_programs(phase: ProgramPhase, n_train: int) -> str | None:
+def plan_programs(phase: ProgramPhase, n_train: int, n_sparse: int = 0) -> str | None:
     """Add the profile's programs to the store; one sentence if the program plan is unavailable here."""
     def step() -> None:
         try:
-            phase.plan(n_train)
+            phase.plan(n_train, n_sparse)
         except ImportError as exc:
             raise ProgramsUnavailable(f"whole programs cannot be planned on this host ({exc})") from None
     return _guarded(phase, step)

@@ -221,11 +221,15 @@ def canonical_json(spec: Mapping[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
-def program_id(spec: Mapping[str, Any], threads: int | None = None) -> str:
-    """Identity of a program (and, when given, the thread count it runs with): a short sha256."""
+def program_id(spec: Mapping[str, Any], threads: int | None = None, runtime: str | None = None) -> str:
+    """Identity of a program (and, when given, the thread count and runtime it runs with): a short sha256.
+
+    The runtime "executorch" (or None) adds nothing, so ids stored before the sparse runtime stay valid."""
     text = canonical_json({k: v for k, v in spec.items() if k not in ("name", "family")})
     if threads is not None:
         text += f"|threads={threads}"
+    if runtime not in (None, "executorch"):
+        text += f"|runtime={runtime}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

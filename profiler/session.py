@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from android_harness.device import Device, DeviceDisconnected
 from profiler import acquisition, labels, plans, program_session
+from profiler.sparse_programs import runtimes_to_measure
 from profiler.batches import (CRASHES_BEFORE_ERROR, SystematicFailure, common_error,  # noqa: F401  (re-exported)
                               run_lines)
 from profiler.cliargs import MAX_THREADS
@@ -134,8 +135,11 @@ class ProfileSummary:
     samples: dict[str, int] = field(default_factory=dict)
     threads: int = 1             # what layers and programs were measured with
     runtime: str = program_session.RUNTIME
-    programs: int = 0            # whole programs planned
+    programs: int = 0            # whole programs planned (ExecuTorch)
     program_samples: dict[str, int] = field(default_factory=dict)
+    sparse_programs: int = 0     # whole programs planned for the sparse engine
+    sparse_samples: dict[str, int] = field(default_factory=dict)
+    sparse_note: str | None = None  # one sentence when the device cannot run the sparse engine
     program_measured: int = 0    # stored good program results, all rounds
     program_failures: int = 0    # stored program errors (host export or runner)
     program_new_results: int = 0  # good program results measured in this run
@@ -330,7 +334,8 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
             holdout: int | None = None, programs: int = 0, program_sizes: Sequence[int] | None = None,
             runner_args: Iterable[str] = (), progress: Progress | None = None, unseen: int | None = None,
             weights: str = labels.DEFAULT_WEIGHTS,
-            settle_cap: int = 0, transfer_priors: Sequence[dict[str, Any]] = ()) -> ProfileSummary:
+            settle_cap: int = 0, transfer_priors: Sequence[dict[str, Any]] = (),
+            sparse_programs: int = 0) -> ProfileSummary:
     """Plan (or extend) and measure a profile in `out_dir`; resumable by calling it again.
 
     `device` is a Device or an address ("local", "usb:SERIAL", "tcp:HOST:PORT"). `budget` counts
@@ -342,7 +347,10 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
     training programs (plus program_session.program_counts' held-out and unseen ones) are exported
     on the host and timed as .pte files in the same rounds; 0 skips them (`jcw profile` defaults to
     DEFAULT_PROGRAMS); `program_sizes` bounds their input resolutions (default 128-224; small sizes keep an
-    emulated phone fast) and is fixed when the programs are first planned. `threads` None means ExecuTorch's default on the device (a rerun keeps the
+    emulated phone fast) and is fixed when the programs are first planned. `sparse_programs` whole training
+    programs for the sparse engine (profiler.sparse_programs, plus their held-out ones) are exported as network
+    files and timed in the same rounds; skipped with one sentence (summary.sparse_note) on a device whose
+    runner has no engine. `threads` None means ExecuTorch's default on the device (a rerun keeps the
     profile's own count); layers and programs are measured at that count. `transfer_priors` (known devices'
     predictors, {"path", "sha256"}) plan for transfer instead (plans.transfer_plan) and are recorded. `weights` (warm or cold) is how
     the layer runner times (profiler.labels; one profile never mixes them). `settle_cap` > 0 adds settle
@@ -353,7 +361,7 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
             return profile(opened, out_dir, budget=budget, seed=seed, threads=threads, rounds=rounds,
                            adaptive=adaptive, holdout=holdout, programs=programs, program_sizes=program_sizes,
                            runner_args=runner_args, progress=progress, unseen=unseen, weights=weights, settle_cap=settle_cap,
-                           transfer_priors=transfer_priors)
+                           transfer_priors=transfer_priors, sparse_programs=sparse_programs)
     labels.weights_runner_args(weights)
     runner_args = list(runner_args)
     labels.check_runner_args(runner_args)
@@ -361,17 +369,18 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
         raise ValueError(f"settle_cap must be an integer from 0 to {labels.MAX_SETTLE_CAP}, got {settle_cap!r}")
     params = ProfileParams(budget=budget, seed=seed, threads=1 if threads is None else threads, rounds=rounds,
                            adaptive=adaptive, holdout=holdout, unseen=unseen, transfer=bool(transfer_priors))
-    if isinstance(programs, bool) or not isinstance(programs, int) or programs < 0:
-        raise ValueError(f"programs must be an integer >= 0, got {programs!r}")
-    if programs > MAX_PROGRAMS:
-        raise ValueError(f"programs must be at most {MAX_PROGRAMS}, got {programs}")
+    for name, value in (("programs", programs), ("sparse_programs", sparse_programs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if value > MAX_PROGRAMS:
+            raise ValueError(f"{name} must be at most {MAX_PROGRAMS}, got {value}")
     out_dir = Path(out_dir)
     chooser = acquisition.load_chooser() if adaptive else None
     with profile_lock(out_dir):  # a second `jcw profile` into the same directory is refused, naming this one
         return _profile_locked(device, out_dir, params, threads=threads, budget=budget, seed=seed, rounds=rounds,
                                adaptive=adaptive, programs=programs, program_sizes=program_sizes,
                                runner_args=runner_args, progress=progress, chooser=chooser, weights=weights,
-                               settle_cap=settle_cap, transfer_priors=transfer_priors)
+                               settle_cap=settle_cap, transfer_priors=transfer_priors, sparse_programs=sparse_programs)
 
 
 def check_profile_dir(out_dir: str | Path) -> None:
@@ -386,7 +395,7 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
                     seed: int, rounds: int, adaptive: bool, programs: int, program_sizes: Sequence[int] | None,
                     runner_args: Iterable[str],
                     progress: Progress | None, chooser: Any, weights: str, settle_cap: int,
-                    transfer_priors: Sequence[dict[str, Any]] = ()) -> ProfileSummary:
+                    transfer_priors: Sequence[dict[str, Any]] = (), sparse_programs: int = 0) -> ProfileSummary:
     started = time.monotonic()
     summary = ProfileSummary(out_dir=str(out_dir), rounds=rounds, weights=weights, settle_cap=settle_cap)
     with ProfileStore(out_dir, create=True) as store:
@@ -398,7 +407,7 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
         params = params.merge(stored, out_dir)
         _check_device(store, device)
         labels.check_weights(store, weights, store.get_meta("runner") or {}, device.address)
-        sizes = _check_programs(store, header, programs, program_sizes, out_dir)
+        sizes = _check_programs(store, header, programs, program_sizes, out_dir, sparse_programs)
         base_budget = budget - budget // 2 if adaptive else budget
         plan = plans.transfer_plan(base_budget, seed, holdout=params.holdout, unseen=params.unseen) if params.transfer \
             else plans.make_plan(base_budget, seed, holdout=params.holdout, unseen=params.unseen)
@@ -411,16 +420,18 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
         summary.threads = threads
         session = _Session(device, store, params, [*runner_args, *labels.weights_runner_args(weights)], progress,
                            summary)
+        runtimes, summary.sparse_note = runtimes_to_measure(device.address, header, programs, sparse_programs)
         phase = program_session.ProgramPhase(device, store, threads=threads, rounds=rounds, seed=seed,
                                              runner_args=program_session.shared_runner_args(runner_args),
-                                             summary=summary, report=session.advance, resolutions=sizes)
+                                             summary=summary, report=session.advance, resolutions=sizes,
+                                             runtimes=runtimes)
         session.done = sum(len(store.plan()) - len(store.pending(r)) for r in range(rounds))
-        if programs and header is not None:
-            summary.programs_note = program_session.plan_programs(phase, programs)
+        if runtimes:
+            summary.programs_note = program_session.plan_programs(phase, programs, sparse_programs)
             program_done, session.program_total = phase.work_done()
             session.done += program_done
             session.plan_changed()
-        elif programs:
+        elif header is None and (programs or sparse_programs):
             summary.programs_note = unavailable
         session.report(phase="start")
         try:
@@ -428,7 +439,7 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
             if chooser is not None:
                 session.adapt(chooser, adaptive_target(plan, budget // 2))
             labels.settle(session, settle_cap)
-            if programs and header is not None and summary.programs_note is None:
+            if runtimes and summary.programs_note is None:
                 summary.programs_note = program_session.run_program_phase(phase)
         except DeviceDisconnected as exc:
             raise DeviceDisconnected(
@@ -442,9 +453,10 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
 
 
 def _check_programs(store: ProfileStore, header: dict[str, Any] | None, programs: int,
-                    sizes: Sequence[int] | None, out_dir: Path) -> list[int] | None:
+                    sizes: Sequence[int] | None, out_dir: Path, sparse: int = 0) -> list[int] | None:
     """Record the .pte runner's header and the program counts; refuse a rerun that would mix ExecuTorch
-    versions, lower --programs or change --program-sizes. Returns the program input sizes in force."""
+    versions, lower --programs or --sparse-programs or change --program-sizes. Returns the program input
+    sizes in force."""
     if header is not None:
         old = store.get_meta("program_runner")
         if old is not None and old.get("executorch") != header.get("executorch"):
@@ -453,22 +465,27 @@ def _check_programs(store: ProfileStore, header: dict[str, Any] | None, programs
                 f"{header.get('executorch')}; choose another --out")
         if old is None:
             store.set_meta("program_runner", header)
-    if programs:
-        stored = (store.get_meta("program_params") or {}).get("programs", 0)
-        if programs < stored:
-            raise ProfileParamsError(
-                f"profile {out_dir} was planned with --programs {stored} and a rerun may raise it but not lower it "
-                f"(you asked for {programs}; --programs 0 skips them); rerun with the same value to resume or "
-                f"extend it, or choose another --out")
-        stored_sizes = (store.get_meta("program_params") or {}).get("sizes")
+    if programs or sparse:
+        old = store.get_meta("program_params") or {}
+        for flag, asked, stored in (("--programs", programs, old.get("programs", 0)),
+                                    ("--sparse-programs", sparse, old.get("sparse", 0))):
+            if asked and asked < stored:
+                raise ProfileParamsError(
+                    f"profile {out_dir} was planned with {flag} {stored} and a rerun may raise it but not lower it "
+                    f"(you asked for {asked}; {flag} 0 skips them); rerun with the same value to resume or "
+                    f"extend it, or choose another --out")
+        stored_sizes = old.get("sizes")
         sizes = sorted(int(v) for v in sizes) if sizes else None
-        if stored and sizes != stored_sizes:
+        if (old.get("programs") or old.get("sparse")) and sizes != stored_sizes:
             raise ProfileParamsError(
                 f"profile {out_dir} was planned with --program-sizes {_sizes_text(stored_sizes)}, not "
                 f"{_sizes_text(sizes)}; rerun with the same sizes or choose another --out")
-        train, held, unseen = program_session.program_counts(programs)
-        store.set_meta("program_params", {"programs": train, "holdout": held, "unseen": unseen,
-                                          "probes": program_session.probe_count(train), "sizes": sizes})
+        train, held, unseen = program_session.program_counts(programs or old.get("programs", 0))
+        params = {"programs": train, "holdout": held, "unseen": unseen,
+                  "probes": program_session.probe_count(train), "sizes": sizes}
+        if sparse or old.get("sparse"):  # a profile without sparse programs keeps the params it always had
+            params["sparse"] = sparse or old["sparse"]
+        store.set_meta("program_params", params)
         return sizes
     return (store.get_meta("program_params") or {}).get("sizes")
 
@@ -484,9 +501,12 @@ def _fill_counts(store: ProfileStore, summary: ProfileSummary) -> None:
     summary.measured = len(rows) - summary.failures
     summary.samples = dict(Counter(r["sample"] for r in store.plan()))
     program_rows = store.program_rounds()
-    planned = store.programs()
+    planned = store.programs(runtime=program_session.RUNTIME)
     summary.programs = len(planned)
     summary.program_samples = dict(Counter(r["sample"] for r in planned))
+    sparse = store.programs(runtime="sparse")
+    summary.sparse_programs = len(sparse)
+    summary.sparse_samples = dict(Counter(r["sample"] for r in sparse))
     summary.program_failures = sum(1 for r in program_rows if r["error"] is not None)
     summary.program_measured = len(program_rows) - summary.program_failures
 

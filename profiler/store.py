@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS drift (
 CREATE TABLE IF NOT EXISTS program (
     program_id TEXT PRIMARY KEY, name TEXT NOT NULL, family TEXT NOT NULL, sample TEXT NOT NULL,
     threads INTEGER NOT NULL, spec TEXT NOT NULL, partitions INTEGER, undelegated_ops TEXT,
-    position INTEGER NOT NULL
+    position INTEGER NOT NULL, runtime TEXT NOT NULL DEFAULT 'executorch'
 );
 CREATE TABLE IF NOT EXISTS program_measurement (
     program_id TEXT NOT NULL REFERENCES program(program_id),
@@ -78,6 +78,9 @@ CREATE TABLE IF NOT EXISTS program_measurement (
 """
 #: Program samples: trained on, held out (families seen in training), and unseen families.
 PROGRAM_SAMPLES = ("train", "holdout", "unseen")
+#: The runtimes a program is measured on: part of its identity (programs.program_id). A profile made before
+#: the sparse runtime has no `runtime` column; its programs read as "executorch" (the column's default).
+PROGRAM_RUNTIMES = ("executorch", "sparse")
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -319,6 +322,9 @@ class ProfileStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            if "runtime" not in {r[1] for r in db.execute("PRAGMA table_info(program)")}:
+                with db:  # a profile from before the sparse runtime: every program it holds is an ExecuTorch one
+                    db.execute("ALTER TABLE program ADD COLUMN runtime TEXT NOT NULL DEFAULT 'executorch'")
         except sqlite3.Error as exc:
             db.close()
             raise self._sqlite_error(exc) from None
@@ -490,30 +496,34 @@ class ProfileStore:
         return digest.hexdigest()
 
     # ---- whole programs (program specs, profiler/programs.py) ----------------------------
-    def add_programs(self, entries: Iterable[tuple[dict[str, Any], str, int]]) -> int:
-        """Add (program spec, sample, threads) entries; known programs are kept as they are.
+    def add_programs(self, entries: Iterable[tuple[dict[str, Any], str, int]], runtime: str = "executorch") -> int:
+        """Add (program spec, sample, threads) entries to measure on `runtime`; known programs are kept as they are.
 
-        The spec is validated and stored as canonical JSON; its id is programs.program_id(spec, threads).
-        Returns how many were new.
+        The spec is validated and stored as canonical JSON; its id is programs.program_id(spec, threads,
+        runtime), so one spec measured on both runtimes is two programs. Returns how many were new.
         """
+        if runtime not in PROGRAM_RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(PROGRAM_RUNTIMES)}, got {runtime!r}")
         start = self._db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM program").fetchone()[0]
         rows = []
         for offset, (spec, sample, threads) in enumerate(entries):
             if sample not in PROGRAM_SAMPLES:
                 raise ValueError(f"program sample must be one of {', '.join(PROGRAM_SAMPLES)}, got {sample!r}")
             spec = programs.validate(spec)
-            rows.append((programs.program_id(spec, int(threads)), spec["name"], spec["family"], sample,
-                         int(threads), programs.canonical_json(spec), start + offset))
+            rows.append((programs.program_id(spec, int(threads), runtime), spec["name"], spec["family"], sample,
+                         int(threads), programs.canonical_json(spec), start + offset, runtime))
         with self._db:
             before = self._db.total_changes
             self._db.executemany("INSERT OR IGNORE INTO program(program_id, name, family, sample, threads, spec,"
-                                 " position) VALUES (?,?,?,?,?,?,?)", rows)
+                                 " position, runtime) VALUES (?,?,?,?,?,?,?,?)", rows)
             return self._db.total_changes - before
 
-    def programs(self, sample: str | None = None) -> list[dict[str, Any]]:
-        """Planned programs in plan order ("spec" as a dict, "undelegated_ops" as a list or None)."""
+    def programs(self, sample: str | None = None, runtime: str | None = None) -> list[dict[str, Any]]:
+        """Planned programs in plan order ("spec" as a dict, "undelegated_ops" as a list or None), of one
+        sample and one runtime when given."""
         query = "SELECT * FROM program" + (" WHERE sample = ?" if sample else "") + " ORDER BY position"
-        return [_program_row(r) for r in self._rows(query, (sample,) if sample else ())]
+        rows = [_program_row(r) for r in self._rows(query, (sample,) if sample else ())]
+        return [r for r in rows if runtime is None or r["runtime"] == runtime]
 
     def set_program_export(self, program_id: str, partitions: int | None,
                            undelegated_ops: list[str] | None = None) -> None:
@@ -544,8 +554,8 @@ class ProfileStore:
             "SELECT p.*, m.round, m.us_min, m.us_median, m.us_mean, m.us_std, m.reps, m.timed_us, m.error, m.batch,"
             " m.measured_at FROM program_measurement m JOIN program p USING (program_id) ORDER BY m.measured_at")]
 
-    def program_measurements(self, sample: str | None = None) -> list[dict[str, Any]]:
-        """One row per program with at least one good round, in plan order.
+    def program_measurements(self, sample: str | None = None, runtime: str | None = None) -> list[dict[str, Any]]:
+        """One row per program with at least one good round, in plan order (of one sample and runtime when given).
 
         `latency_us` is the fastest round's us_min (ROUND_STATISTIC aggregated by ROUND_AGGREGATE, as
         for layers), `us_median` the median over rounds of each round's us_median, `rounds` the
@@ -556,11 +566,11 @@ class ProfileStore:
         for row in self.program_rounds():
             if row["error"] is not None or row[ROUND_STATISTIC] is None:
                 continue
-            if sample is not None and row["sample"] != sample:
+            if (sample is not None and row["sample"] != sample) or (runtime is not None and row["runtime"] != runtime):
                 continue
             entry = by_program.setdefault(row["program_id"], {**{k: row[k] for k in (
                 "program_id", "name", "family", "sample", "threads", "spec", "partitions", "undelegated_ops",
-                "position")}, "_rounds": []})
+                "position", "runtime")}, "_rounds": []})
             entry["_rounds"].append((row["round"], row[ROUND_STATISTIC], row["us_median"]))
         out = []
         for entry in sorted(by_program.values(), key=lambda e: e["position"]):
@@ -709,6 +719,7 @@ def _remove_empty(created: list[Path]) -> None:
 
 
 def _program_row(row: dict[str, Any]) -> dict[str, Any]:
+    row.setdefault("runtime", "executorch")  # a read-only profile from before the column
     row["spec"] = json.loads(row["spec"])
     if row.get("undelegated_ops") is not None:
         row["undelegated_ops"] = json.loads(row["undelegated_ops"])

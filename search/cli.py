@@ -157,8 +157,18 @@ def search_command(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from . import zoo
-    from .run import (SearchInterrupted, SearchSettings, build_space, candidates, check_input_shape,
-                      program_records, references, run_meta, run_search, settings_to_json)
+    from .run import (
+        SearchInterrupted,
+        SearchSettings,
+        build_space,
+        candidates,
+        check_input_shape,
+        program_records,
+        references,
+        run_meta,
+        run_search,
+        settings_to_json,
+    )
     console = Console(stderr=True)
     budgets = _budgets(args.budgets)
     if args.max_latency is not None and not (math.isfinite(args.max_latency) and args.max_latency > 0):

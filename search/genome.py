@@ -1,4 +1,4 @@
-"""Genomes: per free channel group a width ratio, per dense conv (and FC) a weight density, each an
+"""Genomes: per free channel group a width ratio, per groups-1 conv a weight density, each an
 index into a candidate list (JCW: steps of 0.1), with lower bounds for sensitive layers.
 
 A population is an int array (individuals x genes); `SearchSpace` decodes it to channel counts,
@@ -58,8 +58,10 @@ class SearchSpace:
         self.density_choices = np.array(_check_choices("density_choices", density_choices))
         self.bounds = bounds or Bounds()
         self.width_groups = [g.index for g in graph.groups if not g.fixed] if prune_widths else []
-        self.density_layers = [i for i, layer in enumerate(graph.layers) if layer.spec.op == "conv"] \
-            if prune_densities else []
+        # Density genes only where the sparse engine runs a pruned layer sparse: groups-1 convolutions
+        # (it runs depthwise and fully-connected layers dense, so pruning their weights buys no time).
+        self.density_layers = [i for i, layer in enumerate(graph.layers)
+                               if layer.spec.op == "conv" and not layer.is_linear] if prune_densities else []
         self.n_width, self.n_density = len(self.width_groups), len(self.density_layers)
         self.n_var = self.n_width + self.n_density
         if self.n_var == 0:

@@ -265,7 +265,7 @@ def read_model(model: nn.Module, example: torch.Tensor) -> ModelGraph:
 
     for name, count in calls.items():
         if count > 1:
-            for lname, spec, gin, gout, *_ in raw_layers:
+            for lname, _spec, gin, gout, *_ in raw_layers:
                 if lname == name:
                     uf.fix(gin, f"layer {name} is called more than once")
                     uf.fix(gout, f"layer {name} is called more than once")

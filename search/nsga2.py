@@ -6,8 +6,9 @@ Objectives are minimised; CV > 0 marks a constraint violation (feasible always b
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -269,7 +270,7 @@ class NSGA2:
         return children
 
     def run(self, problem: Problem, n_gen: int, seed: int = 0,
-            callback: Callable[[int, "Result"], None] | None = None) -> Result:
+            callback: Callable[[int, Result], None] | None = None) -> Result:
         if not isinstance(n_gen, int) or n_gen < 1:
             raise ValueError(f"n_gen must be an integer >= 1, got {n_gen!r}")
         rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@ a data-free weight-magnitude proxy, a real evaluator on held-out data, or a user
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -15,7 +15,6 @@ from .errors import SearchError
 from .genome import SearchSpace
 from .prune import apply_genome, channel_order, recalibrate_batchnorm
 from .zoo import load_callable, user_failure
-
 
 #: Runtimes a search can optimise for (ARCHITECTURE.md, "Runtimes").
 RUNTIMES = ("executorch", "sparse")

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import SearchError
 from profiler import programs
 from profiler.cliargs import os_error_reason, short_path
 
-from .genome import Bounds, SearchSpace, STEPS
+from .errors import SearchError
+from .genome import STEPS, Bounds, SearchSpace
 from .graph import read_model
 from .jcw_selection import JCWSurvival
 from .nsga2 import NSGA2, Result

@@ -15,8 +15,7 @@ import torch
 from profiler.cliargs import OutputPathError, check_output_file, os_error_reason, short_path
 
 from .errors import SearchError
-from .export import (export_pte, measure, measure_network, network_report, output_paths, run_pte,
-                     write_network_file)
+from .export import export_pte, measure, measure_network, network_report, output_paths, run_pte, write_network_file
 from .genome import Bounds, SearchSpace
 from .graph import read_model
 from .netexport import pruned_conv_layers

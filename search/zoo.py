@@ -5,7 +5,7 @@ zoo name plus a seed always rebuilds the same network (needed by `jcw export`).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

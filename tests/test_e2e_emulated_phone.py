@@ -112,7 +112,7 @@ class Emulator:
     def device(self) -> str:
         return f"tcp:127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90) -> "Emulator":
+    def start(self, timeout: float = 90) -> Emulator:
         self.starts += 1
         self.log = self.workdir / f"emulate-{self.starts}.out"
         with open(self.log, "w") as out:
@@ -219,7 +219,8 @@ def installed_bundle(sandbox: Path) -> Path:
 
 
 def profile_command(device: str, out: Path, budget: int = 6) -> list[str]:
-    return ["profile", "--device", device, "--out", str(out), "--budget", str(budget), "--rounds", "1", "--holdout", "3", "--programs", "0", *FAST]
+    return ["profile", "--device", device, "--out", str(out), "--budget", str(budget), "--rounds", "1",
+            "--holdout", "3", "--programs", "0", *FAST]
 
 
 def assert_clean_stderr(result) -> None:

@@ -5,8 +5,8 @@ import pytest
 
 from predictor import adaptive, baselines, efficiency, evaluation
 from predictor.errors import PredictorError
-from profiler import networks
 from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
+from profiler import networks
 
 
 def test_metrics_by_hand():

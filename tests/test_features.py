@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from predictor.errors import PredictorError
-from predictor.features import (FEATURE_NAMES, MONOTONE, as_columns, feature_matrix, impl_quantities, physical)
+from predictor.features import FEATURE_NAMES, MONOTONE, as_columns, feature_matrix, impl_quantities, physical
 from profiler.layerspec import LayerSpec, to_columns
 
 

@@ -21,7 +21,8 @@ def resnet():
 def test_genes_and_bounds(resnet):
     _, space = resnet
     graph = space.graph
-    assert space.n_width == 12 and space.n_density == 21 and space.n_var == 33
+    # 20 density genes: every groups-1 conv; the classifier (fc) runs dense in the sparse engine
+    assert space.n_width == 12 and space.n_density == 20 and space.n_var == 32
     width_lb = dict(zip(space.width_groups, space.width_choices[space.xl[:space.n_width]]))
     stem_group = graph.layer("conv1").out_group
     assert width_lb[stem_group] == pytest.approx(0.5)                  # residual + first: max(0.4, 0.5)
@@ -30,7 +31,7 @@ def test_genes_and_bounds(resnet):
     dens_lb = dict(zip(space.density_layers, space.density_choices[space.xl[space.n_width:]]))
     names = [layer.name for layer in graph.layers]
     assert dens_lb[names.index("conv1")] == pytest.approx(0.8)
-    assert dens_lb[names.index("fc")] == pytest.approx(0.3)
+    assert names.index("fc") not in dens_lb
     assert dens_lb[names.index("layer3.0.conv1")] == pytest.approx(0.2)
     assert dens_lb[names.index("layer3.0.conv2")] == pytest.approx(0.1)
     strict = SearchSpace(graph, bounds=Bounds(min_width=0.9, min_density=1.0))
@@ -56,7 +57,7 @@ def test_columns_match_layer_specs_and_coupling(resnet):
 
 def test_check_rejects_bad_genomes(resnet):
     _, space = resnet
-    with pytest.raises(SearchError, match="33 integer genes"):
+    with pytest.raises(SearchError, match="32 integer genes"):
         space.check(np.zeros((1, 5), dtype=int))
     bad = space.uniform(1.0, 1.0)
     bad[0] = space.xl[0] - 1

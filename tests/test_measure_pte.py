@@ -23,6 +23,7 @@ def runner_built():
 def _export(module, example_inputs, path):
     """As search/export.py does it: torch.export -> XNNPACK-lowered edge program -> .pte bytes."""
     import torch
+
     from profiler.program_build import quiet_executorch
     with quiet_executorch():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner

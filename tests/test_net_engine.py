@@ -240,8 +240,8 @@ def engine_runs(binary, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("nets")
     torch.manual_seed(0)
     nets = {name: (make := factory(), save(make, root / f"{name}.jcwnet")) for name, factory in NETWORKS.items()}
-    header, results = run(binary, [{"id": name, "net": saved["path"], "threads": 1} for name, (_, saved) in nets.items()],
-                          FAST + ["--dump", str(root)])
+    lines = [{"id": name, "net": saved["path"], "threads": 1} for name, (_, saved) in nets.items()]
+    header, results = run(binary, lines, FAST + ["--dump", str(root)])
     return {"header": header, "root": root, "nets": nets, "results": {r["id"]: r for r in results}}
 
 
@@ -292,8 +292,10 @@ def damaged_files(good: Path, root: Path) -> dict[str, tuple[Path, str]]:
     versioned[8:12] = (2).to_bytes(4, "little")
     header = bytearray(data)
     header[16] = ord("[")
-    cases = {"bit_flip": (flipped, "CRC-32"), "truncated": (data[:-40], "truncated"), "extended": (data + b"\0" * 64, "extended"),
-             "version": (versioned, "version 2; this engine reads version 1"), "magic": (b"PK" + data[2:], "not a jcw network file"),
+    cases = {"bit_flip": (flipped, "CRC-32"), "truncated": (data[:-40], "truncated"),
+             "extended": (data + b"\0" * 64, "extended"),
+             "version": (versioned, "version 2; this engine reads version 1"),
+             "magic": (b"PK" + data[2:], "not a jcw network file"),
              "header": (header, "not JSON")}
     files = {}
     for name, (blob, words) in cases.items():

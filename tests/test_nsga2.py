@@ -7,10 +7,20 @@ from search import zoo
 from search.genome import SearchSpace
 from search.graph import read_model
 from search.jcw_selection import JCWSurvival
-from search.nsga2 import (NSGA2, SBX, EliminateDuplicates, IntegerRandomSampling, PolynomialMutation,
-                          RankAndCrowdingSurvival, SpreadSampling, constrained_fronts, crowding_distance,
-                          hypervolume_2d, non_dominated_sort)
-from search.objectives import LatencyModel, PruningProblem, ProxyAccuracy
+from search.nsga2 import (
+    NSGA2,
+    SBX,
+    EliminateDuplicates,
+    IntegerRandomSampling,
+    PolynomialMutation,
+    RankAndCrowdingSurvival,
+    SpreadSampling,
+    constrained_fronts,
+    crowding_distance,
+    hypervolume_2d,
+    non_dominated_sort,
+)
+from search.objectives import LatencyModel, ProxyAccuracy, PruningProblem
 from search_standin import MacsPredictor
 
 # Hand-checked: points (latency, -accuracy)

@@ -66,11 +66,11 @@ def test_densities_cover_dense_and_very_sparse():
 
 def test_prior_layers_are_perturbed_real_layers():
     real = networks.real_layers()
-    shapes = {(l["op"], l["k"], l["stride"], l["h"]) for l in real}
+    shapes = {(layer["op"], layer["k"], layer["stride"], layer["h"]) for layer in real}
     plan = plans.make_plan(300, seed=5)
     for spec in plan.prior + plan.holdout:
         assert (spec.op, spec.k, spec.stride, spec.h) in shapes
-    widths = {(l["op"], l["k"], l["stride"], l["h"]): l for l in real}
+    widths = {(layer["op"], layer["k"], layer["stride"], layer["h"]): layer for layer in real}
     fc = [s for s in plan.prior if s.h == 1]
     assert fc and all(s.cout == networks.NUM_CLASSES for s in fc)  # the classifier's outputs stay fixed
     stems = [s for s in plan.prior if s.h == 224 and s.op == "conv"]
@@ -80,13 +80,13 @@ def test_prior_layers_are_perturbed_real_layers():
 
 def test_network_data_matches_known_architectures():
     assert networks.generate() == {n: networks.network_layers(n) for n in networks.NETWORKS}
-    macs = {n: sum(networks.to_spec(l).macs for l in networks.network_layers(n)) for n in networks.NETWORKS}
+    macs = {n: sum(networks.to_spec(layer).macs for layer in networks.network_layers(n)) for n in networks.NETWORKS}
     # published multiply-accumulate counts at 224x224: 1.8G, 4.1G, 569M, 300M
     assert macs["resnet18"] == pytest.approx(1.814e9, rel=0.01)
     assert macs["resnet50"] == pytest.approx(4.09e9, rel=0.01)
     assert macs["mobilenet_v1"] == pytest.approx(569e6, rel=0.01)
     assert macs["mobilenet_v2"] == pytest.approx(300e6, rel=0.01)
-    counts = {n: Counter(l["op"] for l in networks.network_layers(n)) for n in networks.NETWORKS}
+    counts = {n: Counter(layer["op"] for layer in networks.network_layers(n)) for n in networks.NETWORKS}
     assert counts["resnet18"]["conv"] == 21 and counts["mobilenet_v1"]["dwconv"] == 13
     assert counts["mobilenet_v2"]["dwconv"] == 17
     with pytest.raises(ValueError, match="network must be one of"):

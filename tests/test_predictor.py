@@ -11,8 +11,8 @@ from jcw.__main__ import main
 from predictor import LatencyPredictor, PredictorError
 from predictor.evaluation import latencies, predict_rows
 from predictor.features import as_columns, physical, rows_to_columns
-from profiler.layerspec import LayerSpec, to_columns, write_jsonl
 from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
+from profiler.layerspec import LayerSpec, to_columns, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Saved predictors: identical predictions after a round trip, and refusal of tampered, foreign-version
 or untrusted files with one sentence (trained on the small real profile of predictor_profile.py)."""
-import json
 import hashlib
+import json
 import os
 import shutil
 

@@ -104,8 +104,8 @@ def test_profile_killed_halfway_then_rerun_measures_everything_exactly_once(tmp_
     assert len(second) < total and set(first) <= set(second)
 
     done = subprocess.run([sys.executable, "-m", "jcw", "profile", "--device", "local", "--out", str(out),
-                           "--budget", "6", "--rounds", "2", "--programs", "0", "--settle-cap", "0", *FAST], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                           "--budget", "6", "--rounds", "2", "--programs", "0", "--settle-cap", "0", *FAST],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "results measured (all rounds)" in done.stdout
     with ProfileStore(out) as store:
@@ -124,7 +124,8 @@ def test_profile_killed_halfway_then_rerun_measures_everything_exactly_once(tmp_
 def test_profile_prints_summary_and_exports_csv(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(session, "DRIFT_THRESHOLD", 10.0)
     status, out, err = run_cli(capsys, "profile", "--device", "local", "--out", str(tmp_path / "p"), "--budget", "2",
-                               "--holdout", "2", "--rounds", "1", "--programs", "0", "--csv", str(tmp_path / "all.csv"), *FAST)
+                               "--holdout", "2", "--rounds", "1", "--programs", "0", "--csv",
+                               str(tmp_path / "all.csv"), *FAST)
     assert status == 0, err
     with ProfileStore(tmp_path / "p") as store:
         n = len(store.plan())

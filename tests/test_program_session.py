@@ -287,7 +287,7 @@ def test_jcw_profile_measures_programs_at_the_runtime_default_threads(tmp_path, 
     from jcw.__main__ import main
     default = LocalDevice().program_runner_info()["default_threads"]
     argv = ["profile", "--device", "local", "--out", str(tmp_path / "p"), "--budget", "2", "--holdout", "1",
-            "--rounds", "1", "--programs", "1", *(f"--runner-arg={a}" for a in FAST)]
+            "--rounds", "1", "--programs", "1", "--sparse-programs", "0", *(f"--runner-arg={a}" for a in FAST)]
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert "whole programs planned (ExecuTorch)" in out and "program results (all rounds)" in out
@@ -309,7 +309,7 @@ def test_jcw_profile_on_a_device_without_programs_says_so_and_keeps_layers(tmp_p
 
     monkeypatch.setattr(session, "open_device", lambda address: Refusing())
     status = main(["profile", "--device", "local", "--out", str(tmp_path / "p"), "--budget", "2", "--holdout", "1",
-                   "--rounds", "1", "--programs", "1", *(f"--runner-arg={a}" for a in FAST)])
+                   "--rounds", "1", "--programs", "1", "--sparse-programs", "0", *(f"--runner-arg={a}" for a in FAST)])
     out, err = capsys.readouterr()
     assert status == 0 and "results measured (all rounds)" in out
     sentences = [line for line in err.splitlines() if line.startswith("jcw profile:")]

@@ -50,7 +50,7 @@ class Faults:
                 self.fired.append(f"drop_after_bytes={self.drop_after_bytes}")
                 self.drop_after_bytes = None
 
-    def line_counter(self) -> "LineCounter | None":
+    def line_counter(self) -> LineCounter | None:
         with self._lock:
             if self.drop_at_line is None:
                 return None

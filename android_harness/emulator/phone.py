@@ -91,11 +91,11 @@ class Phone:
         return ("device::" + ";".join(parts) + ";").encode("utf-8")
 
     @classmethod
-    def default(cls) -> "Phone":
+    def default(cls) -> Phone:
         return cls.from_dict(copy.deepcopy(DEFAULT_DESCRIPTION))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Phone":
+    def load(cls, path: str | os.PathLike) -> Phone:
         """Load a user JSON description; fields it omits come from the default phone."""
         try:
             user = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -104,7 +104,8 @@ class Phone:
         except UnicodeDecodeError:
             raise DescriptionError(f"phone description {path} is not UTF-8 text") from None
         except json.JSONDecodeError as exc:
-            raise DescriptionError(f"phone description {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+            raise DescriptionError(f"phone description {path} is not valid JSON: {exc.msg} at line "
+                                   f"{exc.lineno}") from None
         if not isinstance(user, dict):
             raise DescriptionError(f"phone description {path} must be a JSON object")
         merged = copy.deepcopy(DEFAULT_DESCRIPTION)
@@ -116,7 +117,7 @@ class Phone:
         return cls.from_dict(merged)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Phone":
+    def from_dict(cls, d: dict[str, Any]) -> Phone:
         known = set(DEFAULT_DESCRIPTION)
         serial = d.get("serial")
         if not isinstance(serial, str) or not re.fullmatch(r"[A-Za-z0-9._\-]{1,64}", serial):

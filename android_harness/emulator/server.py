@@ -15,11 +15,11 @@ import socket
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import shell, sync
-from .auth import AuthPolicy, AndroidPublicKey, load_authorized_keys
+from .auth import AndroidPublicKey, AuthPolicy, load_authorized_keys
 from .faults import Faults
 from .phone import Phone, build_sandbox
 from .streams import Connection, Stream
@@ -124,7 +124,7 @@ class EmulatedPhone:
         self.root = Path()
 
     # -- lifecycle --
-    def start(self) -> "EmulatedPhone":
+    def start(self) -> EmulatedPhone:
         if self._sandbox_arg is None:
             self._temp_dir = tempfile.TemporaryDirectory(prefix="jcw-phone-")
             real = Path(self._temp_dir.name)
@@ -181,7 +181,7 @@ class EmulatedPhone:
             self._temp_dir.cleanup()
             self._temp_dir = None
 
-    def __enter__(self) -> "EmulatedPhone":
+    def __enter__(self) -> EmulatedPhone:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -291,7 +291,7 @@ class EmulatedPhone:
         while not self._stopping.is_set():
             try:
                 sock, peer = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break

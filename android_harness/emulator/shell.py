@@ -104,7 +104,7 @@ def rewrite_command(command: str, root: str) -> str:
     return _PHONE_PATH.sub(lambda match: root + match.group(0), command)
 
 
-def run_shell(phone: "EmulatedPhone", stream: Stream, command: str) -> None:
+def run_shell(phone: EmulatedPhone, stream: Stream, command: str) -> None:
     """Serve `shell:<command>` (and `exec:<command>`) on an open stream."""
     stream.ready()
     root = str(phone.root)

@@ -11,7 +11,8 @@ import logging
 import queue
 import socket
 import threading
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import messages as m
 
@@ -28,7 +29,7 @@ class StreamClosed(Exception):
 class Stream:
     """A device-side socket of one service; methods are called from the service's thread."""
 
-    def __init__(self, conn: "Connection", local_id: int, remote_id: int, service: str):
+    def __init__(self, conn: Connection, local_id: int, remote_id: int, service: str):
         self.conn, self.local_id, self.remote_id, self.service = conn, local_id, remote_id, service
         self._inbox: queue.Queue[bytes | None] = queue.Queue()
         self._may_send = threading.Event()
@@ -105,7 +106,7 @@ class Stream:
 class Connection:
     """The device end of one TCP connection from an ADB host."""
 
-    def __init__(self, sock: socket.socket, peer: str, phone: "EmulatedPhone",
+    def __init__(self, sock: socket.socket, peer: str, phone: EmulatedPhone,
                  services: Callable[[str], Callable[[Stream, str], None] | None]):
         self.sock, self.peer, self.phone, self._services = sock, peer, phone, services
         self.version = m.A_VERSION_MIN

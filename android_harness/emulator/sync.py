@@ -62,7 +62,7 @@ class _Writer:
             self.stream.write(data)
 
 
-def run_sync(phone: "EmulatedPhone", stream: Stream, _name: str) -> None:
+def run_sync(phone: EmulatedPhone, stream: Stream, _name: str) -> None:
     stream.ready()
     reader, writer = _Reader(stream), _Writer(stream)
     while True:
@@ -97,7 +97,7 @@ def _fail(message: str) -> tuple[bytes, bytes]:
     return REQUEST.pack(b"FAIL", len(data)), data
 
 
-def _stat_v1(phone: "EmulatedPhone", path: str) -> bytes:
+def _stat_v1(phone: EmulatedPhone, path: str) -> bytes:
     try:
         st = os.lstat(phone.host_path(path))
         return struct.pack("<3I", st.st_mode & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, int(st.st_mtime))
@@ -105,7 +105,7 @@ def _stat_v1(phone: "EmulatedPhone", path: str) -> bytes:
         return struct.pack("<3I", 0, 0, 0)
 
 
-def _list(phone: "EmulatedPhone", path: str, writer: _Writer) -> None:
+def _list(phone: EmulatedPhone, path: str, writer: _Writer) -> None:
     try:
         host = phone.host_path(path)
         names = [".", ".."] + sorted(os.listdir(host))
@@ -122,7 +122,7 @@ def _list(phone: "EmulatedPhone", path: str, writer: _Writer) -> None:
     writer.add(b"DONE", struct.pack("<4I", 0, 0, 0, 0))
 
 
-def _recv(phone: "EmulatedPhone", path: str, writer: _Writer) -> None:
+def _recv(phone: EmulatedPhone, path: str, writer: _Writer) -> None:
     try:
         fd = os.open(phone.host_path(path), os.O_RDONLY)
     except PermissionError as exc:
@@ -146,7 +146,7 @@ def _recv(phone: "EmulatedPhone", path: str, writer: _Writer) -> None:
         os.close(fd)
 
 
-def _send(phone: "EmulatedPhone", spec: str, reader: _Reader, writer: _Writer) -> bool:
+def _send(phone: EmulatedPhone, spec: str, reader: _Reader, writer: _Writer) -> bool:
     """Receive one file. On failure keep draining DATA until DONE, then FAIL (as adbd reports it)."""
     path, _, mode_text = spec.rpartition(",")
     error: str | None = None
@@ -168,7 +168,8 @@ def _send(phone: "EmulatedPhone", spec: str, reader: _Reader, writer: _Writer) -
     except ValueError:
         error = f"bad SEND mode {mode_text!r}"
     except PermissionError as exc:
-        error = f"couldn't create file: {exc.args[0] if exc.args and isinstance(exc.args[0], str) else os.strerror(errno.EACCES)}"
+        reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else os.strerror(errno.EACCES)
+        error = f"couldn't create file: {reason}"
     except OSError as exc:
         error = f"couldn't create file: {os.strerror(exc.errno or errno.EIO)}"
     try:
