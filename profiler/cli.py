@@ -119,8 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "(entry point group jcw.acquisition) is least certain")
     prof.add_argument("--programs", type=_programs, default=None, metavar="N",
                       help=f"whole training programs to export and time after the layers (default "
-                           f"{session.DEFAULT_PROGRAMS}; N/{program_session.PROBE_SHARE} random operator-probe "
-                           f"graphs, and N/3 held-out and N/3 unseen-family programs, at least "
+                           f"{session.DEFAULT_PROGRAMS}; N/3 held-out and N/3 unseen-family programs, at least "
                            f"{program_session.MIN_EVAL_PROGRAMS} each, come on top; 0 skips programs; at most "
                            f"{session.MAX_PROGRAMS}; exporting them needs the search extra, jcw[search]: without "
                            f"it the default is skipped with a note and an explicit N is refused)")

@@ -36,8 +36,14 @@ def register(subparsers) -> None:
     p.add_argument("--runtime", default="executorch", choices=("executorch", "sparse"),
                    help="what the latency objective is: executorch (default) = the whole exported .pte as "
                         "ExecuTorch runs it, every layer dense, so the genome is per-group width only; sparse = "
-                        "per layer the faster of dense and sparse kernels, summed, with per-layer density genes, "
-                        "for the sparse network engine (not built yet: the exported .pte still runs dense)")
+                        "the whole network on the kit's sparse engine (the .jcwnet `jcw export` writes), which runs "
+                        "every groups-1 convolution with density < 1 sparse, with a density gene per such "
+                        "convolution; every candidate carries both runtimes' latencies")
+    p.add_argument("--no-density", action="store_true",
+                   help="with --runtime sparse: no density genes, a width-only search (every layer then runs dense "
+                        "on the engine)")
+    p.add_argument("--no-width", action="store_true",
+                   help="with --runtime sparse: every channel group keeps its full width, a density-only search")
     p.add_argument("--budgets", default="", help="comma-separated latency budgets in ms for the summary table")
     p.add_argument("--pop", type=int, default=64,
                    help="population size (default 64, as in JCW; at most what fits the search's 2 GB memory cap, "
@@ -176,8 +182,14 @@ def search_command(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.min_latency) and 0 <= args.min_latency < (args.max_latency or math.inf)):
         raise SearchError(f"--min-latency must be >= 0 and below --max-latency, got {args.min_latency}")
     shape = zoo.parse_shape(args.input_shape) if args.input_shape else None
+    if (args.no_width or args.no_density) and args.runtime != "sparse":
+        raise SearchError(f"--{'no-width' if args.no_width else 'no-density'} chooses the genome of --runtime sparse; "
+                          "under executorch the genome is width-only already")
+    if args.no_width and args.no_density:
+        raise SearchError("--no-width with --no-density leaves nothing to search; drop one of them")
     settings = SearchSettings(pop=args.pop, gens=args.gens, seed=args.seed, budgets=budgets,
                               bounds=_bounds(args.bound), runtime=args.runtime,
+                              prune_widths=not args.no_width, prune_densities=not args.no_density,
                               latency_range=None if args.max_latency is None and not args.min_latency
                               else (args.min_latency, args.max_latency))
     if ":" not in args.model and args.model not in zoo.ZOO:
@@ -195,8 +207,9 @@ def search_command(args: argparse.Namespace) -> int:
     latency_predictor = _load_predictor(args.predictor)
     model, shape = zoo.resolve(args.model, shape)
     space = build_space(model, shape, settings, args.model)
-    if settings.runtime == "executorch":
-        space.program  # noqa: B018  (an operator no program spec can express is said before any work)
+    from .objectives import LatencyModel
+    # an operator no program spec expresses (or, under sparse, the engine cannot run) is said before any work
+    LatencyModel(latency_predictor, space, settings.runtime).check_program()
     created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -343,14 +356,15 @@ def summary_table(front: list[dict], refs: list[dict], budgets, meta: dict, seco
 
 def run_notes(meta: dict) -> list[str]:
     """Sentences under the table: how latency was predicted, unmodelled operators, the sparse caveat."""
-    notes = [f"latency: {meta['latency_meaning']}; whole programs by {meta.get('program_model')}"]
+    how = meta.get("sparse_program_model") if meta["runtime"] == "sparse" else meta.get("program_model")
+    notes = [f"latency: {meta['latency_meaning']}; whole programs by {how}"]
     unmodelled = meta.get("unmodelled_ops") or []
     if unmodelled:
         kinds = sorted({op["op"] for op in unmodelled})
         notes.append(f"unmodelled operators: {len(unmodelled)} ({', '.join(kinds)}) run in the deployed program but "
                      "the whole-program prediction does not count them, so it is optimistic by their cost")
-    if meta.get("program_unavailable"):
-        notes.append(f"whole-program (executorch) latency unknown: {meta['program_unavailable']}")
+    if meta.get("sparse_unavailable"):
+        notes.append(f"sparse engine latency unknown: {meta['sparse_unavailable']}")
     if meta.get("note"):
         notes.append(f"[bold]NOTE[/bold]: {meta['note']}")
     return notes

@@ -261,6 +261,11 @@ def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, rep
               "export_runtime": runtime, **network_report(network, net_path, net_measured, net_error)}
     if network is not None:
         report["files"]["net"] = str(net_path)
+        # the engine's whole-network prediction the search made for this candidate (None in runs from before it)
+        predicted_net = (candidate.get("latency_ms_by_runtime") or {}).get("sparse")
+        report["net_predicted_ms"] = predicted_net
+        report["net_ratio"] = None if predicted_net is None or net_measured is None \
+            else net_measured["latency_ms"] / predicted_net
     if compare_unpruned:
         refs = {(r["kind"], r["value"]): r for r in meta.get("references", [])}
         full = refs.get(("width", 1.0), {})

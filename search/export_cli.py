@@ -82,8 +82,12 @@ def _network_rows(table, report: dict) -> None:
         return
     table.add_row("network file (sparse engine)", report["net"])
     table.add_row("layers it runs sparse", f"{len(report['net_sparse_layers'])}/{report['net_layers']} nodes")
+    if report.get("net_predicted_ms") is not None:
+        table.add_row("predicted, sparse engine (whole network)", f"{report['net_predicted_ms']:.4g} ms")
     if report.get("net_measured_ms") is not None:
         table.add_row("measured, sparse engine", f"{report['net_measured_ms']:.4g} ms")
+        if report.get("net_ratio") is not None:
+            table.add_row("measured / predicted, sparse engine", f"{report['net_ratio']:.2f}")
         if report.get("net_max_abs_error") is not None:
             table.add_row("max |engine - torch|", f"{report['net_max_abs_error']:.2e}")
     elif report.get("net_measure_error"):

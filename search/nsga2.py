@@ -107,10 +107,14 @@ class SpreadSampling:
     (e.g. widths and densities, from the problem's `gene_axes`), stratified so the levels tile [0, 1],
     plus per-gene noise. Uniform genes would put every individual near the mean latency (a sum of
     many independent layers), leaving the cheap and the expensive ends unexplored; independent axes
-    keep individuals that prune only one way in the first population."""
+    keep individuals that prune only one way in the first population. `keep_share`: the chance that a gene
+    of a later axis (densities) stays at its top value — under the sparse engine density 1.0 is a different
+    kernel (dense), not a slightly lighter sparse one, so the first population must hold both kinds."""
 
-    def __init__(self, noise: float = 0.2) -> None:
-        self.noise = noise
+    def __init__(self, noise: float = 0.2, keep_share: float = 0.0) -> None:
+        if not 0.0 <= keep_share < 1.0:
+            raise ValueError(f"keep_share must be in [0, 1), got {keep_share!r}")
+        self.noise, self.keep_share = noise, keep_share
 
     def __call__(self, problem: Problem, n: int, rng: np.random.Generator) -> np.ndarray:
         axes = np.asarray(getattr(problem, "gene_axes", np.zeros(problem.n_var, dtype=np.int64)))
@@ -120,7 +124,12 @@ class SpreadSampling:
             level[:, axes == axis] = strata[:, None]
         span = problem.xu - problem.xl
         x = problem.xl + (level + self.noise * rng.standard_normal((n, problem.n_var))) * span
-        return np.clip(np.floor(x + 0.5), problem.xl, problem.xu).astype(np.int64)
+        x = np.clip(np.floor(x + 0.5), problem.xl, problem.xu).astype(np.int64)
+        if self.keep_share:
+            keep = (axes > 0)[None, :] & (rng.random((n, problem.n_var)) < self.keep_share)
+            x = np.where(keep, problem.xu, x)
+            x[0] = problem.xu  # and the unpruned network itself: on x86 it often beats every sparse variant
+        return x
 
 
 class BinaryTournament:

@@ -1,5 +1,5 @@
 """Objectives of the search, vectorized over a population: predicted latency under a runtime (executorch:
-the whole deployed program, layers dense; sparse: per layer the faster kernel, summed; a couple of
+the whole deployed .pte, layers dense; sparse: the whole network on the kit's sparse engine; a couple of
 predictor calls per population) and pluggable accuracy estimators —
 a data-free weight-magnitude proxy, a real evaluator on held-out data, or a user `module:function`.
 """
@@ -10,6 +10,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
+
+from predictor import sparse_runtime
 
 from .errors import SearchError
 from .genome import SearchSpace
@@ -22,14 +24,18 @@ RUNTIMES = ("executorch", "sparse")
 LATENCY_MEANING = {
     "executorch": "whole ExecuTorch program (.pte, XNNPACK delegate) with every layer dense: the predictor's "
                   "program model over the conv layers' dense latency and every other operator",
-    "sparse": "sum over convolution and linear layers of the faster of the dense and the sparse kernel "
-              "(other operators not counted), for the sparse network engine",
+    "sparse": "whole network on the kit's sparse engine (the .jcwnet): every groups-1 convolution with density < 1 "
+              "through the sparse kernel, the other layers dense (depthwise ones between sparse layers NCHW), its "
+              "layout conversions and every other operator: the predictor's sparse program model over the engine's "
+              "parts",
 }
-#: The loud note of --runtime sparse: what is searched is not what `jcw export` deploys.
-SPARSE_NOTE = ("--runtime sparse optimises for the sparse network engine (issue 10, not built yet): latency_ms sums "
-               "each layer at its faster kernel, but the .pte `jcw export` writes runs every layer dense on "
-               "ExecuTorch, whose predicted latency is latency_ms_by_runtime.executorch")
+#: The loud note of --runtime sparse: which of the files `jcw export` writes the latency is for.
+SPARSE_NOTE = ("--runtime sparse optimises for the kit's sparse network engine: latency_ms is the engine's predicted "
+               "whole-network latency of the .jcwnet `jcw export` writes (run it with `jcw measure --net`), while the "
+               ".pte from the same export runs every layer dense on ExecuTorch, whose predicted latency is "
+               "latency_ms_by_runtime.executorch")
 NO_PROGRAM_MODEL = "sum of dense layers (this predictor has no whole-program model)"
+NO_SPARSE_PROGRAM_MODEL = "sum of layers as the engine runs them (this predictor has no sparse program model)"
 
 
 class LatencyModel:
@@ -38,7 +44,10 @@ class LatencyModel:
     executorch (the default): the deployed .pte, where pruned weights run dense — densities are ignored
     (set to 1) and the whole program is predicted from the conv layers' dense latency plus every other
     operator of the program template, one layer call and one program call per population.
-    sparse: per layer the faster of the dense and the sparse kernel, summed.
+    sparse: the sparse engine running the whole network — each groups-1 convolution whose density is below 1
+    runs sparse (search.engine_program), priced by the predictor's sparse program model over the engine's parts
+    (dense, NCHW-depthwise and sparse layer ms, layout conversions, other operators), one layer call and one
+    program call per population; a predictor without that model sums the layers as the engine runs them.
     """
 
     def __init__(self, predictor, space: SearchSpace, runtime: str = "executorch") -> None:
@@ -50,30 +59,38 @@ class LatencyModel:
         self.calls = self.rows = 0
         self.whole_program = hasattr(predictor, "predict_program_parts")
         self.program_note = getattr(predictor, "program_note", None) if self.whole_program else NO_PROGRAM_MODEL
+        self.engine_program = hasattr(predictor, "predict_sparse_program_parts")
+        self.sparse_program_note = getattr(predictor, "sparse_program_note", None) if self.engine_program \
+            else NO_SPARSE_PROGRAM_MODEL
         self._is_conv = np.array([not layer.is_linear for layer in space.graph.layers])
-        self.program_error: str | None = None
+        self.engine_error: str | None = None
+        self._checked_program = False
 
     def check_program(self) -> None:
-        """Build the program template now. Under executorch an operator a program spec cannot express is
-        a SearchError; under sparse the whole-program latency is then only left unknown (program_error)."""
-        if self.program_error is not None:
+        """Build the program template and the sparse engine's view of it now. An operator no program spec
+        expresses is a SearchError; one the engine cannot run is a SearchError under sparse, and under
+        executorch only leaves the engine's latency unknown (engine_error)."""
+        if self._checked_program:
             return
+        template = self.space.program
         try:
-            self.space.program  # noqa: B018
+            template.engine  # noqa: B018
         except SearchError as exc:
-            if self.runtime == "executorch":
-                raise
-            self.program_error = str(exc)
+            if self.runtime == "sparse":
+                raise SearchError(f"{exc}, so --runtime sparse cannot search this model; search it with "
+                                  f"--runtime executorch") from None
+            self.engine_error = str(exc)
+        self._checked_program = True
 
     @property
-    def program_ok(self) -> bool:
+    def engine_ok(self) -> bool:
         self.check_program()
-        return self.program_error is None
+        return self.engine_error is None
 
     @property
     def unmodelled(self) -> list[dict[str, str]]:
         """Operators of the program the whole-program prediction does not know (they are not free)."""
-        return list(self.space.program.unmodelled) if self.program_ok else []
+        return list(self.space.program.unmodelled)
 
     def _checked(self, values, what: str) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
@@ -94,16 +111,6 @@ class LatencyModel:
         self.rows += X.shape[0] * self.space.n_layers
         return self._checked(dense, "layer").reshape(X.shape[0], self.space.n_layers)
 
-    def best_layers(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """(n, n_layers) faster-kernel ms and (n, n_layers) bool: the sparse kernel is the faster one."""
-        X = np.atleast_2d(X)
-        out = self.predictor.predict(self.space.columns(X))
-        self.calls += 1
-        self.rows += X.shape[0] * self.space.n_layers
-        shape = (X.shape[0], self.space.n_layers)
-        best = self._checked(out["best_ms"], "layer").reshape(shape)
-        return best, (np.asarray(out["best_impl"]) == "sparse").reshape(shape)
-
     def program(self, X, dense: np.ndarray | None = None) -> np.ndarray:
         """(n,) whole-program ms of the deployed .pte (executorch runtime)."""
         X = np.atleast_2d(X)
@@ -117,26 +124,61 @@ class LatencyModel:
         self.calls += 1
         return self._checked(total, "program")
 
+    def engine(self, X) -> dict[str, np.ndarray]:
+        """The sparse engine running genomes X: "latency" (n,) whole-network ms, "layers" (n, n_layers) ms of each
+        layer as the engine runs it, "sparse_layers" and "nchw_layers" (n, n_layers) bool: the layers it runs
+        sparse and the depthwise ones it runs NCHW. SearchError when the engine cannot run the model."""
+        X = np.atleast_2d(X)
+        if not self.engine_ok:
+            raise SearchError(self.engine_error)
+        template, n, shape = self.space.program, X.shape[0], (X.shape[0], self.space.n_layers)
+        channels = self.space.channels(X)
+        plan = template.engine.plan(channels, self.space.densities(X))
+        predicted = self.predictor.predict(self.space.columns(X))
+        self.calls += 1
+        self.rows += n * self.space.n_layers
+        dense = self._checked(predicted["dense_ms"], "layer").reshape(shape)
+        sparse = np.asarray(predicted["sparse_ms"], dtype=np.float64).reshape(shape)  # NaN: no sparse kernel
+        runs = plan["runs_sparse"]
+        layers = self._checked(np.where(runs, sparse, dense), "layer")
+        if self.engine_program:
+            parts = sparse_runtime.engine_parts(dense, sparse, runs, plan["nchw_depthwise"], self._is_conv,
+                                                plan["layout"])
+            total = self.predictor.predict_sparse_program_parts(parts, template.op_arrays(channels),
+                                                                np.full(n, template.n_nodes),
+                                                                np.full(n, template.n_conv))
+            self.calls += 1
+        else:
+            total = layers.sum(axis=1)
+        return {"latency": self._checked(total, "whole-network"), "layers": layers, "sparse_layers": runs,
+                "nchw_layers": plan["nchw_depthwise"]}
+
     def per_layer(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Per-layer ms under this runtime and which layers run sparse (never under executorch)."""
         if self.runtime == "executorch":
             dense = self.dense_layers(X)
             return dense, np.zeros(dense.shape, dtype=bool)
-        return self.best_layers(X)
+        engine = self.engine(X)
+        return engine["layers"], engine["sparse_layers"]
 
-    def by_runtime(self, X) -> dict[str, np.ndarray]:
-        """Latency of genomes under every runtime, plus the per-layer ms and kernels of this run's runtime."""
+    def by_runtime(self, X) -> dict[str, np.ndarray | None]:
+        """Latency of genomes under every runtime (None: the engine cannot run the model), plus this run's
+        runtime's per-layer ms ("layers") and which layers run sparse ("sparse_layers") or NCHW ("nchw_layers")."""
         dense = self.dense_layers(X)
-        best, sparse = self.best_layers(X)
-        out = {"executorch": self.program(X, dense) if self.program_ok else None, "sparse": best.sum(axis=1)}
-        out["layers"], out["sparse_layers"] = (dense, np.zeros(dense.shape, dtype=bool)) \
-            if self.runtime == "executorch" else (best, sparse)
+        engine = self.engine(X) if self.engine_ok else None
+        out = {"executorch": self.program(X, dense), "sparse": None if engine is None else engine["latency"]}
+        if self.runtime == "sparse":
+            out.update(layers=engine["layers"], sparse_layers=engine["sparse_layers"],
+                       nchw_layers=engine["nchw_layers"])
+        else:
+            out.update(layers=dense, sparse_layers=np.zeros(dense.shape, dtype=bool),
+                       nchw_layers=np.zeros(dense.shape, dtype=bool))
         return out
 
     def __call__(self, X) -> np.ndarray:
         if self.runtime == "executorch":
             return self.program(X)
-        return self.best_layers(X)[0].sum(axis=1)
+        return self.engine(X)["latency"]
 
 
 class ProxyAccuracy:

@@ -20,24 +20,16 @@ from profiler import programs
 
 from .errors import SearchError
 from .graph import ModelGraph
+from .traced_ops import activation, pool, square, tensor_shape
 
 F = nn.functional
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
-_RELU = {torch.relu, torch.relu_, F.relu, "relu", "relu_"}
-_RELU6 = {F.relu6}
 _ALIAS_FUNCTIONS = {F.dropout, F.dropout2d, "contiguous", "clone", "detach"}
 _FLATTEN = {torch.flatten, torch.reshape, "flatten", "view", "reshape"}
 _CAT = {torch.cat, torch.concat}
-_MAXPOOL = {F.max_pool2d, torch.max_pool2d}
-_AVGPOOL = {F.avg_pool2d}
 _SKIP = {"size", "dim", getattr}
 _ALIAS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _FOLDED_INTO = {"bn": ("conv", "linear"), "act": ("conv", "linear", "add")}
-
-
-def _shape(node: fx.Node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta")
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
 def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -47,12 +39,6 @@ def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(shape) == 2:
         return int(shape[1]), 1, 1
     raise ValueError(shape)
-
-
-def _square(value: Any) -> int | None:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]) if len(set(value)) == 1 else None
-    return None if value is None else int(value)
 
 
 def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
@@ -107,7 +93,7 @@ class ProgramTemplate:
         output = None
         for node in gm.graph.nodes:
             if node.op == "placeholder":
-                shape = _shape(node)
+                shape = tensor_shape(node)
                 if shape is None:
                     continue                          # a non-tensor argument with a default
                 if "input" in self._dims or len(shape) != 4:
@@ -130,7 +116,7 @@ class ProgramTemplate:
         self._names.add(name)
         self.nodes.append({"name": name, "op": op, "inputs": inputs, **attrs})
         self._by_name[name] = self.nodes[-1]
-        shape = _shape(node)
+        shape = tensor_shape(node)
         self._dims[name] = _chw(shape)
         self._chan[name] = self._tensor_form(node, self._dims[name][0])
         self._value[node], self._sole[node] = name, len(node.users) == 1
@@ -151,8 +137,8 @@ class ProgramTemplate:
 
     def _unmodelled(self, node: fx.Node, args: list[fx.Node], modules) -> None:
         op = _op_name(node, modules)
-        shape = _shape(node)
-        same = next((a for a in args if _shape(a) == shape), None)
+        shape = tensor_shape(node)
+        same = next((a for a in args if tensor_shape(a) == shape), None)
         if same is None:
             raise SearchError(f"the model's {op} ({node.name}) changes tensor shape in a way a program spec cannot "
                               f"express, so the latency of the whole deployed program cannot be predicted")
@@ -160,7 +146,7 @@ class ProgramTemplate:
         self._alias(node, same, keeps_fusion=False)
 
     def _visit(self, node: fx.Node, modules: dict[str, nn.Module]) -> None:
-        target, shape = node.target, _shape(node)
+        target, shape = node.target, tensor_shape(node)
         if (node.op != "call_module" and target in _SKIP) or shape is None:
             return                                    # not a tensor (sizes, shapes, ...)
         args = [a for a in node.all_input_nodes if a in self._value]
@@ -177,7 +163,7 @@ class ProgramTemplate:
             if self._fusable(src, "bn") is not None:
                 return self._alias(node, src, keeps_fusion=True)
             return self._unmodelled(node, args, modules)
-        act = self._activation(node, module)
+        act = activation(node, module)
         if act is not None and len(args) == 1:
             fused = self._fusable(src, "act")
             if fused is not None:
@@ -188,18 +174,18 @@ class ProgramTemplate:
         if isinstance(module, _ALIAS_MODULES) or (function is not None and function in _ALIAS_FUNCTIONS):
             return self._alias(node, src, keeps_fusion=True)
         if function is not None and function in _ADD and len(args) == 2 and not node.kwargs \
-                and _shape(args[0]) == _shape(args[1]) == shape:
+                and tensor_shape(args[0]) == tensor_shape(args[1]) == shape:
             self._add(node, "add", [self._value[a] for a in args], act=None)
             return None
-        pool = self._pool(node, module, src)
-        if pool is not None:
-            if pool[0] == "identity":
+        pooling = pool(node, module, src)
+        if pooling is not None:
+            if pooling[0] == "identity":
                 return self._alias(node, src, keeps_fusion=True)
-            self._add(node, pool[0], [self._value[src]], **pool[1])
+            self._add(node, pooling[0], [self._value[src]], **pooling[1])
             return None
         if (isinstance(module, nn.Flatten) or (function is not None and function in _FLATTEN)) \
                 and len(shape) == 2 and len(args) == 1:
-            before = _shape(src)
+            before = tensor_shape(src)
             if before == shape:
                 return self._alias(node, src, keeps_fusion=True)
             if len(before) == 4 and shape[1] == before[1] * before[2] * before[3]:
@@ -214,7 +200,7 @@ class ProgramTemplate:
         return self._unmodelled(node, args, modules)
 
     def _layer(self, node, module, src, modules, args) -> None:
-        in_shape = _shape(src)
+        in_shape = tensor_shape(src)
         if isinstance(module, nn.Linear) and (in_shape is None or len(in_shape) != 2):
             return self._unmodelled(node, args, modules)
         layers = self.graph.layers
@@ -226,7 +212,7 @@ class ProgramTemplate:
         if isinstance(module, nn.Linear):
             self._add(node, "linear", [self._value[src]], name=name, cout=None, density=1.0, act=None)
         else:
-            k, stride, pad = _square(module.kernel_size), _square(module.stride), _square(module.padding)
+            k, stride, pad = square(module.kernel_size), square(module.stride), square(module.padding)
             self._add(node, "conv", [self._value[src]], name=name, cout=None, k=k, stride=stride, pad=pad,
                       groups=1, density=1.0, act=None)
         entry = self.nodes[-1]
@@ -235,68 +221,6 @@ class ProgramTemplate:
         if layers[index].depthwise:
             entry["_groups"] = self._chan[entry["name"]]
         return None
-
-    @staticmethod
-    def _activation(node: fx.Node, module) -> str | None:
-        if module is not None:
-            if isinstance(module, nn.ReLU):
-                return "relu"
-            if isinstance(module, nn.ReLU6) or (isinstance(module, nn.Hardtanh) and module.min_val == 0.0
-                                                and module.max_val == 6.0):
-                return "relu6"
-            return None
-        if node.op == "call_module":
-            return None
-        if node.target in _RELU:
-            return "relu"
-        if node.target in _RELU6:
-            return "relu6"
-        if node.target in (torch.clamp, "clamp", "clamp_"):
-            low = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
-            high = node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None)
-            if low == 0 and high is None:
-                return "relu"
-            if low == 0 and high == 6:
-                return "relu6"
-        return None
-
-    @staticmethod
-    def _pool(node: fx.Node, module, src: fx.Node) -> tuple[str, dict] | None:
-        before, after = _shape(src), _shape(node)
-        if before is None or len(before) != 4:
-            return None
-        function = node.target if node.op != "call_module" else None
-        if isinstance(module, nn.AdaptiveAvgPool2d) or function is F.adaptive_avg_pool2d:
-            if len(after) == 2 or after[2:] == (1, 1):
-                return "gap", {}
-            return ("identity", {}) if after == before else None
-        if function == "mean" or function is torch.mean:
-            dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-            dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
-            return ("gap", {}) if sorted(d % 4 for d in dims) == [2, 3] and after[:2] == before[:2] else None
-        if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-            op = "maxpool" if isinstance(module, nn.MaxPool2d) else "avgpool"
-            given = {"kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding,
-                     "ceil_mode": module.ceil_mode, "dilation": getattr(module, "dilation", 1),
-                     "count_include_pad": getattr(module, "count_include_pad", True),
-                     "divisor_override": getattr(module, "divisor_override", None),
-                     "return_indices": getattr(module, "return_indices", False)}
-        elif function is not None and (function in _MAXPOOL or function in _AVGPOOL):
-            op = "maxpool" if function in _MAXPOOL else "avgpool"
-            names = ("input", "kernel_size", "stride", "padding") + (
-                ("dilation", "ceil_mode", "return_indices") if op == "maxpool"
-                else ("ceil_mode", "count_include_pad", "divisor_override"))
-            given = dict(zip(names, node.args)) | dict(node.kwargs)
-            given["stride"] = given.get("stride") or given.get("kernel_size")
-        else:
-            return None
-        k, stride, pad = (_square(given.get(key, 0)) for key in ("kernel_size", "stride", "padding"))
-        plain = not given.get("ceil_mode") and not given.get("return_indices") \
-            and _square(given.get("dilation", 1)) == 1 and given.get("count_include_pad", True) \
-            and given.get("divisor_override") is None
-        if None in (k, stride, pad) or not plain:
-            return None
-        return op, {"k": k, "stride": stride, "pad": pad}
 
     def _place_output(self, output: fx.Node | None) -> None:
         args = output.args[0] if output is not None else None
@@ -349,6 +273,11 @@ class ProgramTemplate:
                           "in_elems": np.array(elem_forms, dtype=np.int64)}
         self._coef_matrix = np.array(self._coef, dtype=np.int64).reshape(len(self._coef), self.n_groups)
         self._const_vector = np.array(self._const, dtype=np.int64)
+        # every value of the program (the input and each node's output), for the sparse engine's layout plan
+        self.value_names = ["input", *(n["name"] for n in self.nodes)]
+        self._value_forms = np.array([self._chan[v] for v in self.value_names], dtype=np.int64)
+        self.value_hw = np.array([dims[v][1] * dims[v][2] for v in self.value_names], dtype=np.int64)
+        self._engine = None
         full = np.array([g.channels for g in self.graph.groups], dtype=np.int64)
         self._check_against_trace(full)
 
@@ -356,6 +285,18 @@ class ProgramTemplate:
         """(n, n_forms) channel counts for (n, n_groups) kept channels per group."""
         channels = np.atleast_2d(np.asarray(channels, dtype=np.int64))
         return channels @ self._coef_matrix.T + self._const_vector
+
+    def value_channels(self, channels: np.ndarray) -> np.ndarray:
+        """(n, len(value_names)) channels of every program value for (n, n_groups) kept channels."""
+        return self.form_values(channels)[:, self._value_forms]
+
+    @property
+    def engine(self):
+        """The program as the sparse engine runs it (search.engine_program); SearchError if it cannot."""
+        if self._engine is None:
+            from .engine_program import EngineProgram
+            self._engine = EngineProgram(self)
+        return self._engine
 
     def op_arrays(self, channels: np.ndarray) -> dict[str, np.ndarray]:
         """Operators other than conv/linear of every program (individual-major), for predict_program_parts."""

@@ -1,6 +1,7 @@
 """A search run end to end and its run directory: run.json (settings to rebuild the model, runtime,
-threads, unmodelled operators), front.json (per candidate: predicted latency under the run's runtime
-and under each runtime, per layer, accuracy, width and density per layer, kernel per layer),
+threads, how each runtime's whole programs are predicted, unmodelled operators), front.json (per candidate:
+predicted latency under the run's runtime and under each runtime, per layer, accuracy, width and density per
+layer, kernel per layer and, under runtime sparse, its layout on the engine),
 programs.jsonl (each candidate's whole program spec), front.png with uniform references, budgets.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .errors import SearchError
 from .genome import STEPS, Bounds, SearchSpace
 from .graph import read_model
 from .jcw_selection import JCWSurvival
-from .nsga2 import NSGA2, Result
+from .nsga2 import NSGA2, Result, SpreadSampling
 from .objectives import LATENCY_MEANING, RUNTIMES, SPARSE_NOTE, LatencyModel, PruningProblem
 
 REFERENCE_WIDTHS = (1.0, 0.75, 0.5)
@@ -135,7 +136,9 @@ def run_search(space: SearchSpace, predictor, accuracy: Callable, settings: Sear
     latency = LatencyModel(predictor, space, settings.runtime)
     latency.check_program()   # before the search: an inexpressible operator is said at once
     problem = PruningProblem(space, latency, accuracy, settings.latency_range)
-    algorithm = NSGA2(settings.pop, survival=JCWSurvival())
+    # under the sparse engine half the density genes start dense: density 1.0 is the dense kernel there
+    sampling = SpreadSampling(keep_share=0.5 if settings.runtime == "sparse" else 0.0)
+    algorithm = NSGA2(settings.pop, sampling=sampling, survival=JCWSurvival())
     start = time.perf_counter()
     finished: list[Result] = []
 
@@ -164,8 +167,10 @@ def candidates(space: SearchSpace, latency: LatencyModel, accuracy: Callable, X:
         for j, (spec, layer) in enumerate(zip(space.layer_specs(x), space.graph.layers)):
             layers.append({"name": layer.name, **spec.to_dict(), "impl": "sparse" if by["sparse_layers"][i, j]
                            else "dense", "predicted_ms": float(by["layers"][i, j])})
+            if latency.runtime == "sparse":   # the engine's layout: sparse layers and NCHW depthwise ones read NCHW
+                layers[-1]["layout"] = "nchw" if by["sparse_layers"][i, j] or by["nchw_layers"][i, j] else "nhwc"
         described = space.describe(x)
-        program_id = programs.program_id(space.program_spec(x)) if latency.program_ok else None
+        program_id = programs.program_id(space.program_spec(x))
         entry = {"latency_ms": float(by[latency.runtime][i]), "runtime": latency.runtime,
                  "latency_ms_by_runtime": {r: float(by[r][i]) for r in known},
                  "accuracy": float(acc[i]), "layers": layers,
@@ -185,14 +190,15 @@ def program_records(space: SearchSpace, front: list[dict]) -> list[dict]:
 
 
 def run_meta(latency: LatencyModel, card: dict | None) -> dict:
-    """What run.json records about the latency: runtime, threads, device, program model, unmodelled ops."""
+    """What run.json records about the latency: runtime, threads, device, how each runtime's whole programs are
+    predicted (and why the engine's latency is unknown, if it is), unmodelled ops."""
     card = card or {}
     meta = {"runtime": latency.runtime, "latency_meaning": LATENCY_MEANING[latency.runtime],
             "threads": card.get("threads"), "device_address": card.get("device_address"),
             "predictor_runtime": card.get("runtime"), "program_model": latency.program_note,
-            "unmodelled_ops": latency.unmodelled}
-    if not latency.program_ok:
-        meta["program_unavailable"] = latency.program_error
+            "sparse_program_model": latency.sparse_program_note, "unmodelled_ops": latency.unmodelled}
+    if not latency.engine_ok:
+        meta["sparse_unavailable"] = latency.engine_error
     if latency.runtime == "sparse":
         meta["note"] = SPARSE_NOTE
     return meta

@@ -149,3 +149,19 @@ def test_latency_budget_constraint(digits_problem):
     result = NSGA2(16, survival=JCWSurvival()).run(problem, 15, seed=0)
     assert len(result.front) and (result.F[result.front, 0] <= limit).all()
     assert (result.CV[result.front] == 0).all()
+
+
+def test_spread_sampling_keeps_a_share_of_later_axis_genes_at_their_top():
+    class P:
+        n_var, xl, xu = 20, np.zeros(20, dtype=np.int64), np.full(20, 9)
+        gene_axes = np.array([0] * 10 + [1] * 10)
+
+    rng = np.random.default_rng(0)
+    plain = SpreadSampling()(P, 400, rng)
+    kept = SpreadSampling(keep_share=0.5)(P, 400, np.random.default_rng(0))
+    top_plain, top_kept = (plain[:, 10:] == 9).mean(), (kept[:, 10:] == 9).mean()
+    assert top_kept > top_plain + 0.3                  # about half the density genes start at 1.0
+    assert np.array_equal(kept[1:, :10], plain[1:, :10])  # width genes untouched
+    assert (kept[0] == 9).all()                          # the unpruned genome is in the first population
+    with pytest.raises(ValueError, match="keep_share"):
+        SpreadSampling(keep_share=1.0)

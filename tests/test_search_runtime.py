@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jcw.__main__ import EXIT_DEVICE, main
+from predictor import sparse_runtime
 from profiler import programs
 from search import zoo
 from search.errors import SearchError
@@ -193,8 +194,8 @@ def test_executorch_latency_ignores_density_and_matches_the_spec_path(program_pr
     assert not np.array_equal(x, sparser) and np.array_equal(x[:space.n_width], sparser[:space.n_width])
     a, b = latency(np.array([x, sparser]))
     assert a == b
-    sparse_runtime = LatencyModel(predictor, space, "sparse")       # there density reaches the predictor
-    assert sparse_runtime(sparser[None])[0] <= sparse_runtime(x[None])[0]
+    on_engine = LatencyModel(predictor, space, "sparse")            # on the engine density changes the kernel
+    assert on_engine(sparser[None])[0] != on_engine(x[None])[0]
     assert not np.array_equal(space.columns(x[None])["density"], space.columns(sparser[None])["density"])
     # the vectorised template arrays predict what the full program specs do
     X = _genomes(space, n=3, seed=4)
@@ -261,6 +262,8 @@ def test_sparse_runtime_says_the_pte_runs_dense(program_predictor, tmp_path, cap
     assert "NOTE" in out and "runs every layer dense on ExecuTorch" in out
     meta = json.loads((tmp_path / "s" / "run.json").read_text())
     assert meta["runtime"] == "sparse" and "runs every layer dense" in meta["note"] and meta["n_genes"] > 4
+    # this profile measured no sparse-engine programs: the engine's layers summed, said as such
+    assert meta["sparse_program_model"] == program_predictor[1].sparse_program_note == sparse_runtime.FALLBACK
     for cand in json.loads((tmp_path / "s" / "front.json").read_text()):
         assert cand["runtime"] == "sparse" and "runs every layer dense" in cand["note"]
         assert cand["latency_ms"] == cand["latency_ms_by_runtime"]["sparse"] == pytest.approx(
