@@ -53,8 +53,7 @@ runner-android:
 demo: setup
 	$(VENV)/bin/jcw demo
 
-# TODO(issue 12): make `test` depend on `lint` once `ruff check .` is clean (see `make lint`).
-test: setup
+test: setup lint
 	$(PY) -m pytest -q -ra
 
 test-fast: venv runner

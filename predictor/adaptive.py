@@ -8,7 +8,8 @@ is dense and part ways where a candidate lies outside the measured space.
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -6,7 +6,8 @@ Each baseline has `fit(rows)` and `predict_impl(columns, impl)` (microseconds), 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.interpolate import LinearNDInterpolator
@@ -30,7 +31,7 @@ class MacsProportional:
     def get_params(self) -> dict[str, Any]:
         return {}
 
-    def fit(self, rows: Sequence[Mapping[str, Any]]) -> "MacsProportional":
+    def fit(self, rows: Sequence[Mapping[str, Any]]) -> MacsProportional:
         columns, impl, latency = training_arrays(rows)
         phys = physical(columns)
         self.ratio_: dict[tuple[str, str], float] = {}
@@ -70,7 +71,7 @@ class NnMeterForest:
     def get_params(self) -> dict[str, Any]:
         return {"n_estimators": self.n_estimators, "random_state": self.random_state}
 
-    def fit(self, rows: Sequence[Mapping[str, Any]]) -> "NnMeterForest":
+    def fit(self, rows: Sequence[Mapping[str, Any]]) -> NnMeterForest:
         columns, impl, latency = training_arrays(rows)
         self.forests_: dict[tuple[str, str], RandomForestRegressor] = {}
         for name in ("dense", "sparse"):
@@ -107,7 +108,7 @@ class JcwInterpolation:
     def get_params(self) -> dict[str, Any]:
         return {}
 
-    def fit(self, rows: Sequence[Mapping[str, Any]]) -> "JcwInterpolation":
+    def fit(self, rows: Sequence[Mapping[str, Any]]) -> JcwInterpolation:
         columns, impl, latency = training_arrays(rows)
         points: dict[tuple, list[int]] = defaultdict(list)
         for i in range(len(latency)):

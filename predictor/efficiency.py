@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from predictor import adaptive
 from predictor.errors import PredictorError
@@ -81,9 +82,9 @@ def sample_efficiency(training: Sequence[Row], holdout: Sequence[Row], budgets: 
             continue
         # The whole pool is one draw however often it is drawn.
         draws = repeats if budget < len(keys) else 1
-        arms = {"random": lambda s: random.Random(s).sample(keys, budget)}
+        arms = {"random": lambda s, b=budget: random.Random(s).sample(keys, b)}
         if with_adaptive and budget * 2 <= len(keys):
-            arms["adaptive"] = lambda s: adaptive_subset(layers, budget, s)
+            arms["adaptive"] = lambda s, b=budget: adaptive_subset(layers, b, s)
         for arm, draw in arms.items():
             if progress:
                 progress(f"sample efficiency: {arm} {budget} layers" + (f" x {draws} draws" if draws > 1 else ""))

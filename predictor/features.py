@@ -5,7 +5,8 @@ quantities (MACs, non-zeros, bytes, arithmetic intensity) and the versioned feat
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 

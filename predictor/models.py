@@ -5,13 +5,22 @@ alone, `LatencyPredictor.fit(rows)` / `.predict(layers)` and the model's seriali
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from predictor.errors import PredictorError
-from predictor.features import (FEATURE_NAMES, INT_COLUMNS, MONOTONE, as_columns, feature_matrix, impl_quantities,
-                                physical, rows_to_columns)
+from predictor.features import (
+    FEATURE_NAMES,
+    INT_COLUMNS,
+    MONOTONE,
+    as_columns,
+    feature_matrix,
+    impl_quantities,
+    physical,
+    rows_to_columns,
+)
 from profiler.layerspec import IMPLS, LayerSpec
 
 MODEL_KINDS = ("hybrid", "gbm", "rf", "linear")
@@ -38,7 +47,7 @@ class PhysicalModel:
         n = len(columns["op"])
         return np.column_stack([q[t] for t in _PHYSICAL_TERMS] + [np.ones(n)])
 
-    def fit(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, latency: np.ndarray) -> "PhysicalModel":
+    def fit(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, latency: np.ndarray) -> PhysicalModel:
         phys = physical(columns)
         design = {name: self.design(columns, name, phys) for name in IMPLS}
         rows = np.zeros((len(latency), len(_PHYSICAL_TERMS) + 1))
@@ -132,7 +141,7 @@ class LatencyPredictor:
         _check_param("random_state", self.random_state, int, 0)
 
     # ---- training ------------------------------------------------------------------------
-    def fit(self, rows: Sequence[Mapping[str, Any]]) -> "LatencyPredictor":
+    def fit(self, rows: Sequence[Mapping[str, Any]]) -> LatencyPredictor:
         """Learn from profile rows (spec fields, `impl`, `latency_us`), e.g. `ProfileStore.measurements()`."""
         self._validate_params()
         columns, impl, latency = training_arrays(rows)
@@ -153,7 +162,7 @@ class LatencyPredictor:
         self.n_training_rows_ = len(latency)
         return self
 
-    def _with_kind(self, kind: str) -> "LatencyPredictor":
+    def _with_kind(self, kind: str) -> LatencyPredictor:
         params = self.get_params()
         params.pop("model")
         return LatencyPredictor(kind, **params)
@@ -261,7 +270,7 @@ class LatencyPredictor:
                 "features": list(FEATURE_NAMES)}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], estimator: Any) -> "LatencyPredictor":
+    def from_state(cls, state: Mapping[str, Any], estimator: Any) -> LatencyPredictor:
         params = dict(state["params"])
         model = params.pop("model")
         predictor = cls(model, **params)

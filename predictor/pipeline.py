@@ -11,8 +11,9 @@ the same figures.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,8 +78,9 @@ def read_profile(directory: str | Path, threads: int | None = None) -> dict[str,
         raise PredictorError(_too_few(directory, counted))
     layer_threads = threads if threads is not None else (counts[0] if counts else None)
     runtimes = program_eval.by_runtime(program_rows)
-    return {**info, "training": training, "holdout": holdout, "unseen": unseen, "threads": layer_threads if layer_threads is not None
-            else meta_threads, "programs": program_eval.check_threads(runtimes["executorch"], layer_threads),
+    threads = layer_threads if layer_threads is not None else meta_threads
+    return {**info, "training": training, "holdout": holdout, "unseen": unseen, "threads": threads,
+            "programs": program_eval.check_threads(runtimes["executorch"], layer_threads),
             "sparse_programs": program_eval.check_threads(runtimes["sparse"], layer_threads),
             "counts": counted, "transfer_priors": transfer_priors}
 

@@ -7,7 +7,8 @@ Returns plain dicts: the CLI table, report.md and the card all show the same fig
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -8,7 +8,8 @@ cross-validation, its vectorised prediction and its JSON state (trees, if any, g
 from __future__ import annotations
 
 import random
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -189,7 +190,7 @@ class ProgramModel:
                 "min_gain": self.min_gain}
 
     # ---- training --------------------------------------------------------------------------
-    def fit(self, x: np.ndarray, latency_ms: Any, groups: Sequence[Any] | None = None) -> "ProgramModel":
+    def fit(self, x: np.ndarray, latency_ms: Any, groups: Sequence[Any] | None = None) -> ProgramModel:
         """Fit on a design (from `design`) and measured whole-program latencies in ms; `groups` (e.g. the
         architecture family of each program) decide the cross-validation folds of kind "auto"."""
         if self.kind != "auto" and self.kind not in MODEL_KINDS:
@@ -291,7 +292,7 @@ class ProgramModel:
                 "n_training_programs": self.n_training_programs_}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], trees: Any = None) -> "ProgramModel":
+    def from_state(cls, state: Mapping[str, Any], trees: Any = None) -> ProgramModel:
         if state.get("runtime") != cls.RUNTIME or list(state.get("terms", ())) != list(cls.TERMS) \
                 or state.get("kind") not in MODEL_KINDS or (state["kind"] == "corrected") != (trees is not None):
             raise ValueError("the program model does not fit this jcw's terms or files")

@@ -3,8 +3,9 @@ log-log, error histogram, sample-efficiency curve), written next to the saved pr
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 

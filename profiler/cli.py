@@ -15,17 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from profiler import labels, plans, program_measure, program_session, session, sparse_programs
 from profiler.acquisition import AcquisitionError, load_chooser
-from profiler.transfer_prior import PriorCardError, check_prior, check_runner
-from profiler.cliargs import (OutputPathError, check_output_dir, check_output_file, int_at_least, int_between,
-                              os_error_reason, threads_arg)
+from profiler.cliargs import (
+    OutputPathError,
+    check_output_dir,
+    check_output_file,
+    int_at_least,
+    int_between,
+    os_error_reason,
+    threads_arg,
+)
 from profiler.layerspec import read_jsonl
 from profiler.store import ProfileStore, StoreError, profile_lock
+from profiler.transfer_prior import PriorCardError, check_prior, check_runner
 
 EXIT_USER_ERROR = 2
 #: Exit status of a run that ended normally but whose every new result is a failure (as `jcw measure`
@@ -90,8 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "profile", help="measure a device's layer and whole-program latencies into a profile",
         description="Measure a sampling plan (real-network layers with perturbed widths and densities, coverage "
                     "layers of the kinds users bring, random layers, a real-network held-out set and a held-out "
-                    "set of unseen architectures' layers) on a device, each configuration in several rounds, then whole "
-                    "CNN programs exported to ExecuTorch (.pte) and timed by the ExecuTorch runtime in as many "
+                    "set of unseen architectures' layers) on a device, each configuration in several rounds, then "
+                    "whole CNN programs exported to ExecuTorch (.pte) and timed by the ExecuTorch runtime in as many "
                     "rounds, into a resumable profile directory. A configuration's or program's latency is the "
                     "fastest repetition (us_min) of its fastest round. Rerunning the same command resumes; a "
                     "larger --budget, --rounds or --programs extends the profile.")
@@ -308,7 +314,7 @@ class _LazyBar:
             description = self.description
         self.bar.update(self.task, completed=done, total=total, description=description)
 
-    def __enter__(self) -> "_LazyBar":
+    def __enter__(self) -> _LazyBar:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
@@ -338,7 +344,7 @@ class _CtrlC:
         if self.caught:
             raise KeyboardInterrupt
 
-    def __enter__(self) -> "_CtrlC":
+    def __enter__(self) -> _CtrlC:
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self

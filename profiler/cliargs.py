@@ -11,8 +11,8 @@ import argparse
 import errno
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 #: What the runners accept for "threads" (convbench's MAX_THREADS, ptebench's limit).
 MAX_THREADS = 256

@@ -6,9 +6,10 @@ quantities (output size, MACs, parameters, non-zeros, bytes moved) and JSONL I/O
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class LayerSpec:
 
     # ---- construction and serialisation -------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LayerSpec":
+    def from_dict(cls, data: dict[str, Any]) -> LayerSpec:
         """Build from a JSON object; extra keys (id, impl, threads, ...) are ignored."""
         if not isinstance(data, dict):
             raise LayerSpecError(f"a layer spec must be a JSON object, got {type(data).__name__}")
@@ -96,7 +97,7 @@ class LayerSpec:
         return (f"{self.op}:{self.cin}:{self.cout}:{self.k}:{self.stride}:{self.pad}:"
                 f"{self.h}:{self.w}:{self.density:.6f}")
 
-    def replace(self, **changes: Any) -> "LayerSpec":
+    def replace(self, **changes: Any) -> LayerSpec:
         data = self.to_dict()
         data.update(changes)
         if "k" in changes and "pad" not in changes:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Iterator
 
 from profiler import coverage, networks, unseen_layers
 from profiler.layerspec import LayerSpec, LayerSpecError
@@ -282,9 +282,9 @@ def candidate_pool(seed: int, n: int, exclude: set[str], *, prior_share: float =
     reserved = {s.key() for s in holdout_layers(seed, HOLDOUT_POOL)}
     excluded = set(exclude) | reserved
     kept_out = unseen_shapes(seed if plan_seed is None else plan_seed)
+    real = _unique_real_layers()
     prior = _take(_stream(random.Random(f"pool-prior:{seed}"),
-                          lambda rng, layers=_unique_real_layers(): perturb_real_layer(rng, rng.choice(layers)),
-                          excluded), n_prior)
+                          lambda rng: perturb_real_layer(rng, rng.choice(real)), excluded), n_prior)
     excluded |= {s.key() for s in prior}
     cover = _take(_stream(random.Random(f"pool-coverage:{seed}"),
                           lambda rng: coverage.coverage_layer(rng, space.densities, space.max_macs), excluded,

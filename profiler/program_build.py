@@ -12,8 +12,9 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from profiler.programs import ProgramSpecError, validate
 

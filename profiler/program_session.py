@@ -9,9 +9,10 @@ import multiprocessing
 import os
 import random
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from concurrent import futures
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 from android_harness.device import Device, DeviceDisconnected, DeviceError
 from profiler import programs

@@ -6,13 +6,14 @@ resolution with per-channel-group width multipliers (a genome), random operator-
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from typing import Any
 
 import numpy as np
 
 from profiler.networks import INPUT_CHANNELS, NUM_CLASSES
-from profiler.program_probes import PROBE_FAMILY, random_probe
+from profiler.program_probes import random_probe
 from profiler.programs import program_id, validate
 
 #: Families the profiler's layer plans are drawn from (names as in profiler/networks.py).
@@ -229,7 +230,7 @@ def _check_family(family: Any) -> str:
     return family
 
 
-@lru_cache(maxsize=None)
+@cache
 def _groups(family: str) -> tuple[tuple[str, int], ...]:
     b = _Builder({})
     _BUILDERS[family](b)

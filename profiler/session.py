@@ -2,8 +2,8 @@
 
 Owns `profile(...)` (the engine behind `jcw profile`: layers, then whole programs through
 profiler.program_session) and `measure(...)` (behind `jcw measure --layers`); `measure_programs`
-(behind `jcw measure --pte/--net`, profiler.program_measure) is re-exported here. Every result is committed to the store the moment
-the runner reports it; a rerun of the same command measures only what is missing.
+(behind `jcw measure --pte/--net`, profiler.program_measure) is re-exported here. Every result is committed
+to the store the moment the runner reports it; a rerun of the same command measures only what is missing.
 """
 from __future__ import annotations
 
@@ -12,19 +12,19 @@ import random
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from android_harness.device import Device, DeviceDisconnected
 from profiler import acquisition, labels, plans, program_session
-from profiler.sparse_programs import runtimes_to_measure
-from profiler.batches import (CRASHES_BEFORE_ERROR, SystematicFailure, common_error,  # noqa: F401  (re-exported)
-                              run_lines)
+from profiler.batches import CRASHES_BEFORE_ERROR, SystematicFailure, common_error, run_lines  # noqa: F401  (re-exported)
 from profiler.cliargs import MAX_THREADS
 from profiler.layerspec import LayerSpec
 from profiler.program_measure import measure_programs  # noqa: F401  (re-exported)
 from profiler.program_session import PteError  # noqa: F401  (re-exported)
+from profiler.sparse_programs import runtimes_to_measure
 from profiler.store import DB_NAME, ROUND_STATISTIC, ProfileStore, StoreError, profile_lock
 
 # Repeatability methodology: every configuration is timed in `rounds` full passes over the plan,
@@ -89,7 +89,7 @@ class ProfileParams:
         if self.unseen > plans.UNSEEN_POOL:
             raise ValueError(f"unseen must be at most {plans.UNSEEN_POOL}, got {self.unseen}")
 
-    def merge(self, stored: dict[str, Any] | None, directory: Path) -> "ProfileParams":
+    def merge(self, stored: dict[str, Any] | None, directory: Path) -> ProfileParams:
         """These parameters against a profile's stored ones: extend when possible, else say what differs."""
         if not stored:
             return self
@@ -343,25 +343,26 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
     real-network layers (sample "holdout") is measured too. With `adaptive`, the second half of
     the budget is chosen by the `jcw.acquisition` plug-in. `holdout` overrides the held-out set's
     size (default max(50, budget // 5) layers; 0 for none); `unseen` the size of the second held-out set,
-    layers of architectures no plan is drawn from (sample "unseen"; default as many as `holdout`). After the layers, `programs` whole
-    training programs (plus program_session.program_counts' held-out and unseen ones) are exported
-    on the host and timed as .pte files in the same rounds; 0 skips them (`jcw profile` defaults to
+    layers of architectures no plan is drawn from (sample "unseen"; default as many as `holdout`). After the
+    layers, `programs` whole training programs (plus program_session.program_counts' held-out and unseen
+    ones) are exported on the host and timed as .pte files in the same rounds; 0 skips them (`jcw profile` defaults to
     DEFAULT_PROGRAMS); `program_sizes` bounds their input resolutions (default 128-224; small sizes keep an
     emulated phone fast) and is fixed when the programs are first planned. `sparse_programs` whole training
     programs for the sparse engine (profiler.sparse_programs, plus their held-out ones) are exported as network
     files and timed in the same rounds; skipped with one sentence (summary.sparse_note) on a device whose
     runner has no engine. `threads` None means ExecuTorch's default on the device (a rerun keeps the
     profile's own count); layers and programs are measured at that count. `transfer_priors` (known devices'
-    predictors, {"path", "sha256"}) plan for transfer instead (plans.transfer_plan) and are recorded. `weights` (warm or cold) is how
-    the layer runner times (profiler.labels; one profile never mixes them). `settle_cap` > 0 adds settle
-    rounds after the layer rounds (labels.settle; `jcw profile` defaults to labels.DEFAULT_SETTLE_CAP).
+    predictors, {"path", "sha256"}) plan for transfer instead (plans.transfer_plan) and are recorded.
+    `weights` (warm or cold) is how the layer runner times (profiler.labels; one profile never mixes them).
+    `settle_cap` > 0 adds settle rounds after the layer rounds (labels.settle; `jcw profile` defaults to
+    labels.DEFAULT_SETTLE_CAP).
     """
     if isinstance(device, str):
         with open_device(device) as opened:
             return profile(opened, out_dir, budget=budget, seed=seed, threads=threads, rounds=rounds,
                            adaptive=adaptive, holdout=holdout, programs=programs, program_sizes=program_sizes,
-                           runner_args=runner_args, progress=progress, unseen=unseen, weights=weights, settle_cap=settle_cap,
-                           transfer_priors=transfer_priors, sparse_programs=sparse_programs)
+                           runner_args=runner_args, progress=progress, unseen=unseen, weights=weights,
+                           settle_cap=settle_cap, transfer_priors=transfer_priors, sparse_programs=sparse_programs)
     labels.weights_runner_args(weights)
     runner_args = list(runner_args)
     labels.check_runner_args(runner_args)

@@ -25,8 +25,9 @@ import sqlite3
 import statistics
 import time
 import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from profiler import programs
 from profiler.layerspec import SPEC_FIELDS, LayerSpec
@@ -120,7 +121,7 @@ def _reason(exc: OSError) -> str:
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     """Turn every SQLite error (and a damaged stored value) of a store method into one StoreError."""
     @functools.wraps(method)
-    def guarded(self: "ProfileStore", *args: Any, **kwargs: Any) -> Any:
+    def guarded(self: ProfileStore, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
@@ -360,7 +361,7 @@ class ProfileStore:
                 self._db.close()
             self._db = None
 
-    def __enter__(self) -> "ProfileStore":
+    def __enter__(self) -> ProfileStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -687,7 +688,8 @@ def _acquire(path: Path, directory: Path) -> int:
         except BlockingIOError:
             os.close(fd)
             raise ProfileLocked(
-                f"profile {directory} is being measured by another `jcw profile` ({_holder_words(lock_holder(directory))}); "
+                f"profile {directory} is being measured by another `jcw profile` "
+                f"({_holder_words(lock_holder(directory))}); "
                 f"wait for it to finish or stop it, or choose another --out") from None
         except OSError as exc:
             os.close(fd)
