@@ -20,14 +20,11 @@ from profiler.netfile import NetFileError, write_net
 
 from .errors import SearchError
 from .graph import trace
+from .traced_ops import activation, op_name, square, tensor_shape
 
 F = nn.functional
 INPUT = "input"
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
-_RELU = {torch.relu, torch.relu_, F.relu, "relu", "relu_"}
-_RELU6 = {F.relu6}
-_HARDTANH = {F.hardtanh, F.hardtanh_, "hardtanh", "hardtanh_"}
-_CLAMP = {torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"}
 _ALIAS_FUNCTIONS = {F.dropout, F.dropout2d, "contiguous", "clone", "detach"}
 _FLATTEN = {torch.flatten, torch.reshape, "flatten", "view", "reshape"}
 _MAXPOOL = {F.max_pool2d, torch.max_pool2d}
@@ -51,23 +48,6 @@ class NetworkExport:
     @property
     def sparse_layers(self) -> list[str]:
         return [node["name"] for node in self.nodes if node["op"] == "conv2d" and node["sparse"]]
-
-
-def _shape(node: fx.Node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta")
-    return tuple(int(d) for d in meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
-def _square(value: Any) -> int | None:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]) if len(set(value)) == 1 else None
-    return None if value is None or isinstance(value, str) else int(value)
-
-
-def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    if node.op == "call_module":
-        return type(modules[node.target]).__name__
-    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
@@ -94,15 +74,15 @@ class _Reader:
                 self._output(node)
             elif node.op in ("call_module", "call_function", "call_method"):
                 self._visit(node)
-            elif node.op == "get_attr" and _shape(node) is not None:
+            elif node.op == "get_attr" and tensor_shape(node) is not None:
                 self.fail(node, "a constant tensor")
 
     def fail(self, node: fx.Node, op: str | None = None) -> NoReturn:
         where = node.target if node.op == "call_module" else node.name  # the module's own name when it has one
-        raise SearchError(f"the sparse engine cannot run {where} ({op or _op_name(node, self.modules)})")
+        raise SearchError(f"the sparse engine cannot run {where} ({op or op_name(node, self.modules)})")
 
     def _placeholder(self, node: fx.Node) -> None:
-        shape = _shape(node)
+        shape = tensor_shape(node)
         if shape is None:
             return  # a non-tensor argument with a default
         if INPUT in self.shape or len(shape) != 4 or shape[0] != 1:
@@ -145,7 +125,7 @@ class _Reader:
         if node.op != "call_module" and target in _SKIP:
             return  # sizes and shapes, not tensors
         args = [a for a in node.all_input_nodes if a in self.value]
-        if _shape(node) is None or not args:
+        if tensor_shape(node) is None or not args:
             self.fail(node)
         module = self.modules.get(target) if node.op == "call_module" else None
         function = None if module is not None else target
@@ -156,12 +136,12 @@ class _Reader:
             return self._linear(node, module, src)
         if isinstance(module, nn.BatchNorm2d):
             return self._batchnorm(node, module, src)
-        activation = self._activation(node, module)
-        if activation is not None and len(args) == 1:
+        fused = activation(node, module)
+        if fused is not None and len(args) == 1:
             entry = self.fusable.get(src)
             if entry is None or entry["op"] not in ("conv2d", "add") or entry["activation"] != "none":
                 self.fail(node)  # the engine has no standalone activation
-            entry["activation"] = activation
+            entry["activation"] = fused
             return self._alias(node, src)
         if isinstance(module, _ALIAS_MODULES) or (function is not None and function in _ALIAS_FUNCTIONS):
             return self._alias(node, src)
@@ -177,15 +157,15 @@ class _Reader:
             return None
         if (isinstance(module, nn.Flatten) or (function is not None and function in _FLATTEN)) and len(args) == 1:
             before = self.shape[self.value[src]]
-            if len(_shape(node)) == 2 and (len(before) == 2 or before[2:] == (1, 1)):
+            if len(tensor_shape(node)) == 2 and (len(before) == 2 or before[2:] == (1, 1)):
                 return self._alias(node, src, keeps_fusion=False)
         self.fail(node)
 
     def _conv(self, node: fx.Node, conv: nn.Conv2d, src: fx.Node) -> None:
         before = self.shape[self.value[src]]
-        k, stride, pad = _square(conv.kernel_size), _square(conv.stride), _square(conv.padding)
+        k, stride, pad = square(conv.kernel_size), square(conv.stride), square(conv.padding)
         groups, cin, cout = conv.groups, conv.in_channels, conv.out_channels
-        plain = None not in (k, stride, pad) and _square(conv.dilation) == 1 and conv.padding_mode == "zeros"
+        plain = None not in (k, stride, pad) and square(conv.dilation) == 1 and conv.padding_mode == "zeros"
         if not plain or (groups != 1 and not groups == cin == cout) or len(before) != 4:
             self.fail(node, f"Conv2d with kernel {conv.kernel_size}, stride {conv.stride}, padding {conv.padding}, "
                             f"dilation {conv.dilation}, groups {groups}")
@@ -197,12 +177,12 @@ class _Reader:
                  "stride": stride, "pad": pad, "groups": groups, "weight": f"{name}.weight",
                  "bias": f"{name}.bias" if conv.bias is not None else None, "activation": "none",
                  "sparse": groups == 1 and node.target in self.sparse_layers}
-        self._emit(node, entry, (1, cout, *_shape(node)[2:]))
+        self._emit(node, entry, (1, cout, *tensor_shape(node)[2:]))
 
     def _linear(self, node: fx.Node, linear: nn.Linear, src: fx.Node) -> None:
         before = self.shape[self.value[src]]
-        if before not in ((1, linear.in_features), (1, linear.in_features, 1, 1)) or len(_shape(node)) != 2:
-            self.fail(node, f"Linear on a tensor of shape {_shape(src)}")
+        if before not in ((1, linear.in_features), (1, linear.in_features, 1, 1)) or len(tensor_shape(node)) != 2:
+            self.fail(node, f"Linear on a tensor of shape {tensor_shape(src)}")
         name = self._name(node.target)
         self.tensors[f"{name}.weight"] = _array(linear.weight)
         if linear.bias is not None:
@@ -230,39 +210,15 @@ class _Reader:
             self.tensors[entry["bias"]] = self.tensors[entry["bias"]] * scale + shift
         self._alias(node, src)
 
-    @staticmethod
-    def _activation(node: fx.Node, module: nn.Module | None) -> str | None:
-        if module is not None:
-            if isinstance(module, nn.ReLU):
-                return "relu"
-            if isinstance(module, nn.ReLU6) or (isinstance(module, nn.Hardtanh) and module.min_val == 0.0
-                                                and module.max_val == 6.0):
-                return "relu6"
-            return None
-        if node.op == "call_module":
-            return None
-        if node.target in _RELU:
-            return "relu"
-        if node.target in _RELU6:
-            return "relu6"
-        bounds = None
-        if node.target in _HARDTANH:
-            bounds = (node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0),
-                      node.kwargs.get("max_val", node.args[2] if len(node.args) > 2 else 1.0))
-        elif node.target in _CLAMP:
-            bounds = (node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None),
-                      node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None))
-        return {(0, None): "relu", (0, 6): "relu6"}.get(bounds) if bounds is not None else None
-
     def _global_pool(self, node: fx.Node, module: nn.Module | None, src: fx.Node) -> bool:
-        before, after = self.shape[self.value[src]], _shape(node)
+        before, after = self.shape[self.value[src]], tensor_shape(node)
         if len(before) != 4:
             return False
         function = node.target if module is None else None
         if isinstance(module, nn.AdaptiveAvgPool2d) or function is F.adaptive_avg_pool2d:
             size = module.output_size if module is not None else node.kwargs.get(
                 "output_size", node.args[1] if len(node.args) > 1 else None)
-            pooled = _square(size) == 1
+            pooled = square(size) == 1
         elif function == "mean" or function is torch.mean:
             dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
             dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
@@ -286,12 +242,12 @@ class _Reader:
             given["stride"] = given.get("stride") or given.get("kernel_size")
         else:
             return False
-        k, stride, pad = (_square(given.get(key, 0)) for key in ("kernel_size", "stride", "padding"))
+        k, stride, pad = (square(given.get(key, 0)) for key in ("kernel_size", "stride", "padding"))
         if None in (k, stride, pad) or given.get("ceil_mode") or given.get("return_indices") \
-                or _square(given.get("dilation", 1)) != 1:
+                or square(given.get("dilation", 1)) != 1:
             self.fail(node, "MaxPool2d with ceil_mode, dilation, indices or a non-square window")
         self._emit(node, {"op": "max_pool2d", "name": self._name(node.name), "input": self.value[src],
-                          "k": k, "stride": stride, "pad": pad}, (1, *_shape(node)[1:]))
+                          "k": k, "stride": stride, "pad": pad}, (1, *tensor_shape(node)[1:]))
         return True
 
 

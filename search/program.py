@@ -20,7 +20,7 @@ from profiler import programs
 
 from .errors import SearchError
 from .graph import ModelGraph
-from .traced_ops import activation, pool, square, tensor_shape
+from .traced_ops import activation, op_name, pool, square, tensor_shape
 
 F = nn.functional
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
@@ -39,12 +39,6 @@ def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(shape) == 2:
         return int(shape[1]), 1, 1
     raise ValueError(shape)
-
-
-def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    if node.op == "call_module":
-        return type(modules[node.target]).__name__
-    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
 
 
 class ProgramTemplate:
@@ -136,7 +130,7 @@ class ProgramTemplate:
         return target
 
     def _unmodelled(self, node: fx.Node, args: list[fx.Node], modules) -> None:
-        op = _op_name(node, modules)
+        op = op_name(node, modules)
         shape = tensor_shape(node)
         same = next((a for a in args if tensor_shape(a) == shape), None)
         if same is None:

@@ -12,6 +12,8 @@ from torch import fx, nn
 F = nn.functional
 _RELU = {torch.relu, torch.relu_, F.relu, "relu", "relu_"}
 _RELU6 = {F.relu6}
+_HARDTANH = {F.hardtanh, F.hardtanh_, "hardtanh", "hardtanh_"}
+_CLAMP = {torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"}
 _MAXPOOL = {F.max_pool2d, torch.max_pool2d}
 _AVGPOOL = {F.avg_pool2d}
 
@@ -19,17 +21,26 @@ _AVGPOOL = {F.avg_pool2d}
 def tensor_shape(node: fx.Node) -> tuple[int, ...] | None:
     """The traced shape of a node's output, None when it is not a tensor."""
     meta = node.meta.get("tensor_meta")
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+    return tuple(int(d) for d in meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """A traced node's operator as a user would name it: the module's class or the function's name."""
+    if node.op == "call_module":
+        return type(modules[node.target]).__name__
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
 
 
 def square(value: Any) -> int | None:
+    """The side of a square kernel, stride or padding (an int or an equal pair), else None."""
     if isinstance(value, (tuple, list)):
         return int(value[0]) if len(set(value)) == 1 else None
-    return None if value is None else int(value)
+    return None if value is None or isinstance(value, str) else int(value)
 
 
 def activation(node: fx.Node, module) -> str | None:
-    """"relu" or "relu6" when the traced node is one of them (a clamp to [0, inf) or [0, 6] included), else None."""
+    """"relu" or "relu6" when the traced node is one of them (a clamp or hardtanh to [0, inf) or [0, 6]
+    included), else None."""
     if module is not None:
         if isinstance(module, nn.ReLU):
             return "relu"
@@ -43,14 +54,14 @@ def activation(node: fx.Node, module) -> str | None:
         return "relu"
     if node.target in _RELU6:
         return "relu6"
-    if node.target in (torch.clamp, "clamp", "clamp_"):
-        low = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
-        high = node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None)
-        if low == 0 and high is None:
-            return "relu"
-        if low == 0 and high == 6:
-            return "relu6"
-    return None
+    bounds = None
+    if node.target in _HARDTANH:
+        bounds = (node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0),
+                  node.kwargs.get("max_val", node.args[2] if len(node.args) > 2 else 1.0))
+    elif node.target in _CLAMP:
+        bounds = (node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None),
+                  node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None))
+    return {(0, None): "relu", (0, 6): "relu6"}.get(bounds) if bounds is not None else None
 
 
 def pool(node: fx.Node, module, src: fx.Node) -> tuple[str, dict] | None:
