@@ -84,7 +84,10 @@ def _step(g: _Graph) -> None:
         if total <= g.cap(side):  # wider tensors would feed layers no plan covers
             g.add("concat", inputs, total, side)
     elif r < 0.80:
-        g.add(str(rng.choice(("relu", "relu6"))), [cur], c, side)
+        # Not after a fused activation: ExecuTorch 1.5.1's XNNPACK delegate merges relu(relu6(x)) into one
+        # clamp with the relu's bounds ([0, inf)), so the .pte would not compute what torch computes.
+        if not (g.nodes and g.nodes[-1]["name"] == cur and g.nodes[-1].get("act")):
+            g.add(str(rng.choice(("relu", "relu6"))), [cur], c, side)
     elif side >= 8:
         op = str(rng.choice(("maxpool", "avgpool")))
         k, pad = (3, 1) if op == "maxpool" and rng.random() < 0.5 else (2, 0)

@@ -252,7 +252,7 @@ def test_a_device_or_host_that_cannot_run_programs_keeps_the_layer_profile(tmp_p
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch"
                         else real_find(name, *a))
     summary = profile(PteDevice(), tmp_path / "q", rounds=1)
-    assert summary.programs_note.startswith("this host has no executorch") and summary.measured > 0
+    assert summary.programs_note.startswith("this installation has no executorch") and summary.measured > 0
     monkeypatch.undo()
 
 
