@@ -6,7 +6,7 @@ resolution with per-channel-group width multipliers (a genome), random operator-
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -312,9 +312,12 @@ def random_program(family: str, rng: Any, resolution: int | None = None) -> dict
     return zoo_program(family, widths, resolution)
 
 
-def _draw(families: Sequence[str], n: int, rng: np.random.Generator, taken: set[str],
-          first: Iterable[dict[str, Any]] = (), resolutions: Sequence[int] | None = None) -> list[dict[str, Any]]:
-    """n distinct programs (none in `taken`), families in shuffled rounds so each gets its share."""
+def draw(families: Sequence[str], n: int, rng: np.random.Generator, taken: set[str],
+         first: Iterable[dict[str, Any]] = (), resolutions: Sequence[int] | None = None,
+         make: Callable[[str, np.random.Generator, int | None], dict[str, Any]] = random_program
+         ) -> list[dict[str, Any]]:
+    """n distinct programs (none in `taken`, which grows), families in shuffled rounds so each gets its share;
+    `make(family, rng, resolution)` draws one (random_program: a random genome)."""
     out: list[dict[str, Any]] = []
     for spec in first:
         if len(out) < n and program_id(spec) not in taken:
@@ -329,7 +332,7 @@ def _draw(families: Sequence[str], n: int, rng: np.random.Generator, taken: set[
         if attempts > 100 * n + 100:
             raise ProgramZooError(f"could not draw {n} distinct programs from {', '.join(families)}")
         resolution = None if resolutions is None else int(rng.choice(resolutions))
-        spec = random_program(order[0], rng, resolution)
+        spec = make(order[0], rng, resolution)
         if program_id(spec) in taken:
             continue
         order.pop(0)
@@ -378,12 +381,19 @@ def program_plan(n_train: int, n_holdout: int, n_unseen: int, seed: int = 0,
     taken: set[str] = set()
     top = 224 if resolutions is None else max(int(r) for r in resolutions)
     full = [zoo_program(f, resolution=top) for f in TRAIN_FAMILIES]
-    drawn = {"holdout": _draw(TRAIN_FAMILIES, n_holdout, stream("holdout"), taken, resolutions=resolutions),
-             "unseen": _draw(UNSEEN_FAMILIES, n_unseen, stream("unseen"), taken, resolutions=resolutions)}
-    drawn["train"] = _draw(TRAIN_FAMILIES, n_train, stream("train"), taken, first=full, resolutions=resolutions)
+    drawn = {"holdout": draw(TRAIN_FAMILIES, n_holdout, stream("holdout"), taken, resolutions=resolutions),
+             "unseen": draw(UNSEEN_FAMILIES, n_unseen, stream("unseen"), taken, resolutions=resolutions)}
+    drawn["train"] = draw(TRAIN_FAMILIES, n_train, stream("train"), taken, first=full, resolutions=resolutions)
     probes = _draw_probes(n_probe, np.random.default_rng([int(seed), 9, len(SAMPLES)]), taken, resolutions)
     drawn["train"] = _spread(drawn["train"], probes)
-    keyed = [((i + 0.5) / len(specs), SAMPLES.index(sample), spec, sample)
+    return interleave(drawn, SAMPLES)
+
+
+def interleave(drawn: Mapping[str, Sequence[dict[str, Any]]], samples: Sequence[str]
+               ) -> list[tuple[dict[str, Any], str]]:
+    """[(spec, sample)] with every sample spread evenly through the plan, so a session cut short has some of
+    each; ties go in `samples` order."""
+    keyed = [((i + 0.5) / len(specs), samples.index(sample), spec, sample)
              for sample, specs in drawn.items() for i, spec in enumerate(specs)]
     keyed.sort(key=lambda item: (item[0], item[1]))
     return [(spec, sample) for _, _, spec, sample in keyed]

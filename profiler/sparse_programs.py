@@ -107,31 +107,9 @@ def sparse_plan(n_train: int, n_holdout: int, seed: int = 0,
     drawn = {}
     for sample, n in (("holdout", n_holdout), ("train", n_train)):
         rng = np.random.default_rng([int(seed), 10, SAMPLES.index(sample)])
-        drawn[sample] = _draw(n, rng, taken, resolutions)
-    keyed = [((i + 0.5) / len(specs), SAMPLES.index(sample), spec, sample)
-             for sample, specs in drawn.items() for i, spec in enumerate(specs)]
-    keyed.sort(key=lambda item: (item[0], item[1]))
-    return [(spec, sample) for _, _, spec, sample in keyed]
-
-
-def _draw(n: int, rng: np.random.Generator, taken: set[str], resolutions: Sequence[int] | None) -> list[dict]:
-    out: list[dict[str, Any]] = []
-    order: list[str] = []
-    for _ in range(100 * n + 100):
-        if len(out) == n:
-            break
-        if not order:  # families in shuffled rounds, so each gets its share
-            order = [ENGINE_FAMILIES[i] for i in rng.permutation(len(ENGINE_FAMILIES))]
-        resolution = None if resolutions is None else int(rng.choice(resolutions))
-        spec = random_sparse_program(order[0], rng, resolution)
-        if program_id(spec) in taken:
-            continue
-        order.pop(0)
-        taken.add(program_id(spec))
-        out.append(spec)
-    if len(out) < n:
-        raise program_zoo.ProgramZooError(f"could not draw {n} distinct sparse programs")
-    return out
+        drawn[sample] = program_zoo.draw(ENGINE_FAMILIES, n, rng, taken, resolutions=resolutions,
+                                         make=random_sparse_program)
+    return program_zoo.interleave(drawn, SAMPLES)
 
 
 def runtimes_to_measure(address: str, header: dict[str, Any] | None, programs: int,
