@@ -54,7 +54,7 @@ def main() -> int:
 
     if want("profiler"):
         step("bench_profiler", [PY, "benchmarks/bench_profiler.py", *quick])
-    if want("predictor") or want("search") or want("digits") or want("whole"):
+    if want("predictor") or want("search") or want("digits") or want("whole") or want("sparse"):
         budget = "200" if args.quick else "1600"
         # 1 thread: on this shared 2-core VM a 2-thread pool (ExecuTorch's default here) turns small layers'
         # labels into scheduler noise (benchmarks/RESULTS.md, issue 9); on a phone keep the default.
@@ -84,6 +84,11 @@ def main() -> int:
         step("bench_sparse_engine_phone", [PY, "benchmarks/bench_sparse_engine.py", "--device", "emulated",
                                            "--no-bad-input", *(small if args.quick else ["--resolution", "96",
                                                                                           "--rounds", "2"])])
+        # joint vs width-only vs density-only on digits, measured on the engine, on the profile's predictor
+        step("bench_digits_sparse", [PY, "benchmarks/bench_digits_sparse.py", "--predictor", str(predictor),
+                                     "--out", str(args.workdir / "digits-sparse"),
+                                     *(["--pop", "8", "--gens", "2", "--rounds", "1"] if args.quick
+                                       else ["--pop", "32", "--gens", "40", "--budgets", "0.5,0.7,0.85"])])
     if want("adb"):
         step("bench_emulated_phone", [PY, "benchmarks/bench_emulated_phone.py",
                                       *(["--budget", "12", "--programs", "4"] if args.quick else [])])
