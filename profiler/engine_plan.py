@@ -42,14 +42,6 @@ def check_runnable(spec: Mapping[str, Any]) -> None:
                                   f"{c}x{h}x{w} tensor")
 
 
-def conversions(nodes: Sequence[Mapping[str, Any]], elements: Mapping[str, np.ndarray],
-                layout_free: Mapping[str, np.ndarray], sparse: Mapping[str, np.ndarray],
-                n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(count, elements) of the layout conversions one engine run makes, for n genomes at once (layout_plan's)."""
-    plan = layout_plan(nodes, elements, layout_free, sparse, n)
-    return plan["conversions"], plan["conversion_elems"]
-
-
 def layout_plan(nodes: Sequence[Mapping[str, Any]], elements: Mapping[str, np.ndarray],
                 layout_free: Mapping[str, np.ndarray], sparse: Mapping[str, np.ndarray],
                 n: int) -> dict[str, Any]:
@@ -124,9 +116,3 @@ def spec_plan(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {"sparse": {name for name, mask in sparse.items() if mask[0]},
             "nchw_depthwise": {name for name, mask in plan["nchw_depthwise"].items() if mask[0]},
             "conversions": int(plan["conversions"][0]), "conversion_elems": int(plan["conversion_elems"][0])}
-
-
-def spec_conversions(spec: Mapping[str, Any]) -> tuple[int, int]:
-    """(count, elements) of the conversions one engine run of a program spec makes."""
-    plan = spec_plan(spec)
-    return plan["conversions"], plan["conversion_elems"]

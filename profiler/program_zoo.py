@@ -385,7 +385,7 @@ def program_plan(n_train: int, n_holdout: int, n_unseen: int, seed: int = 0,
              "unseen": draw(UNSEEN_FAMILIES, n_unseen, stream("unseen"), taken, resolutions=resolutions)}
     drawn["train"] = draw(TRAIN_FAMILIES, n_train, stream("train"), taken, first=full, resolutions=resolutions)
     probes = _draw_probes(n_probe, np.random.default_rng([int(seed), 9, len(SAMPLES)]), taken, resolutions)
-    drawn["train"] = _spread(drawn["train"], probes)
+    drawn["train"] = [spec for spec, _ in interleave({"zoo": drawn["train"], "probe": probes}, ("zoo", "probe"))]
     return interleave(drawn, SAMPLES)
 
 
@@ -397,10 +397,3 @@ def interleave(drawn: Mapping[str, Sequence[dict[str, Any]]], samples: Sequence[
              for sample, specs in drawn.items() for i, spec in enumerate(specs)]
     keyed.sort(key=lambda item: (item[0], item[1]))
     return [(spec, sample) for _, _, spec, sample in keyed]
-
-
-def _spread(first: list, second: list) -> list:
-    """`first` with the items of `second` spread evenly through it, for a plan cut short."""
-    keyed = [((i + 0.5) / len(part), which, item) for which, part in enumerate((first, second))
-             for i, item in enumerate(part)]
-    return [item for *_, item in sorted(keyed, key=lambda t: t[:2])]

@@ -65,7 +65,7 @@ def test_a_spec_runs_on_the_engine_as_its_pruned_torch_module(tmp_path):
         reference = program_build.to_torch(spec, 3)(program_build.example_input(spec, 3)).numpy().ravel()
     assert output.shape == reference.shape
     assert np.max(np.abs(output - reference)) <= 1e-3 * max(1.0, float(np.max(np.abs(reference))))
-    assert result["conversions"] == engine_plan.spec_conversions(spec)[0]
+    assert result["conversions"] == engine_plan.spec_plan(spec)["conversions"]
 
 
 def test_engine_conversions_equal_the_plan_replay_on_zoo_programs(tmp_path):
