@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps -e '.[search,dev]'
+	$(PY) -m pip install -q --no-deps -e '.[search,dev,lab]'
 	$(PY) -m pip check
 	touch $@
 
@@ -36,7 +36,7 @@ venv: $(VENV)/.installed
 
 # After changing a range in pyproject.toml: resolve it into the virtualenv, then write its exact versions.
 lock:
-	$(PY) -m pip install -q -e '.[search,dev]'
+	$(PY) -m pip install -q -e '.[search,dev,lab]'
 	$(PY) tools/write_lock.py
 
 # ruff (rules in pyproject.toml) and the stage-order import contract (.importlinter).

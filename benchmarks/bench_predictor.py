@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from predictor import baselines, efficiency, evaluation, pipeline  # noqa: E402
 from predictor.models import LatencyPredictor  # noqa: E402
 from profiler import plans  # noqa: E402
-from profiler.layerspec import LayerSpec, to_columns  # noqa: E402
+from profiler.layerspec import LayerBatch, LayerSpec  # noqa: E402
 
 TARGET_WITHIN10 = 0.95
 TARGET_NETWORK_MEDIAN = 0.05
@@ -146,7 +146,7 @@ def throughput_section(model) -> None:
             distinct.append(spec)
     for name, layers in (("search-like (real layers, random widths/densities)", search_like),
                          ("all distinct (random space)", distinct)):
-        columns = to_columns(layers)
+        columns = LayerBatch.from_specs(layers)
         model.predict(columns)  # warm-up
         walls, cpus = [], []
         for _ in range(3):

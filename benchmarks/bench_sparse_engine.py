@@ -2,7 +2,7 @@
 
 1. Speed-up of the engine (`.jcwnet`, `jcw measure --net`) over the dense ExecuTorch program (`.pte`,
    `jcw measure --pte`) of the same pruned network, same device, same threads, both measured in this run:
-   MobileNetV1, MobileNetV2 and ResNet-18 (zoo names mobilenetv1, mobilenetv2, resnet18) at uniform
+   MobileNetV1, MobileNetV2 and ResNet-18 (zoo names mobilenet_v1, mobilenet_v2, resnet18) at uniform
    width 1.0 and density 0.3 / 0.2 / 0.1, as `jcw export --uniform width=W,density=D --runtime sparse`
    defines it: density D on *every groups == 1 convolution except the stem* (the 1x1s of the MobileNets,
    every 3x3 and 1x1 downsample of ResNet-18 but conv1); depthwise convolutions, the stem and the
@@ -41,7 +41,7 @@ Reproduce:
     .venv/bin/python benchmarks/bench_sparse_engine.py                                  # local, 224 px
     .venv/bin/python benchmarks/bench_sparse_engine.py --device emulated --resolution 96 --rounds 2
     .venv/bin/python benchmarks/bench_sparse_engine.py --runs RUN1 [RUN2] --budgets B1,B2   # + section 2
-    tiny: --models mobilenetv1 --densities 0.1 --resolution 64 --rounds 1
+    tiny: --models mobilenet_v1 --densities 0.1 --resolution 64 --rounds 1
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 PY = sys.executable
-MODELS = ("mobilenetv1", "mobilenetv2", "resnet18")
+MODELS = ("mobilenet_v1", "mobilenet_v2", "resnet18")
 DENSITIES = (0.3, 0.2, 0.1)
 #: the tiny profiles of section 4 time layers only (no whole .pte or .jcwnet programs: minutes each here)
 NO_PROGRAMS = ["--programs", "0", "--sparse-programs", "0"]

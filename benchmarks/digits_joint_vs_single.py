@@ -22,9 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from search import digits, zoo  # noqa: E402
 from search.genome import SearchSpace  # noqa: E402
 from search.graph import read_model  # noqa: E402
-from search.jcw_selection import JCWSurvival  # noqa: E402
-from search.nsga2 import NSGA2  # noqa: E402
 from search.objectives import LatencyModel, PruningProblem  # noqa: E402
+from search.pymoo_parts import evolve, make_algorithm  # noqa: E402
 
 MODES = {"joint": (True, True), "width-only": (True, False), "density-only": (False, True)}
 
@@ -72,7 +71,7 @@ def main() -> int:
             test = digits.evaluator(model, space, splits, args.finetune_steps, seed, "test")
             problem = PruningProblem(space, latency, val)
             start = time.perf_counter()
-            result = NSGA2(args.pop, survival=JCWSurvival()).run(problem, args.gens, seed=seed)
+            result = evolve(make_algorithm("nsga2", args.pop), problem, args.gens, seed=seed)
             unpruned = float(latency(space.uniform(1.0, 1.0)[None])[0])
             front = result.front
             lat, acc, X = result.F[front, 0], -result.F[front, 1], result.X[front]

@@ -79,7 +79,7 @@ def main() -> int:
     if want("bad-input"):
         step("bench_bad_input", [PY, "benchmarks/bench_bad_input.py"])
     if want("sparse"):  # issue 10: the sparse engine against the dense .pte, local then the emulated phone
-        small = ["--models", "mobilenetv1", "--densities", "0.1", "--resolution", "64", "--rounds", "1"]
+        small = ["--models", "mobilenet_v1", "--densities", "0.1", "--resolution", "64", "--rounds", "1"]
         step("bench_sparse_engine", [PY, "benchmarks/bench_sparse_engine.py", *(small if args.quick else [])])
         step("bench_sparse_engine_phone", [PY, "benchmarks/bench_sparse_engine.py", "--device", "emulated",
                                            "--no-bad-input", *(small if args.quick else ["--resolution", "96",

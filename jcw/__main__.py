@@ -16,7 +16,8 @@ import sqlite3
 import sys
 from typing import NoReturn
 
-STAGES = ("profiler.cli", "android_harness.cli", "predictor.cli", "search.cli", "jcw.demo")
+STAGES = ("profiler.cli", "profiler.lab_cli", "android_harness.cli", "predictor.cli", "predictor.lab_train",
+          "search.cli", "jcw.demo")
 
 EXIT_OK = 0
 EXIT_RESULTS_FAILED = 1

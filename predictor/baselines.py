@@ -1,7 +1,8 @@
 """The anchors ours is compared against, on the same data: MACs-proportional, nn-Meter-style forest,
 and a JCW-style per-layer interpolation table (plus the size of a full JCW table for a network).
 
-Each baseline has `fit(rows)` and `predict_impl(columns, impl)` (microseconds), like LatencyPredictor.
+Each baseline is a scikit-learn estimator with `fit(rows)` and `predict_impl(columns, impl)` (microseconds),
+like LatencyPredictor.
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from typing import Any
 import numpy as np
 from scipy.interpolate import LinearNDInterpolator
 from scipy.spatial import QhullError
+from sklearn.base import BaseEstimator
 from sklearn.ensemble import RandomForestRegressor
 
 from predictor.features import impl_quantities, physical
-from predictor.models import training_arrays
+from predictor.models import check_param, training_arrays
 from profiler import networks as real_networks
 
 #: JCW's lookup grid: width multipliers and densities in steps of 0.1.
@@ -25,13 +27,10 @@ JCW_DENSITY_STEPS = 10
 JCW_RESNET18_REPORTED = 17_800
 
 
-class MacsProportional:
-    """latency = c(op, impl) · work, with work = MACs (dense) or MACs × density (sparse)."""
+class MacsProportional(BaseEstimator):
+    """latency = c(op, impl) · work, with work = MACs (dense) or MACs × density (sparse). No parameters."""
 
-    def get_params(self) -> dict[str, Any]:
-        return {}
-
-    def fit(self, rows: Sequence[Mapping[str, Any]]) -> MacsProportional:
+    def fit(self, rows: Sequence[Mapping[str, Any]], y: None = None) -> MacsProportional:
         columns, impl, latency = training_arrays(rows)
         phys = physical(columns)
         self.ratio_: dict[tuple[str, str], float] = {}
@@ -41,12 +40,12 @@ class MacsProportional:
                 mask = (impl == name) & (columns["op"] == op)
                 if mask.any():  # geometric mean: the least-squares fit in log space
                     self.ratio_[(op, name)] = float(np.exp(np.mean(np.log(latency[mask] / work[mask]))))
-        self._fallback = float(np.exp(np.mean(np.log(list(self.ratio_.values())))))
+        self.fallback_ = float(np.exp(np.mean(np.log(list(self.ratio_.values())))))
         return self
 
     def predict_impl(self, columns: Mapping[str, np.ndarray], impl: str) -> np.ndarray:
         work = impl_quantities(physical(columns), impl)["work"]
-        ratio = np.array([self.ratio_.get((op, impl), self._fallback) for op in columns["op"]])
+        ratio = np.array([self.ratio_.get((op, impl), self.fallback_) for op in columns["op"]])
         return ratio * work
 
 
@@ -60,18 +59,17 @@ def _nn_meter_features(columns: Mapping[str, np.ndarray], impl: str) -> np.ndarr
                             flops, params])
 
 
-class NnMeterForest:
+class NnMeterForest(BaseEstimator):
     """nn-Meter style: a random forest per (op, impl) on (HW, CIN, COUT, KERNEL_SIZE, STRIDES, FLOPs, params),
-    predicting latency directly as nn-Meter does."""
+    predicting latency directly as nn-Meter does. `n_estimators` and `random_state` are the forests'."""
 
     def __init__(self, n_estimators: int = 100, random_state: int = 0) -> None:
         self.n_estimators = n_estimators
         self.random_state = random_state
 
-    def get_params(self) -> dict[str, Any]:
-        return {"n_estimators": self.n_estimators, "random_state": self.random_state}
-
-    def fit(self, rows: Sequence[Mapping[str, Any]]) -> NnMeterForest:
+    def fit(self, rows: Sequence[Mapping[str, Any]], y: None = None) -> NnMeterForest:
+        check_param("n_estimators", self.n_estimators, int, 1, 5000)
+        check_param("random_state", self.random_state, int, 0)
         columns, impl, latency = training_arrays(rows)
         self.forests_: dict[tuple[str, str], RandomForestRegressor] = {}
         for name in ("dense", "sparse"):
@@ -82,11 +80,11 @@ class NnMeterForest:
                     forest = RandomForestRegressor(n_estimators=self.n_estimators, random_state=self.random_state,
                                                    n_jobs=1)
                     self.forests_[(op, name)] = forest.fit(_nn_meter_features(sub, name), latency[mask])
-        self._macs = MacsProportional().fit(rows)
+        self.macs_ = MacsProportional().fit(rows)
         return self
 
     def predict_impl(self, columns: Mapping[str, np.ndarray], impl: str) -> np.ndarray:
-        out = self._macs.predict_impl(columns, impl)  # for an (op, impl) never profiled
+        out = self.macs_.predict_impl(columns, impl)  # for an (op, impl) never profiled
         for op in ("conv", "dwconv"):
             mask = columns["op"] == op
             if mask.any() and (op, impl) in self.forests_:
@@ -95,7 +93,7 @@ class NnMeterForest:
         return np.maximum(out, 1e-3)
 
 
-class JcwInterpolation:
+class JcwInterpolation(BaseEstimator):
     """JCW style: per layer context (op, impl, k, stride, h), piecewise-linear interpolation of log-latency
     over (log cout, log cin, density) between the measured points of that context.
 
@@ -103,12 +101,10 @@ class JcwInterpolation:
     the profile holds scattered points instead, so this interpolates over their Delaunay simplices
     (the same piecewise-linear family). Outside the measured hull it scales the nearest point by
     work; a context never measured falls back to MACs-proportional. `fallback_share_` reports how often.
+    No parameters.
     """
 
-    def get_params(self) -> dict[str, Any]:
-        return {}
-
-    def fit(self, rows: Sequence[Mapping[str, Any]]) -> JcwInterpolation:
+    def fit(self, rows: Sequence[Mapping[str, Any]], y: None = None) -> JcwInterpolation:
         columns, impl, latency = training_arrays(rows)
         points: dict[tuple, list[int]] = defaultdict(list)
         for i in range(len(latency)):
@@ -128,7 +124,7 @@ class JcwInterpolation:
                 except (QhullError, ValueError):
                     interpolator = None  # coplanar points: nearest-neighbour only
             self.tables_[context] = (xyz, log_t, np.log(work), interpolator)
-        self._macs = MacsProportional().fit(rows)
+        self.macs_ = MacsProportional().fit(rows)
         self.fallback_share_ = {"interpolated": 0, "nearest": 0, "macs": 0}
         return self
 
@@ -138,7 +134,7 @@ class JcwInterpolation:
                                 columns["density"][index] * 4.0])  # density 0.25 ~ one channel octave
 
     def predict_impl(self, columns: Mapping[str, np.ndarray], impl: str) -> np.ndarray:
-        out = self._macs.predict_impl(columns, impl)
+        out = self.macs_.predict_impl(columns, impl)
         work = np.log(impl_quantities(physical(columns), impl)["work"])
         contexts = defaultdict(list)
         for i in range(len(out)):

@@ -14,10 +14,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from predictor.choices import DEFAULT_TRANSFER_STRATEGY, MODEL_KINDS, TRANSFER_STRATEGIES
 from predictor.errors import PredictorError
-from predictor.models import MODEL_KINDS
-from predictor.transfer import DEFAULT_STRATEGY as DEFAULT_TRANSFER_STRATEGY
-from predictor.transfer import STRATEGIES as TRANSFER_STRATEGIES
 from profiler.cliargs import check_output_dir, int_at_least
 
 #: Extrapolated layers named in the table's warning line before "and N more".
@@ -221,7 +219,7 @@ def _number(value: float) -> float | None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import predictor
-    from profiler.layerspec import read_jsonl, to_columns
+    from profiler.layerspec import LayerBatch, read_jsonl
 
     model = predictor.load(args.predictor)
     if args.programs:
@@ -233,7 +231,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for obj, _ in entries:
         number += 1
         ids.append(str(obj["id"]) if isinstance(obj, dict) and "id" in obj else str(number))
-    columns = to_columns([spec for _, spec in entries])
+    columns = LayerBatch.from_specs([spec for _, spec in entries])
     out = model.predict(columns)
     outside = model.extrapolated(columns)
     records: list[dict[str, Any]] = [

@@ -1,8 +1,8 @@
 """The evaluation protocol: held-out splits, error metrics, the noise floor and network-level error.
 
-Owns the random split, the grouped (unseen-shape) split, grouped cross-validation, the metrics
-(RMSPE, MAPE, share within ±5/±10/±15 %), the layer kinds they are broken down by, and pruned
-networks assembled from held-out layers.
+Owns the random split and the grouped (unseen-shape) split (scikit-learn's GroupShuffleSplit), grouped
+cross-validation (GroupKFold over clones), the metrics (RMSPE, MAPE, share within ±5/±10/±15 %), the
+layer kinds they are broken down by, and pruned networks assembled from held-out layers.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from predictor.errors import PredictorError
 from profiler import networks as real_networks
@@ -103,16 +105,23 @@ def shape_key(row: Row) -> tuple:
     return (row["op"], row["k"], row["cin"], row["cout"], row["h"])
 
 
+def _groups(rows: Sequence[Row], key: Callable[[Row], tuple]) -> np.ndarray:
+    """The `groups` of a scikit-learn group splitter: each row's key as text, so the splitter's sorted
+    distinct groups (and with a seed, its draw) do not depend on the rows' order."""
+    return np.array([repr(key(r)) for r in rows])
+
+
 def _split_by(rows: Sequence[Row], key: Callable[[Row], tuple], test_fraction: float, seed: int
               ) -> tuple[list[Row], list[Row]]:
     if not 0.0 < test_fraction < 1.0:
         raise PredictorError(f"parameter 'test_fraction' must be in (0, 1), got {test_fraction!r}")
-    groups = sorted({key(r) for r in rows}, key=repr)
-    random.Random(seed).shuffle(groups)
-    test_groups = set(groups[:max(1, int(round(len(groups) * test_fraction)))])
-    train = [r for r in rows if key(r) not in test_groups]
-    test = [r for r in rows if key(r) in test_groups]
-    return train, test
+    try:
+        train, test = next(GroupShuffleSplit(1, test_size=test_fraction, random_state=seed).split(
+            rows, groups=_groups(rows, key)))
+    except ValueError:  # one side would be empty
+        raise PredictorError(f"a test fraction of {test_fraction} leaves one side of the split of "
+                             f"{len(rows)} rows empty") from None
+    return [rows[i] for i in train], [rows[i] for i in test]
 
 
 def random_split(rows: Sequence[Row], test_fraction: float = 0.2, seed: int = 0) -> tuple[list[Row], list[Row]]:
@@ -133,18 +142,17 @@ def grouped_cv_score(model: Any, rows: Sequence[Row], folds: int, seed: int) -> 
     space is there to teach extrapolation. The ±10 % share is the target metric, and unlike RMSPE a
     few disturbed timings cannot decide it.
     """
-    groups = sorted({shape_key(r) for r in rows}, key=repr)
-    random.Random(seed).shuffle(groups)
-    fold_of = {g: i % folds for i, g in enumerate(groups)}
+    groups = _groups(rows, shape_key)
+    n_groups = len(set(groups.tolist()))
+    if n_groups < 2:
+        return 0.0
     prior_only = any(r.get("sample") == "prior" for r in rows)
     predicted, measured = [], []
-    for fold in range(folds):
-        train = [r for r in rows if fold_of[shape_key(r)] != fold]
-        test = [r for r in rows if fold_of[shape_key(r)] == fold and (not prior_only or r.get("sample") == "prior")]
+    for train, test in GroupKFold(min(folds, n_groups), shuffle=True, random_state=seed).split(rows, groups=groups):
+        test = [rows[i] for i in test if not prior_only or rows[i].get("sample") == "prior"]
         if len(train) < 8 or not test:
             continue
-        fitted = type(model)(**model.get_params()).fit(train)
-        predicted.append(predict_rows(fitted, test))
+        predicted.append(predict_rows(clone(model).fit([rows[i] for i in train]), test))
         measured.append(latencies(test))
     if not predicted:
         return 0.0

@@ -1,7 +1,7 @@
-"""Features of a layer for one convolution implementation, computed as pure numpy on columns.
+"""Features of a layer for one convolution implementation, computed as pure numpy on a LayerBatch.
 
-Owns the column normalisation (LayerSpec lists or `to_columns` dicts), the derived physical
-quantities (MACs, non-zeros, bytes, arithmetic intensity) and the versioned feature schema.
+Owns the feature schema (versioned) and what each implementation sees of a layer's work and bytes;
+the layers themselves, their checks and derived quantities are `profiler.layerspec.LayerBatch`'s.
 """
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 
 from predictor.errors import PredictorError
-from profiler.layerspec import BYTES_PER_FLOAT, IMPLS, OPS, LayerSpec, to_columns
+from profiler.layerspec import BYTES_PER_FLOAT, IMPLS, INT_FIELDS, LayerBatch, LayerSpec, LayerSpecError
 
 #: Bump whenever a feature is added, removed or computed differently: saved predictors record it.
 FEATURE_SCHEMA_VERSION = 3
 
-INT_COLUMNS = ("cin", "cout", "k", "stride", "pad", "h", "w")
+#: The integer fields, under the name models._distinct imports.
+INT_COLUMNS = INT_FIELDS
 #: XNNPACK's microkernels compute output channels in tiles of 4, 8 or 16 lanes and output pixels in
 #: blocks of 8 to 32, depending on the CPU; a partial tile wastes lanes. The phone's tile sizes are
 #: not known in advance, so each candidate size is a feature and the trees pick the ones that matter.
@@ -39,77 +40,26 @@ FEATURE_NAMES = tuple(name for name, _ in FEATURES)
 MONOTONE = tuple(sign for _, sign in FEATURES)
 
 
-def as_columns(layers: Iterable[LayerSpec] | Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Layer specs or a columns dict → validated columns (op object array, int64 shapes, density)."""
-    if isinstance(layers, Mapping):
-        return _validate_columns(layers)
-    layers = list(layers)
-    if not all(isinstance(layer, LayerSpec) for layer in layers):
-        raise PredictorError("layers must be a list of LayerSpec or a columns dict as from to_columns")
-    return to_columns(layers)
+def as_columns(layers: LayerBatch | Iterable[LayerSpec] | Mapping[str, Any]) -> LayerBatch:
+    """Layer specs, a LayerBatch or a mapping of columns → a validated LayerBatch (a bad layer is a
+    PredictorError naming the field and value)."""
+    try:
+        return LayerBatch.coerce(layers)
+    except LayerSpecError as exc:
+        raise PredictorError(str(exc)) from None
 
 
-def _validate_columns(columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    missing = [name for name in ("op", "cin", "cout", "k", "h", "w") if name not in columns]
-    if missing:
-        raise PredictorError(f"layer columns lack the column '{missing[0]}'")
-    op = np.asarray(columns["op"], dtype=object)
-    n = len(op)
-    out: dict[str, np.ndarray] = {"op": op}
-    for name in INT_COLUMNS:
-        if name not in columns:
-            continue
-        values = np.asarray(columns[name])
-        if values.shape != (n,):
-            raise PredictorError(f"layer column '{name}' has shape {values.shape}, expected ({n},)")
-        if values.dtype.kind not in "iuf" or (values.dtype.kind == "f" and not np.all(values == np.round(values))):
-            raise PredictorError(f"layer column '{name}' must hold integers")
-        out[name] = values.astype(np.int64, copy=False)
-    out.setdefault("stride", np.ones(n, dtype=np.int64))
-    out.setdefault("pad", out["k"] // 2)
-    density = np.asarray(columns.get("density", np.ones(n)), dtype=np.float64)
-    if density.shape != (n,):
-        raise PredictorError(f"layer column 'density' has shape {density.shape}, expected ({n},)")
-    out["density"] = density
-    bad_op = ~np.isin(op, OPS)
-    if bad_op.any():
-        raise PredictorError(f"layer column 'op' must hold {' or '.join(OPS)}, got {op[bad_op][0]!r}")
-    for name, minimum in (("cin", 1), ("cout", 1), ("k", 1), ("stride", 1), ("h", 1), ("w", 1), ("pad", 0)):
-        low = out[name] < minimum
-        if low.any():
-            raise PredictorError(f"layer column '{name}' must be >= {minimum}, got {out[name][low][0]}")
-    bad_density = ~((density > 0) & (density <= 1))
-    if bad_density.any():
-        raise PredictorError(f"layer column 'density' must be in (0, 1], got {density[bad_density][0]}")
-    dw = op == "dwconv"
-    if np.any(dw & (out["cin"] != out["cout"])):
-        raise PredictorError("layer column 'cout' must equal 'cin' for every dwconv")
-    if np.any(out["k"] > np.minimum(out["h"], out["w"]) + 2 * out["pad"]):
-        raise PredictorError("layer column 'k' must not exceed the padded input")
-    return out
+def rows_to_columns(rows: Iterable[Mapping[str, Any]]) -> LayerBatch:
+    """Profile rows (dicts with the spec fields) → a validated LayerBatch."""
+    try:
+        return LayerBatch.from_rows(rows)
+    except LayerSpecError as exc:
+        raise PredictorError(str(exc)) from None
 
 
-def physical(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The derived quantities of `LayerSpec`, vectorised (same formulas, float64)."""
-    cin, cout, k = (columns[n].astype(np.float64) for n in ("cin", "cout", "k"))
-    dw = columns["op"] == "dwconv"
-    out_h = (columns["h"] + 2 * columns["pad"] - columns["k"]) // columns["stride"] + 1
-    out_w = (columns["w"] + 2 * columns["pad"] - columns["k"]) // columns["stride"] + 1
-    out_hw = (out_h * out_w).astype(np.float64)
-    weights = cout * np.where(dw, 1.0, cin) * k * k
-    nnz = np.maximum(1.0, np.round(columns["density"] * weights))
-    macs = out_hw * weights
-    return {
-        "out_h": out_h, "out_w": out_w, "out_hw": out_hw, "weights": weights, "nnz": nnz, "macs": macs,
-        "effective_macs": macs * columns["density"],
-        "input_bytes": cin * columns["h"] * columns["w"] * BYTES_PER_FLOAT,
-        "output_bytes": cout * out_hw * BYTES_PER_FLOAT,
-        "weight_bytes": weights * BYTES_PER_FLOAT,
-        # The sparse path feeds SpMM directly only for an unpadded stride-1 1x1 convolution; every
-        # other layer first gathers an im2col buffer of cin*k*k rows (the runner times it too).
-        "im2col_bytes": np.where((columns["k"] == 1) & (columns["stride"] == 1) & (columns["pad"] == 0), 0.0,
-                                 cin * k * k * out_hw * BYTES_PER_FLOAT),
-    }
+def physical(columns: LayerBatch | Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The derived quantities of the layers (`LayerBatch.physical`, computed once per batch)."""
+    return as_columns(columns).physical
 
 
 def impl_quantities(phys: Mapping[str, np.ndarray], impl: str) -> dict[str, np.ndarray]:
@@ -151,12 +101,3 @@ def feature_matrix(columns: Mapping[str, np.ndarray], impl: str,
         np.log2(nnz / cout),
         *(np.ceil(phys["out_hw"] / tile) * tile / phys["out_hw"] for tile in PIXEL_TILES),
     )])
-
-
-def rows_to_columns(rows: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Profile rows (dicts with the spec fields) → columns."""
-    cols: dict[str, np.ndarray] = {"op": np.array([r["op"] for r in rows], dtype=object)}
-    for name in INT_COLUMNS:
-        cols[name] = np.array([r[name] for r in rows], dtype=np.int64)
-    cols["density"] = np.array([r["density"] for r in rows], dtype=np.float64)
-    return cols

@@ -9,7 +9,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, clone
 
+from predictor.choices import MODEL_KINDS
 from predictor.errors import PredictorError
 from predictor.features import (
     FEATURE_NAMES,
@@ -23,22 +25,19 @@ from predictor.features import (
 )
 from profiler.layerspec import IMPLS, LayerSpec
 
-MODEL_KINDS = ("hybrid", "gbm", "rf", "linear")
 #: (op, impl) pairs the runner can measure; dwconv has no sparse kernel.
 GROUPS = (("conv", "dense"), ("conv", "sparse"), ("dwconv", "dense"))
 _PHYSICAL_TERMS = ("work", "io_bytes", "weight_bytes", "im2col_bytes")
 _MIN_GROUP_ROWS = 6
 
 
-class PhysicalModel:
+class PhysicalModel(BaseEstimator):
     """latency ≈ a·work + b·io_bytes + c·weight_bytes + d·im2col_bytes + e per (op, impl), all ≥ 0.
 
     Fitted by non-negative least squares on relative error, so it is monotone in every size
-    quantity and extrapolates sensibly to shapes far from the training data.
+    quantity and extrapolates sensibly to shapes far from the training data. It has no parameters;
+    `coef_` maps "op/impl" to the five coefficients.
     """
-
-    def __init__(self) -> None:
-        self.coef_: dict[str, list[float]] = {}
 
     @staticmethod
     def design(columns: Mapping[str, np.ndarray], impl: str, phys: Mapping[str, np.ndarray] | None = None
@@ -86,17 +85,23 @@ class PhysicalModel:
         return np.maximum(out, 1e-3)
 
 
-def _check_param(name: str, value: Any, kind: type, low: float, high: float | None = None) -> None:
+def check_param(name: str, value: Any, kind: type, low: float, high: float | None = None) -> None:
+    """Refuse an estimator parameter of the wrong type (int, or float that takes ints too) or out of range,
+    in one sentence that names it; estimators call this in `fit`, never in `__init__`."""
     if isinstance(value, bool) or not isinstance(value, kind if kind is not float else (int, float)):
-        raise PredictorError(f"parameter '{name}' must be a {kind.__name__}, got {value!r}")
+        what = "a whole number" if kind is int else "a number"
+        raise PredictorError(f"parameter '{name}' must be {what}, got {value!r}")
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise PredictorError(f"parameter '{name}' must be {bound}, got {value!r}")
 
 
-class LatencyPredictor:
+class LatencyPredictor(BaseEstimator):
     """Per-layer latency of the dense and the sparse kernel, and the faster of the two.
 
+    A scikit-learn estimator whose samples are profile rows: `fit(rows)` reads the labels from the rows
+    (`latency_us` per `impl`), so `y` is not used; `predict(layers)` answers per layer and implementation
+    (a dict of arrays, hence no RegressorMixin), and `score(rows)` is the share within ±10 %.
     Parameters are validated in `fit`: `model` is "auto" (pick by grouped cross-validation among
     `candidates`) or one of MODEL_KINDS; the tree settings are shared by the tree models. The
     defaults were chosen on the sample-efficiency curve (benchmarks/RESULTS.md): enough capacity to
@@ -107,7 +112,7 @@ class LatencyPredictor:
                  max_leaf_nodes: int = 24, learning_rate: float = 0.3, min_samples_leaf: int = 4,
                  loss: str = "squared_error", cv_folds: int = 5, random_state: int = 0) -> None:
         self.model = model
-        self.candidates = tuple(candidates)
+        self.candidates = candidates
         self.n_estimators = n_estimators
         self.max_leaf_nodes = max_leaf_nodes
         self.learning_rate = learning_rate
@@ -117,32 +122,28 @@ class LatencyPredictor:
         self.random_state = random_state
 
     # ---- parameters ----------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        return {"model": self.model, "candidates": list(self.candidates), "n_estimators": self.n_estimators,
-                "max_leaf_nodes": self.max_leaf_nodes, "learning_rate": self.learning_rate,
-                "min_samples_leaf": self.min_samples_leaf, "loss": self.loss, "cv_folds": self.cv_folds,
-                "random_state": self.random_state}
-
     def _validate_params(self) -> None:
         if self.model != "auto" and self.model not in MODEL_KINDS:
             raise PredictorError(f"parameter 'model' must be auto or one of {', '.join(MODEL_KINDS)}, "
                                  f"got {self.model!r}")
-        unknown = [c for c in self.candidates if c not in MODEL_KINDS]
+        unknown = [c for c in self.candidates if c not in MODEL_KINDS] \
+            if isinstance(self.candidates, (list, tuple)) else [self.candidates]
         if unknown or not self.candidates:
             raise PredictorError(f"parameter 'candidates' must name some of {', '.join(MODEL_KINDS)}, "
-                                 f"got {list(self.candidates)!r}")
-        _check_param("n_estimators", self.n_estimators, int, 1, 5000)
-        _check_param("max_leaf_nodes", self.max_leaf_nodes, int, 2, 1024)
-        _check_param("learning_rate", self.learning_rate, float, 1e-4, 1.0)
-        _check_param("min_samples_leaf", self.min_samples_leaf, int, 1)
+                                 f"got {self.candidates!r}")
+        check_param("n_estimators", self.n_estimators, int, 1, 5000)
+        check_param("max_leaf_nodes", self.max_leaf_nodes, int, 2, 1024)
+        check_param("learning_rate", self.learning_rate, float, 1e-4, 1.0)
+        check_param("min_samples_leaf", self.min_samples_leaf, int, 1)
         if self.loss not in ("squared_error", "absolute_error"):
             raise PredictorError(f"parameter 'loss' must be squared_error or absolute_error, got {self.loss!r}")
-        _check_param("cv_folds", self.cv_folds, int, 2, 20)
-        _check_param("random_state", self.random_state, int, 0)
+        check_param("cv_folds", self.cv_folds, int, 2, 20)
+        check_param("random_state", self.random_state, int, 0)
 
     # ---- training ------------------------------------------------------------------------
-    def fit(self, rows: Sequence[Mapping[str, Any]]) -> LatencyPredictor:
-        """Learn from profile rows (spec fields, `impl`, `latency_us`), e.g. `ProfileStore.measurements()`."""
+    def fit(self, rows: Sequence[Mapping[str, Any]], y: None = None) -> LatencyPredictor:
+        """Learn from profile rows (spec fields, `impl`, `latency_us`), e.g. `ProfileStore.measurements()`;
+        `y` is ignored (the rows carry their latencies), as scikit-learn's model selection passes it."""
         self._validate_params()
         columns, impl, latency = training_arrays(rows)
         if len(latency) < 8:
@@ -154,18 +155,13 @@ class LatencyPredictor:
                 kind = self.candidates[0]
             else:
                 from predictor.evaluation import grouped_cv_score  # evaluation imports this module
-                self.cv_scores_ = {c: grouped_cv_score(self._with_kind(c), rows, self.cv_folds, self.random_state)
-                                   for c in self.candidates}
+                self.cv_scores_ = {c: grouped_cv_score(clone(self).set_params(model=c), rows, self.cv_folds,
+                                                       self.random_state) for c in self.candidates}
                 kind = max(self.cv_scores_, key=self.cv_scores_.get)
         self.kind_ = kind
         self._fit_kind(columns, impl, latency)
         self.n_training_rows_ = len(latency)
         return self
-
-    def _with_kind(self, kind: str) -> LatencyPredictor:
-        params = self.get_params()
-        params.pop("model")
-        return LatencyPredictor(kind, **params)
 
     def _fit_kind(self, columns: dict[str, np.ndarray], impl: np.ndarray, latency: np.ndarray) -> None:
         self.physical_ = PhysicalModel().fit(columns, impl, latency)
@@ -261,11 +257,16 @@ class LatencyPredictor:
         shapes, inverse = _distinct({**columns, "density": np.ones(n)})
         return (self.predict_impl(shapes, "dense") / 1000.0)[inverse]
 
+    def score(self, rows: Sequence[Mapping[str, Any]], y: None = None) -> float:
+        """Share of measured rows predicted within ±10 % (the kit's target metric; higher is better)."""
+        from predictor.evaluation import latencies, metrics, predict_rows  # evaluation imports this module
+        return metrics(predict_rows(self, rows), latencies(rows))["within10"]
+
     # ---- state for persistence -----------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """JSON-able description of everything but the tree estimator (stored separately)."""
         self._check_fitted()
-        return {"params": self.get_params(), "kind": self.kind_, "physical": self.physical_.coef_,
+        return {"params": self.get_params(deep=False), "kind": self.kind_, "physical": self.physical_.coef_,
                 "cv_scores": self.cv_scores_, "n_training_rows": self.n_training_rows_,
                 "features": list(FEATURE_NAMES)}
 

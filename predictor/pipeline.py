@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, clone
 
 from predictor import baselines, efficiency, evaluation, persistence, program_eval, ranges, transfer
 from predictor import priors as prior_predictors
@@ -28,10 +29,11 @@ from profiler.store import ProfileStore
 
 Row = Mapping[str, Any]
 OURS = "ours"
-BASELINES: dict[str, Callable[[], Any]] = {
-    "macs-proportional": baselines.MacsProportional,
-    "nn-meter-rf": baselines.NnMeterForest,
-    "jcw-interpolation": baselines.JcwInterpolation,
+#: Unfitted estimators; every evaluation fits a clone of each.
+BASELINES: dict[str, BaseEstimator] = {
+    "macs-proportional": baselines.MacsProportional(),
+    "nn-meter-rf": baselines.NnMeterForest(),
+    "jcw-interpolation": baselines.JcwInterpolation(),
 }
 #: The comparisons a transfer predictor is scored beside.
 PRIOR_AS_IS = "prior as is"
@@ -120,13 +122,15 @@ def _transfer_hint(data: Mapping[str, Any], priors: Sequence[Path]) -> str | Non
     return f"this profile was planned for transfer; train with {paths} to use the known device's predictor"
 
 
-class PriorAsIs:
+class PriorAsIs(BaseEstimator):
     """The prior's own predictions, unadapted: the comparison that shows what the new data adds."""
 
-    def __init__(self, prior: prior_predictors.Prior) -> None:
+    def __init__(self, prior: prior_predictors.Prior | None = None) -> None:
         self.prior = prior
 
-    def fit(self, rows: Sequence[Row]) -> PriorAsIs:
+    def fit(self, rows: Sequence[Row], y: None = None) -> PriorAsIs:
+        if not callable(getattr(getattr(self.prior, "model", None), "predict_impl", None)):
+            raise PredictorError(f"parameter 'prior' must be a loaded prior, got {type(self.prior).__name__}")
         return self
 
     def predict_impl(self, columns: Mapping[str, np.ndarray], impl: str) -> np.ndarray:
@@ -156,15 +160,16 @@ def scored(models: Mapping[str, Any], test: Sequence[Row]) -> dict[str, Any]:
 
 
 def fit_all(training: Sequence[Row], params: Mapping[str, Any],
-            lineup: Mapping[str, Callable[[], Any]] | None = None) -> dict[str, Any]:
-    """Every model of the lineup (default: ours, a LatencyPredictor with `params`, and the baselines) fitted."""
-    lineup = lineup or {OURS: lambda: LatencyPredictor(**params), **BASELINES}
-    return {name: make().fit(training) for name, make in lineup.items()}
+            lineup: Mapping[str, BaseEstimator] | None = None) -> dict[str, Any]:
+    """A fitted clone of every estimator of the lineup (default: ours, a LatencyPredictor with `params`, and
+    the baselines)."""
+    lineup = lineup or {OURS: LatencyPredictor(**params), **BASELINES}
+    return {name: clone(model).fit(training) for name, model in lineup.items()}
 
 
 def evaluate(training: Sequence[Row], holdout: Sequence[Row], params: Mapping[str, Any], seed: int = 0,
              say: Callable[[str], None] = lambda message: None,
-             lineup: Mapping[str, Callable[[], Any]] | None = None, unseen: Sequence[Row] = ()) -> dict[str, Any]:
+             lineup: Mapping[str, BaseEstimator] | None = None, unseen: Sequence[Row] = ()) -> dict[str, Any]:
     """Ours and every baseline on the held-out sets and at network level, at one training budget; the
     unseen-architecture layers, when given, also by layer kind (ours only)."""
     sets: dict[str, dict[str, Any]] = {}
@@ -223,9 +228,9 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
         say("reading the priors")
         loaded = [prior_predictors.load_prior(p, data["runner"].get("version")) for p in priors]
         chosen, candidates = prior_predictors.choose_prior(loaded, training)
-        transfer.TransferPredictor(chosen, strategy)._validate_params()
-        lineup = {OURS: lambda: transfer.TransferPredictor(chosen, strategy, random_state=seed),
-                  PRIOR_AS_IS: lambda: PriorAsIs(chosen), NO_PRIOR: lambda: LatencyPredictor(**params), **BASELINES}
+        transferred = transfer.TransferPredictor(chosen, strategy, random_state=seed)
+        transferred._validate_params()
+        lineup = {OURS: transferred, PRIOR_AS_IS: PriorAsIs(chosen), NO_PRIOR: LatencyPredictor(**params), **BASELINES}
         prior_card = {"strategy": strategy, "candidates": candidates}
 
     evaluated = evaluate(training, holdout, params, seed, say, lineup, unseen=data["unseen"])

@@ -7,11 +7,12 @@ cross-validation, its vectorised prediction and its JSON state (trees, if any, g
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.model_selection import GroupKFold
 
 from predictor.errors import PredictorError
 
@@ -115,7 +116,7 @@ def spec_parts(specs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Validated program specs → their layers (conv/dwconv and linear, as layer-spec columns with a program
     index each), their other operators as `ops` arrays (linear layers included), node and layer counts."""
     from profiler import programs as spec_api
-    from profiler.layerspec import to_columns
+    from profiler.layerspec import LayerBatch
 
     try:
         specs = spec_api.load_many(specs)
@@ -144,7 +145,7 @@ def spec_parts(specs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         n_conv.append(len(weighted))
     arrays = {"program": np.array(ops["program"], dtype=np.int64), "op": np.array(ops["op"], dtype=object),
               **{name: np.array(ops[name], dtype=np.int64) for name in OP_FIELDS}}
-    return {"n": len(specs), "specs": specs, "layers": to_columns(layers),
+    return {"n": len(specs), "specs": specs, "layers": LayerBatch.from_specs(layers),
             "layer_program": np.array(layer_program, dtype=np.int64), "is_linear": np.array(is_linear, dtype=bool),
             "ops": arrays, "n_nodes": np.array(n_nodes, dtype=np.int64), "n_conv": np.array(n_conv, dtype=np.int64)}
 
@@ -165,9 +166,13 @@ def _nnls_relative(x: np.ndarray, latency: np.ndarray) -> np.ndarray:
     return coef / scale
 
 
-class ProgramModel:
+class ProgramModel(RegressorMixin, BaseEstimator):
     """latency_ms ≈ a·conv_ms + Σ b_kind·elements_kind + c·linear_MACs + d·nodes + e·layers + f (all ≥ 0),
     times exp(small trees on aggregate shares) when the `corrected` kind won grouped cross-validation.
+
+    A scikit-learn regressor on designs (`design`): `fit(x, latency_ms, groups)`, `predict(x)` in ms and
+    `score` (R²). Parameters are validated in `fit`: `kind` is "auto" or one of MODEL_KINDS, `cv_folds` the
+    folds of that choice, `min_gain` the share within ±10 % the correction must add.
 
     A subclass for another runtime sets RUNTIME, TERMS (leading terms, then the operator kinds' elements,
     linear MACs, nodes, convs, program), CONV_TERMS (the conv layers' ms) and LAYOUT_TERMS (data movement
@@ -185,17 +190,21 @@ class ProgramModel:
         self.random_state = random_state
         self.min_gain = min_gain
 
-    def get_params(self) -> dict[str, Any]:
-        return {"kind": self.kind, "cv_folds": self.cv_folds, "random_state": self.random_state,
-                "min_gain": self.min_gain}
+    def _validate_params(self) -> None:
+        from predictor.models import check_param  # deferred: the layer model is not needed to build a design
+
+        if self.kind != "auto" and self.kind not in MODEL_KINDS:
+            raise PredictorError(f"parameter 'kind' of the program model must be auto or one of "
+                                 f"{', '.join(MODEL_KINDS)}, got {self.kind!r}")
+        check_param("cv_folds", self.cv_folds, int, 2, 20)
+        check_param("random_state", self.random_state, int, 0)
+        check_param("min_gain", self.min_gain, float, 0.0, 1.0)
 
     # ---- training --------------------------------------------------------------------------
     def fit(self, x: np.ndarray, latency_ms: Any, groups: Sequence[Any] | None = None) -> ProgramModel:
         """Fit on a design (from `design`) and measured whole-program latencies in ms; `groups` (e.g. the
         architecture family of each program) decide the cross-validation folds of kind "auto"."""
-        if self.kind != "auto" and self.kind not in MODEL_KINDS:
-            raise PredictorError(f"program model kind must be auto or one of {', '.join(MODEL_KINDS)}, "
-                                 f"got {self.kind!r}")
+        self._validate_params()
         x, y = np.asarray(x, dtype=np.float64), np.asarray(latency_ms, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.TERMS) or len(y) != len(x):
             raise PredictorError(f"a program design must have shape (n, {len(self.TERMS)}) and one latency per row")
@@ -209,7 +218,7 @@ class ProgramModel:
             # Held out by family (new architectures) and by program (new genomes of known ones): the
             # correction is kept only if it helps under both.
             splits = ("family", "program") if groups is not None and len(set(groups)) >= 3 else ("program",)
-            self.cv_ = {k: {split: cross_validate(type(self)(k, random_state=self.random_state), x, y,
+            self.cv_ = {k: {split: cross_validate(clone(self).set_params(kind=k), x, y,
                                                   groups if split == "family" else None, self.cv_folds,
                                                   self.random_state) for split in splits} for k in MODEL_KINDS}
             gain = min((self.cv_["corrected"][s]["within10"] or 0.0) - (self.cv_["linear"][s]["within10"] or 0.0)
@@ -288,7 +297,7 @@ class ProgramModel:
         self._check_fitted()
         return {"runtime": self.RUNTIME, "kind": self.kind_, "terms": list(self.TERMS),
                 "coef": {t: float(c) for t, c in zip(self.TERMS, self.coef_)}, "borrowed": list(self.borrowed_),
-                "params": self.get_params(), "cv": self.cv_, "correction_features": list(CORRECTION_FEATURES),
+                "params": self.get_params(deep=False), "cv": self.cv_, "correction_features": list(CORRECTION_FEATURES),
                 "n_training_programs": self.n_training_programs_}
 
     @classmethod
@@ -320,29 +329,22 @@ def errors(predicted: Any, measured: Any) -> dict[str, float]:
             "p90": float(np.percentile(rel, 90))}
 
 
-def fold_groups(groups: Sequence[Any] | None, n: int, folds: int, seed: int) -> np.ndarray:
-    """Fold of every program: whole groups (architecture families) when there are at least 3, else programs."""
-    keys = list(groups) if groups is not None and len(set(groups)) >= 3 else list(range(n))
-    distinct = sorted(set(keys), key=repr)
-    random.Random(seed).shuffle(distinct)
-    folds = min(folds, len(distinct))
-    fold_of = {g: i % folds for i, g in enumerate(distinct)}
-    return np.array([fold_of[k] for k in keys])
-
-
 def cross_validate(model: ProgramModel, x: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None,
                    folds: int = 5, seed: int = 0) -> dict[str, float]:
     """Pooled out-of-fold errors of a fixed-kind model (families held out whole when there are 3 or more)."""
-    fold = fold_groups(groups, len(y), folds, seed)
+    by_family = groups is not None and len(set(groups)) >= 3
+    # Fewer than 3 families cannot hold one out and still learn: then every program is its own group.
+    keys = [repr(g) for g in groups] if by_family else list(range(len(y)))
+    n_groups = len(set(keys))
     predicted = np.full(len(y), np.nan)
-    for f in np.unique(fold):
-        train = fold != f
-        if train.sum() < 4:
-            continue
-        fitted = type(model)(**{**model.get_params(), "kind": model.kind}).fit(x[train], y[train])
-        predicted[~train] = fitted.predict(x[~train])
+    if n_groups >= 2:
+        splitter = GroupKFold(n_splits=min(folds, n_groups), shuffle=True, random_state=seed)
+        for train, test in splitter.split(x, y, groups=keys):
+            if len(train) < 4:
+                continue
+            predicted[test] = clone(model).fit(x[train], y[train]).predict(x[test])
     done = np.isfinite(predicted)
     scores = errors(predicted[done], y[done])
     # JSON has no NaN: a CV that could not run says so with None
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in scores.items()} | {
-        "grouped_by": "family" if groups is not None and len(set(groups)) >= 3 else "program"}
+        "grouped_by": "family" if by_family else "program"}

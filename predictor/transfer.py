@@ -9,19 +9,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.model_selection import GroupKFold
 
+from predictor.choices import DEFAULT_TRANSFER_STRATEGY, TRANSFER_STRATEGIES
 from predictor.errors import PredictorError
 from predictor.features import FEATURE_NAMES, feature_matrix, physical
-from predictor.models import LatencyPredictor, PhysicalModel, _check_param, _one_thread, training_arrays
+from predictor.models import LatencyPredictor, PhysicalModel, _one_thread, check_param, training_arrays
 from profiler.layerspec import IMPLS
 
-#: scale: the prior's latency times a per-operator factor that may change with the layer's size (a robust
-#: line in log space per (op, impl), shrunk toward the pooled one); residual: scale, then small trees on
-#: what is left, weighted by how much they help on shapes held out of their fit; feature: the new device's
-#: own physical model and trees, with the prior's log-latency as one more feature.
-STRATEGIES = ("scale", "residual", "feature")
-#: Chosen on the transfer curve (benchmarks/RESULTS.md, benchmarks/bench_transfer.py).
-DEFAULT_STRATEGY = "residual"
+#: The strategies and the default (predictor.choices says what each does).
+STRATEGIES = TRANSFER_STRATEGIES
+DEFAULT_STRATEGY = DEFAULT_TRANSFER_STRATEGY
 GROUPS = ("conv/dense", "conv/sparse", "dwconv/dense")
 #: Slopes of the per-operator line (latency ∝ prior^(1 + slope)); beyond this the data is noise.
 MAX_SLOPE = 0.5
@@ -96,6 +94,9 @@ class TransferPredictor(LatencyPredictor):
     """A new device's per-layer latency from a prior (a `Prior` or any fitted model with `predict_impl`)
     and that device's measured rows; `strategy` is one of STRATEGIES.
 
+    `sklearn.base.clone` copies a `Prior` as it is, but would hand back a fitted estimator unfitted: pass one
+    as `FrozenEstimator(model)` (sklearn.frozen) when the transfer predictor is to be cloned.
+
     Predictions, `predict` and `predict_dense` behave as LatencyPredictor's. Parameters are validated in
     `fit`: `shrinkage` is how many pseudo-rows pull each operator's line toward the pooled one (and the pooled
     slope toward a plain rescaling); the tree settings apply to the residual and feature strategies, whose
@@ -114,28 +115,22 @@ class TransferPredictor(LatencyPredictor):
         self.min_samples_leaf = min_samples_leaf
         self.random_state = random_state
 
-    def get_params(self) -> dict[str, Any]:
-        return {"prior": self.prior, "strategy": self.strategy, "shrinkage": self.shrinkage,
-                "n_estimators": self.n_estimators, "max_leaf_nodes": self.max_leaf_nodes,
-                "learning_rate": self.learning_rate, "min_samples_leaf": self.min_samples_leaf,
-                "random_state": self.random_state}
-
     def _validate_params(self) -> None:
         if self.strategy not in STRATEGIES:
             raise PredictorError(f"parameter 'strategy' must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if not callable(getattr(_prior_model(self.prior), "predict_impl", None)):
             raise PredictorError("parameter 'prior' must be a loaded prior or a fitted latency predictor, "
                                  f"got {type(self.prior).__name__}")
-        _check_param("shrinkage", self.shrinkage, float, 0.0, 1e6)
-        _check_param("n_estimators", self.n_estimators, int, 1, 5000)
-        _check_param("max_leaf_nodes", self.max_leaf_nodes, int, 2, 1024)
-        _check_param("learning_rate", self.learning_rate, float, 1e-4, 1.0)
-        _check_param("min_samples_leaf", self.min_samples_leaf, int, 1)
-        _check_param("random_state", self.random_state, int, 0)
+        check_param("shrinkage", self.shrinkage, float, 0.0, 1e6)
+        check_param("n_estimators", self.n_estimators, int, 1, 5000)
+        check_param("max_leaf_nodes", self.max_leaf_nodes, int, 2, 1024)
+        check_param("learning_rate", self.learning_rate, float, 1e-4, 1.0)
+        check_param("min_samples_leaf", self.min_samples_leaf, int, 1)
+        check_param("random_state", self.random_state, int, 0)
 
     # ---- training ----------------------------------------------------------------------------
-    def fit(self, rows: Sequence[Mapping[str, Any]]) -> TransferPredictor:
-        """Learn from the new device's profile rows (spec fields, `impl`, `latency_us`)."""
+    def fit(self, rows: Sequence[Mapping[str, Any]], y: None = None) -> TransferPredictor:
+        """Learn from the new device's profile rows (spec fields, `impl`, `latency_us`); `y` is ignored."""
         self._validate_params()
         columns, impl, latency = training_arrays(rows)
         if len(latency) < 8:
@@ -175,16 +170,17 @@ class TransferPredictor(LatencyPredictor):
         """The weight of the residual trees with the most rows within ±10 % on shapes held out of the fit (of
         the rescaling too); ties go to the smaller weight. On noisy labels the trees learn the noise, and this
         turns them off rather than let them undo the prior."""
+        # The unseen-shape split of predictor.evaluation: (op, k, cin, cout, h) held out whole.
         shapes = [f"{o}/{k}/{a}/{b}/{h}" for o, k, a, b, h in zip(columns["op"], columns["k"], columns["cin"],
                                                                  columns["cout"], columns["h"])]
-        distinct = sorted(set(shapes))  # the unseen-shape split of predictor.evaluation: (op, k, cin, cout, h)
-        order = np.random.default_rng(self.random_state).permutation(len(distinct)) % _TREE_FOLDS
-        fold_of = dict(zip(distinct, order))
-        fold = np.array([fold_of[s] for s in shapes])
         base, trees = np.full(len(impl), np.nan), np.zeros(len(impl))
-        for k in range(_TREE_FOLDS):
-            train, test = fold != k, fold == k
-            if train.sum() < 8 or not test.any():
+        n_shapes = len(set(shapes))
+        folds = [] if n_shapes < 2 else GroupKFold(min(_TREE_FOLDS, n_shapes), shuffle=True,
+                                                   random_state=self.random_state).split(impl, groups=shapes)
+        for train_index, test_index in folds:
+            train, test = np.zeros(len(impl), dtype=bool), np.zeros(len(impl), dtype=bool)
+            train[train_index], test[test_index] = True, True
+            if train.sum() < 8:
                 continue
             sub = {name: values[train] for name, values in columns.items()}
             scale = fit_scale(sub["op"], impl[train], log_prior[train], log_latency[train] - log_prior[train],
@@ -270,8 +266,8 @@ class TransferPredictor(LatencyPredictor):
     # ---- state for persistence ---------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         self._check_fitted()
-        params = self.get_params()
-        params.pop("prior")
+        params = self.get_params(deep=False)
+        params.pop("prior")  # saved beside it (predictor.priors)
         return {"kind": self.kind_, "params": params, "scale": self.scale_, "tree_weight": self.tree_weight_,
                 "physical": None if self.physical_ is None else self.physical_.coef_,
                 "n_training_rows": self.n_training_rows_, "features": list(FEATURE_NAMES)}

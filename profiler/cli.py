@@ -74,8 +74,9 @@ def _unseen(text: str) -> int:
 
 
 def _add_device_args(parser: argparse.ArgumentParser, threads_help: str) -> None:
-    parser.add_argument("--device", required=True, metavar="ADDRESS",
-                        help="local (this machine), usb:<serial> or a bare serial, or tcp:<host>:<port>")
+    parser.add_argument("--device", required=True, action="append", metavar="ADDRESS",
+                        help="local (this machine), usb:<serial> or a bare serial, or tcp:<host>:<port>; repeat it, "
+                             "or say all, to run every phone in parallel (the device lab, profiler.lab_cli)")
     parser.add_argument("--threads", type=threads_arg, default=None, help=threads_help + " (1 to 256)")
     parser.add_argument("--runner-arg", action="append", default=[], metavar="FLAG",
                         help="extra flag passed to the runner, e.g. --runner-arg=--min-time-ms=10 (repeatable; "
@@ -361,7 +362,19 @@ def _sparse_programs(args: argparse.Namespace) -> int:
     return sparse_programs.DEFAULT_SPARSE_PROGRAMS if args.programs is None else args.programs
 
 
+def _lab(args: argparse.Namespace) -> Any:
+    """profiler.lab_cli when --device names several phones or all (it runs them in parallel), else None
+    with args.device made the one address the rest of this module expects."""
+    from profiler import lab_cli
+    if lab_cli.wants_lab(args.device):
+        return lab_cli
+    args.device = args.device if isinstance(args.device, str) else args.device[0]
+    return None
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
+    if (lab_cli := _lab(args)) is not None:
+        return lab_cli.profile_lab(args, "profile")
     out = Path(args.out)
     try:  # before anything connects or measures: a profile that cannot be written is never started
         check_output_dir(out, "--out")
@@ -434,6 +447,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 # ---- jcw measure --------------------------------------------------------------------------------
 def cmd_measure(args: argparse.Namespace) -> int:
+    if (lab_cli := _lab(args)) is not None:
+        if args.layers:
+            return _fail("measure", "--layers measures one device at a time; give one --device, or --pte/--net "
+                                    "for every phone of the lab.")
+        return lab_cli.measure_lab(args, "measure")
     if args.pte or args.net:
         return _measure_programs(args)
     layers = read_jsonl(args.layers)

@@ -1,8 +1,10 @@
-"""Layer lists of real networks (ResNet-18/50, MobileNetV1/V2 at 224x224), read as data.
+"""The real networks (ResNet-18/50, MobileNetV1/V2 at 224x224): their one name each, their
+architecture tables, and their layer lists read as data.
 
-The profiler samples its *prior* plan and its held-out set from these layers; it reads them
-from `profiler/data/networks.json` and never imports a model library. `python -m
-profiler.networks` regenerates that file from the compact architecture tables below.
+The profiler samples its *prior* plan and its held-out set from these layers; it reads them from
+`profiler/data/networks.json` and never imports a model library. `python -m profiler.networks`
+regenerates that file from the tables below, and the search's torch zoo (`search/zoo.py`) builds
+its models from the same tables, so the layers the profiler measures are the layers the search prunes.
 """
 from __future__ import annotations
 
@@ -15,8 +17,31 @@ from profiler.layerspec import LayerSpec
 
 DATA_PATH = Path(__file__).with_name("data") / "networks.json"
 NETWORKS = ("resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2")
+#: Other spellings users type (the search's zoo once used them): accepted, and read as the name.
+ALIASES = {"mobilenetv1": "mobilenet_v1", "mobilenetv2": "mobilenet_v2"}
 NUM_CLASSES = 1000
 INPUT_CHANNELS = 3
+INPUT_SIZE = 224
+
+# ---- the architecture tables (torchvision's topologies) ---------------------------------------
+#: Output width of each ResNet stage before the bottleneck expansion.
+RESNET_STAGE_WIDTHS = (64, 128, 256, 512)
+#: ResNet: blocks per stage and whether the blocks are bottlenecks (expansion 4).
+RESNET_BLOCKS = {"resnet18": ((2, 2, 2, 2), False), "resnet50": ((3, 4, 6, 3), True)}
+RESNET_STEM = 64
+MOBILENET_STEM = 32
+#: MobileNetV1: (output channels, stride) of each depthwise-separable block.
+MOBILENET_V1_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)) + ((512, 1),) * 5 \
+    + ((1024, 2), (1024, 1))
+#: MobileNetV2: (expansion, output channels, repeats, first stride) of each inverted-residual stage.
+MOBILENET_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1))
+MOBILENET_V2_LAST = 1280
+
+
+def canonical_name(name: str) -> str:
+    """The one name of a network, given it or an alias (other names come back as they are)."""
+    return ALIASES.get(name, name)
 
 
 def _layer(name: str, op: str, cin: int, cout: int, k: int, stride: int, h: int) -> dict[str, Any]:
@@ -28,11 +53,12 @@ def _down(h: int, stride: int) -> int:
     return (h + stride - 1) // stride
 
 
-def _resnet(name: str, blocks: tuple[int, ...], bottleneck: bool) -> list[dict[str, Any]]:
-    layers = [_layer("conv1", "conv", INPUT_CHANNELS, 64, 7, 2, 224)]
-    h, cin = 56, 64  # after the stride-2 stem and the 3x3 stride-2 max-pool
+def _resnet(name: str) -> list[dict[str, Any]]:
+    blocks, bottleneck = RESNET_BLOCKS[name]
+    layers = [_layer("conv1", "conv", INPUT_CHANNELS, RESNET_STEM, 7, 2, INPUT_SIZE)]
+    h, cin = INPUT_SIZE // 4, RESNET_STEM  # after the stride-2 stem and the 3x3 stride-2 max-pool
     expansion = 4 if bottleneck else 1
-    for stage, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+    for stage, (count, width) in enumerate(zip(blocks, RESNET_STAGE_WIDTHS), start=1):
         for block in range(count):
             stride = 2 if stage > 1 and block == 0 else 1
             prefix = f"layer{stage}.{block}"
@@ -52,10 +78,9 @@ def _resnet(name: str, blocks: tuple[int, ...], bottleneck: bool) -> list[dict[s
 
 
 def _mobilenet_v1() -> list[dict[str, Any]]:
-    layers = [_layer("conv1", "conv", INPUT_CHANNELS, 32, 3, 2, 224)]
-    h, cin = 112, 32
-    blocks = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
-    for index, (cout, stride) in enumerate(blocks, start=1):
+    layers = [_layer("conv1", "conv", INPUT_CHANNELS, MOBILENET_STEM, 3, 2, INPUT_SIZE)]
+    h, cin = INPUT_SIZE // 2, MOBILENET_STEM
+    for index, (cout, stride) in enumerate(MOBILENET_V1_BLOCKS, start=1):
         layers.append(_layer(f"block{index}.dw", "dwconv", cin, cin, 3, stride, h))
         h = _down(h, stride)
         layers.append(_layer(f"block{index}.pw", "conv", cin, cout, 1, 1, h))
@@ -65,12 +90,10 @@ def _mobilenet_v1() -> list[dict[str, Any]]:
 
 
 def _mobilenet_v2() -> list[dict[str, Any]]:
-    layers = [_layer("conv1", "conv", INPUT_CHANNELS, 32, 3, 2, 224)]
-    h, cin = 112, 32
-    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                (6, 320, 1, 1)]
+    layers = [_layer("conv1", "conv", INPUT_CHANNELS, MOBILENET_STEM, 3, 2, INPUT_SIZE)]
+    h, cin = INPUT_SIZE // 2, MOBILENET_STEM
     index = 0
-    for expand, cout, count, first_stride in settings:
+    for expand, cout, count, first_stride in MOBILENET_V2_STAGES:
         for repeat in range(count):
             stride = first_stride if repeat == 0 else 1
             hidden = cin * expand
@@ -81,15 +104,15 @@ def _mobilenet_v2() -> list[dict[str, Any]]:
             h = _down(h, stride)
             layers.append(_layer(f"{prefix}.project", "conv", hidden, cout, 1, 1, h))
             cin, index = cout, index + 1
-    layers.append(_layer("conv_last", "conv", cin, 1280, 1, 1, h))
-    layers.append(_layer("fc", "conv", 1280, NUM_CLASSES, 1, 1, 1))
+    layers.append(_layer("conv_last", "conv", cin, MOBILENET_V2_LAST, 1, 1, h))
+    layers.append(_layer("fc", "conv", MOBILENET_V2_LAST, NUM_CLASSES, 1, 1, 1))
     return layers
 
 
 def generate() -> dict[str, list[dict[str, Any]]]:
     """The layer lists, built from the architecture tables (the source of networks.json)."""
-    return {"resnet18": _resnet("resnet18", (2, 2, 2, 2), bottleneck=False),
-            "resnet50": _resnet("resnet50", (3, 4, 6, 3), bottleneck=True),
+    return {"resnet18": _resnet("resnet18"),
+            "resnet50": _resnet("resnet50"),
             "mobilenet_v1": _mobilenet_v1(),
             "mobilenet_v2": _mobilenet_v2()}
 
@@ -101,8 +124,10 @@ def _load() -> dict[str, list[dict[str, Any]]]:
 
 
 def network_layers(name: str) -> list[dict[str, Any]]:
-    """Layers of one network as dicts (name, op, cin, cout, k, stride, h, w), in forward order."""
+    """Layers of one network (its name or an alias) as dicts (name, op, cin, cout, k, stride, h, w),
+    in forward order."""
     data = _load()
+    name = canonical_name(name)
     if name not in data:
         raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {name!r}")
     return [dict(layer) for layer in data[name]]

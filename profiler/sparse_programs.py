@@ -1,6 +1,6 @@
 """Whole programs for the sparse runtime (`jcw profile --sparse-programs N`): zoo programs of the families
 the sparse engine runs, at random widths and random per-layer weight densities drawn the way the search's
-genome draws them (search/genome.py bounds, nsga2.SpreadSampling), their seeded train/holdout plan, and
+genome draws them (search/genome.py bounds, pymoo_parts.SpreadSampling), their seeded train/holdout plan, and
 whether a device's program runner has the engine to time them.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ DENSITY_STEPS = program_zoo.WIDTH_STEPS  # 0.1 .. 1.0, the search's density choi
 #: search.genome.Bounds: the lowest density of any layer, of the layer that reads the image and of a
 #: strided layer (the classifier's bound does not apply: the engine runs linear layers dense).
 MIN_DENSITY, FIRST_DENSITY, STRIDED_DENSITY = 0.1, 0.8, 0.2
-#: nsga2.SpreadSampling's per-gene noise around the individual's level, in units of the gene's range.
+#: pymoo_parts.SpreadSampling's per-gene noise around the individual's level, in units of the gene's range.
 SPREAD_NOISE = 0.2
 #: Share of programs at one density for every layer (noise 0): the uniform baselines users compare with.
 UNIFORM_SHARE = 0.25

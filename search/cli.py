@@ -23,13 +23,14 @@ from .export_cli import export_command
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "search", help="search per-layer channel width (x weight density) against a latency predictor",
-        description="Multi-objective evolutionary search (NSGA-II with JCW's target-wise selection) over "
+        description="Multi-objective evolutionary search (pymoo's NSGA-II with JCW's target-wise selection, or "
+                    "another pymoo algorithm with --algorithm) over "
                     "per-layer channel width (and, with --runtime sparse, weight density); latency from a trained "
                     "predictor for one runtime, accuracy from an estimator. Writes front.json, front.png, "
                     "budgets.json, programs.jsonl and run.json to --out.")
     p.add_argument("--predictor", required=True, help="predictor directory written by `jcw train`")
     p.add_argument("--model", required=True,
-                   help="zoo model (resnet18, resnet50, mobilenetv1, mobilenetv2, digits) or module:function "
+                   help="zoo model (resnet18, resnet50, mobilenet_v1, mobilenet_v2, digits) or module:function "
                         "returning a torch.nn.Module")
     p.add_argument("--input-shape", help="example input shape N,C,H,W (required for module:function; at most "
                                          "256 MB of float32, e.g. 1,3,224,224)")
@@ -50,6 +51,10 @@ def register(subparsers) -> None:
                         "about 9000)")
     p.add_argument("--gens", type=int, default=128, help="generations (default 128, as in JCW)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the search (same seed, same front)")
+    p.add_argument("--algorithm", default="nsga2", metavar="NAME",
+                   help="the pymoo algorithm: nsga2 (default: NSGA-II with JCW's target-wise selection), "
+                        "nsga2-crowding (NSGA-II with pymoo's rank-and-crowding survival), nsga3, smsemoa or "
+                        "spea2; all share the genes, the first population and the operators; run.json records it")
     p.add_argument("--accuracy", default="proxy",
                    help="accuracy estimator: proxy (data-free, from weights), digits (real accuracy on "
                         "scikit-learn digits; --model digits only) or module:function taking the pruned model")
@@ -187,11 +192,13 @@ def search_command(args: argparse.Namespace) -> int:
                           "under executorch the genome is width-only already")
     if args.no_width and args.no_density:
         raise SearchError("--no-width with --no-density leaves nothing to search; drop one of them")
-    settings = SearchSettings(pop=args.pop, gens=args.gens, seed=args.seed, budgets=budgets,
+    settings = SearchSettings(pop=args.pop, gens=args.gens, seed=args.seed, budgets=budgets, algorithm=args.algorithm,
                               bounds=_bounds(args.bound), runtime=args.runtime,
                               prune_widths=not args.no_width, prune_densities=not args.no_density,
                               latency_range=None if args.max_latency is None and not args.min_latency
                               else (args.min_latency, args.max_latency))
+    if ":" not in args.model:
+        args.model = zoo.canonical_name(args.model)  # one name per network: an alias is recorded as its name
     if ":" not in args.model and args.model not in zoo.ZOO:
         raise SearchError(f"unknown model {args.model!r}; choose one of {', '.join(zoo.ZOO)} or give module:function")
     if ":" in args.model and shape is None:
@@ -255,7 +262,8 @@ def search_command(args: argparse.Namespace) -> int:
         refs = references(space, latency, accuracy)
         card = getattr(latency_predictor, "card", None)
         meta = {"model": args.model, "input_shape": list(shape), "model_seed": 0, "predictor": str(args.predictor),
-                "accuracy": args.accuracy, "settings": settings_to_json(settings), **run_meta(latency, card),
+                "accuracy": args.accuracy, "algorithm": settings.algorithm, "settings": settings_to_json(settings),
+                **run_meta(latency, card),
                 "evaluations": result.evaluations, "predictor_calls": latency.calls, "wall_s": seconds,
                 "n_layers": space.n_layers, "n_genes": space.n_var, "generations_done": result.generations}
         if stopped is not None:

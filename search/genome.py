@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from profiler.layerspec import LayerSpec
+from profiler.layerspec import LayerBatch, LayerSpec
 
 from .errors import SearchError
 from .graph import ModelGraph
@@ -152,10 +152,7 @@ class SearchSpace:
         return cols
 
     def layer_specs(self, x) -> list[LayerSpec]:
-        cols = self.columns(np.atleast_2d(x)[:1])
-        return [LayerSpec(str(cols["op"][i]), int(cols["cin"][i]), int(cols["cout"][i]), int(cols["k"][i]),
-                          int(cols["h"][i]), int(cols["w"][i]), int(cols["stride"][i]), int(cols["pad"][i]),
-                          float(cols["density"][i])) for i in range(self.n_layers)]
+        return LayerBatch.from_arrays(self.columns(np.atleast_2d(x)[:1])).to_specs()
 
     # ---- construction -------------------------------------------------------------------------
     def uniform(self, width: float = 1.0, density: float = 1.0) -> np.ndarray:

@@ -216,7 +216,8 @@ def read_model(model: nn.Module, example: torch.Tensor) -> ModelGraph:
                     raise SearchError(f"layer {node.target} is a grouped convolution (groups={groups}), "
                                       "which a layer spec cannot express")
                 try:
-                    spec = LayerSpec(op, cin, cout, k, in_shape[2], in_shape[3], stride, pad)
+                    spec = LayerSpec(op=op, cin=cin, cout=cout, k=k, h=in_shape[2], w=in_shape[3], stride=stride,
+                                     pad=pad)
                 except LayerSpecError as exc:
                     raise SearchError(f"layer {node.target}: {exc}") from None
                 raw_layers.append((node.target, spec, elem[src], out, False, elem[src] in input_elems))
@@ -227,7 +228,7 @@ def read_model(model: nn.Module, example: torch.Tensor) -> ModelGraph:
                     opaque(node, f"linear layer {node.target} sees a tensor of shape {in_shape}")
                     continue
                 out = uf.new()
-                spec = LayerSpec("conv", module.in_features, module.out_features, 1, 1, 1)
+                spec = LayerSpec(op="conv", cin=module.in_features, cout=module.out_features, k=1, h=1, w=1)
                 raw_layers.append((node.target, spec, elem[src], out, True, elem[src] in input_elems))
                 elem[node] = out
             elif isinstance(module, _NORM_MODULES):

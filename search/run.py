@@ -22,19 +22,20 @@ from profiler.cliargs import os_error_reason, short_path
 from .errors import SearchError
 from .genome import STEPS, Bounds, SearchSpace
 from .graph import read_model
-from .jcw_selection import JCWSurvival
-from .nsga2 import NSGA2, Result, SpreadSampling
 from .objectives import LATENCY_MEANING, RUNTIMES, SPARSE_NOTE, LatencyModel, PruningProblem
+from .pymoo_parts import ALGORITHMS, Result, SpreadSampling, evolve, make_algorithm
 
 REFERENCE_WIDTHS = (1.0, 0.75, 0.5)
 REFERENCE_DENSITIES = (0.75, 0.5, 0.3)
 
 #: Size limits of a search, checked before anything is allocated (README "Errors and limits"):
-#: the example input (float32) the model is traced with, and the search's working set, dominated by the
-#: non-dominated sorting of parents + offspring (2 x pop genomes compared pairwise).
+#: the example input (float32) the model is traced with, and the search's working set, dominated by pairwise
+#: work on parents + offspring (2 x pop genomes): pymoo's duplicate elimination (float64 distances of offspring
+#: to population) and sorting.
 MAX_INPUT_BYTES = 256 * 1024 ** 2
 MAX_SEARCH_BYTES = 2 * 1024 ** 3
-#: Bytes per pair of genomes in the sorting (two n x n x 2 comparison arrays and three n x n masks, bool),
+#: Bytes per pair of the 2 x pop genomes (the distance matrix, pop x 2 pop float64, is 4 bytes per such pair;
+#: the rest is headroom for the sorting and its masks),
 #: and per layer of one genome in the predictor's feature columns (~64 float64 columns).
 _SORT_BYTES_PER_PAIR = 5
 _FEATURE_BYTES_PER_LAYER = 64 * 8
@@ -101,10 +102,13 @@ class SearchSettings:
     prune_widths: bool = True
     prune_densities: bool = True   # only under runtime "sparse": ExecuTorch runs pruned weights dense
     runtime: str = "executorch"
+    algorithm: str = "nsga2"       # a key of pymoo_parts.ALGORITHMS; nsga2 = NSGA-II with JCW's selection
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise SearchError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise SearchError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         for name in ("pop", "gens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (4 if name == "pop" else 1):
@@ -128,7 +132,8 @@ def build_space(model: nn.Module, input_shape, settings: SearchSettings, name: s
 
 def run_search(space: SearchSpace, predictor, accuracy: Callable, settings: SearchSettings,
                callback: Callable[[int, Result], None] | None = None) -> tuple[Result, LatencyModel, float]:
-    """NSGA-II with JCW's survival; returns the result, the latency model and the wall time in s.
+    """The settings' pymoo algorithm (NSGA-II with JCW's survival by default); returns the result, the latency
+    model and the wall time in s.
 
     Ctrl-C raises SearchInterrupted with the last finished generation's result, so the caller can
     still write the front found so far.
@@ -138,7 +143,7 @@ def run_search(space: SearchSpace, predictor, accuracy: Callable, settings: Sear
     problem = PruningProblem(space, latency, accuracy, settings.latency_range)
     # under the sparse engine half the density genes start dense: density 1.0 is the dense kernel there
     sampling = SpreadSampling(keep_share=0.5 if settings.runtime == "sparse" else 0.0)
-    algorithm = NSGA2(settings.pop, sampling=sampling, survival=JCWSurvival())
+    algorithm = make_algorithm(settings.algorithm, settings.pop, sampling)
     start = time.perf_counter()
     finished: list[Result] = []
 
@@ -148,7 +153,7 @@ def run_search(space: SearchSpace, predictor, accuracy: Callable, settings: Sear
             callback(gen, result)
 
     try:
-        result = algorithm.run(problem, settings.gens, seed=settings.seed, callback=track)
+        result = evolve(algorithm, problem, settings.gens, seed=settings.seed, callback=track)
     except KeyboardInterrupt:
         raise SearchInterrupted(finished[0] if finished else None, latency, time.perf_counter() - start) from None
     return result, latency, time.perf_counter() - start
@@ -282,6 +287,7 @@ def settings_from_json(data: dict) -> SearchSettings:
     data = dict(data)
     data["bounds"] = Bounds(**data["bounds"])
     data.setdefault("runtime", "sparse")   # runs from before runtimes were per-layer sums with density genes
+    data.setdefault("algorithm", "nsga2")  # runs from before the flag: JCW's NSGA-II
     for key in ("budgets", "width_choices", "density_choices"):
         data[key] = tuple(data[key])
     if data.get("latency_range") is not None:

@@ -20,7 +20,7 @@ from .genome import Bounds, SearchSpace
 from .graph import read_model
 from .netexport import pruned_conv_layers
 from .prune import apply_genome, check_against_specs, make_permanent
-from .zoo import ZOO, build
+from .zoo import ZOO, build, canonical_name
 
 #: A convolution reading this few channels reads the image: the stem stays dense, as the search's bounds keep it.
 STEM_CHANNELS = 3
@@ -63,6 +63,7 @@ def export_uniform(model_name: str, width: float, density: float, runtime: str, 
                    say=lambda text: None) -> dict:
     """Write <out>.pte (and under runtime sparse <out>.jcwnet) of the uniformly pruned zoo model; measure
     them when `device` is given. Returns the report (also written to <out>.export.json)."""
+    model_name = canonical_name(model_name)
     if model_name not in ZOO:
         raise SearchError(f"--uniform needs a zoo model ({', '.join(ZOO)}), got --model {model_name!r}")
     if runtime not in ("executorch", "sparse"):

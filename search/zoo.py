@@ -1,7 +1,8 @@
 """Built-in model zoo for the search: ResNet-18/50, MobileNetV1/V2 at 224x224 and a small digits CNN.
 
-Defined here (no torchvision, no downloads); weights are randomly initialised from a seed, so a
-zoo name plus a seed always rebuilds the same network (needed by `jcw export`).
+The real networks are torch modules built from the profiler's architecture tables and names
+(`profiler.networks`, the one source); no torchvision, no downloads. Weights are randomly initialised
+from a seed, so a zoo name plus a seed always rebuilds the same network (needed by `jcw export`).
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from profiler import networks
 
 from .errors import SearchError
 
@@ -60,15 +63,17 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block: type, layers: list[int], num_classes: int = 1000) -> None:
+    def __init__(self, name: str, num_classes: int = networks.NUM_CLASSES) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        layers, bottleneck = networks.RESNET_BLOCKS[name]
+        block = Bottleneck if bottleneck else BasicBlock
+        cin = networks.RESNET_STEM
+        self.conv1 = nn.Conv2d(networks.INPUT_CHANNELS, cin, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = 64
         stages = []
-        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+        for index, (planes, blocks) in enumerate(zip(networks.RESNET_STAGE_WIDTHS, layers)):
             stride = 1 if index == 0 else 2
             stage = []
             for b in range(blocks):
@@ -91,12 +96,11 @@ def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1, act: typ
 
 
 class MobileNetV1(nn.Module):
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, num_classes: int = networks.NUM_CLASSES) -> None:
         super().__init__()
-        plan = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
-        layers = [_conv_bn(3, 32, 3, 2)]
-        cin = 32
-        for cout, stride in plan:
+        cin = networks.MOBILENET_STEM
+        layers = [_conv_bn(networks.INPUT_CHANNELS, cin, 3, 2)]
+        for cout, stride in networks.MOBILENET_V1_BLOCKS:
             layers += [_conv_bn(cin, cin, 3, stride, groups=cin), _conv_bn(cin, cout, 1, 1)]
             cin = cout
         self.features = nn.Sequential(*layers)
@@ -122,20 +126,18 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, num_classes: int = networks.NUM_CLASSES) -> None:
         super().__init__()
-        plan = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                (6, 320, 1, 1)]
-        layers = [_conv_bn(3, 32, 3, 2, act=nn.ReLU6)]
-        cin = 32
-        for expand, cout, repeats, stride in plan:
+        cin, last = networks.MOBILENET_STEM, networks.MOBILENET_V2_LAST
+        layers = [_conv_bn(networks.INPUT_CHANNELS, cin, 3, 2, act=nn.ReLU6)]
+        for expand, cout, repeats, stride in networks.MOBILENET_V2_STAGES:
             for r in range(repeats):
                 layers.append(InvertedResidual(cin, cout, stride if r == 0 else 1, expand))
                 cin = cout
-        layers.append(_conv_bn(cin, 1280, 1, 1, act=nn.ReLU6))
+        layers.append(_conv_bn(cin, last, 1, 1, act=nn.ReLU6))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
@@ -166,17 +168,29 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+_REAL_INPUT = (1, networks.INPUT_CHANNELS, networks.INPUT_SIZE, networks.INPUT_SIZE)
+#: The real networks under the profiler's names (networks.NETWORKS), then the digits CNN.
 ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
-    "resnet18": (lambda: ResNet(BasicBlock, [2, 2, 2, 2]), (1, 3, 224, 224)),
-    "resnet50": (lambda: ResNet(Bottleneck, [3, 4, 6, 3]), (1, 3, 224, 224)),
-    "mobilenetv1": (MobileNetV1, (1, 3, 224, 224)),
-    "mobilenetv2": (MobileNetV2, (1, 3, 224, 224)),
+    "resnet18": (lambda: ResNet("resnet18"), _REAL_INPUT),
+    "resnet50": (lambda: ResNet("resnet50"), _REAL_INPUT),
+    "mobilenet_v1": (MobileNetV1, _REAL_INPUT),
+    "mobilenet_v2": (MobileNetV2, _REAL_INPUT),
     "digits": (DigitsCNN, (1, 1, 8, 8)),
 }
 
 
+def canonical_name(name: str) -> str:
+    """A zoo name as the zoo spells it: an alias users type (mobilenetv1) becomes its name."""
+    return networks.canonical_name(name)
+
+
+def is_zoo_model(name: str) -> bool:
+    return canonical_name(name) in ZOO
+
+
 def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
-    """A zoo model in eval mode (weights drawn from `seed`) and its default input shape."""
+    """A zoo model (its name or an alias) in eval mode (weights drawn from `seed`) and its default input shape."""
+    name = canonical_name(name)
     if name not in ZOO:
         raise SearchError(f"unknown model {name!r}; choose one of {', '.join(ZOO)} or give module:function")
     factory, shape = ZOO[name]

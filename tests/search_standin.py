@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from profiler.layerspec import LayerSpec, to_columns
+from profiler.layerspec import LayerBatch, LayerSpec
 
 
 class MacsPredictor:
@@ -17,7 +17,7 @@ class MacsPredictor:
 
     def predict(self, layers):
         self.calls += 1
-        cols = to_columns(layers) if not isinstance(layers, dict) else layers
+        cols = LayerBatch.coerce(layers)
         op, cin, cout, k = cols["op"], cols["cin"], cols["cout"], cols["k"]
         h, w, s, pad, d = cols["h"], cols["w"], cols["stride"], cols["pad"], cols["density"]
         oh, ow = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
@@ -32,6 +32,4 @@ class MacsPredictor:
 
 
 def spec_list(cols) -> list[LayerSpec]:
-    return [LayerSpec(str(cols["op"][i]), int(cols["cin"][i]), int(cols["cout"][i]), int(cols["k"][i]),
-                      int(cols["h"][i]), int(cols["w"][i]), int(cols["stride"][i]), int(cols["pad"][i]),
-                      float(cols["density"][i])) for i in range(len(cols["op"]))]
+    return LayerBatch.coerce(cols).to_specs()

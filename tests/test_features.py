@@ -7,7 +7,7 @@ import pytest
 
 from predictor.errors import PredictorError
 from predictor.features import FEATURE_NAMES, MONOTONE, as_columns, feature_matrix, impl_quantities, physical
-from profiler.layerspec import LayerSpec, to_columns
+from profiler.layerspec import LayerBatch, LayerSpec
 
 
 def random_specs(n=200, seed=0):
@@ -77,7 +77,7 @@ def test_one_by_one_sparse_layer_has_no_im2col_and_tile_waste_counts_padding():
 
 def test_columns_dict_gets_default_pad_and_stride_and_matches_specs():
     specs = random_specs(50, seed=3)
-    columns = to_columns(specs)
+    columns = LayerBatch.from_specs(specs).to_dict()
     no_defaults = {k: v for k, v in columns.items() if k not in ("pad", "stride")}
     defaulted = as_columns(no_defaults)
     np.testing.assert_array_equal(defaulted["pad"], columns["k"] // 2)
@@ -91,7 +91,7 @@ def test_columns_dict_gets_default_pad_and_stride_and_matches_specs():
     ("k", 99, "'k'"), ("stride", -1, "'stride'"),
 ])
 def test_bad_columns_are_refused_naming_the_column(column, value, words):
-    columns = to_columns([LayerSpec(op="conv", cin=8, cout=8, k=3, h=8, w=8)] * 3)
+    columns = LayerBatch.from_specs([LayerSpec(op="conv", cin=8, cout=8, k=3, h=8, w=8)] * 3).to_dict()
     columns[column] = columns[column].copy()
     columns[column][1] = value
     with pytest.raises(PredictorError, match=words):
@@ -99,7 +99,7 @@ def test_bad_columns_are_refused_naming_the_column(column, value, words):
 
 
 def test_missing_column_and_ragged_column_are_refused():
-    columns = to_columns([LayerSpec(op="conv", cin=8, cout=8, k=3, h=8, w=8)] * 3)
+    columns = LayerBatch.from_specs([LayerSpec(op="conv", cin=8, cout=8, k=3, h=8, w=8)] * 3).to_dict()
     with pytest.raises(PredictorError, match="'cout'"):
         as_columns({k: v for k, v in columns.items() if k != "cout"})
     with pytest.raises(PredictorError, match="'h'"):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from profiler.layerspec import to_columns
+from profiler.layerspec import LayerBatch
 from search import zoo
 from search.errors import SearchError
 from search.genome import Bounds, SearchSpace
@@ -45,7 +45,7 @@ def test_columns_match_layer_specs_and_coupling(resnet):
     cols = space.columns(X)
     assert len(cols["op"]) == 5 * space.n_layers
     for i in range(5):
-        expected = to_columns(space.layer_specs(X[i]))
+        expected = LayerBatch.from_specs(space.layer_specs(X[i]))
         rows = slice(i * space.n_layers, (i + 1) * space.n_layers)
         for key, values in expected.items():
             assert list(cols[key][rows]) == list(values), key

@@ -51,7 +51,7 @@ def test_resnet18_layer_specs():
 
 
 def test_mobilenetv2_depthwise_ties_input_to_output():
-    graph = _read("mobilenetv2")
+    graph = _read("mobilenet_v2")
     depthwise = [layer for layer in graph.layers if layer.depthwise]
     assert len(depthwise) == 17
     for layer in depthwise:
@@ -77,7 +77,7 @@ def test_all_zoo_models_read():
         graph = _read(name)
         counts[name] = len(graph.layers)
         assert all(not g.fixed or g.why_fixed for g in graph.groups)
-    assert counts == {"resnet18": 21, "resnet50": 54, "mobilenetv1": 28, "mobilenetv2": 53, "digits": 5}
+    assert counts == {"resnet18": 21, "resnet50": 54, "mobilenet_v1": 28, "mobilenet_v2": 53, "digits": 5}
 
 
 def test_concat_and_spatial_flatten_fix_their_groups():

@@ -18,8 +18,8 @@ from search.prune import apply_genome, make_permanent
 from search.uniform import uniform_candidate
 
 #: The 224x224 zoo models at 64x64: the same graphs, a fraction of the arithmetic.
-SMALL = {"resnet18": (1, 3, 64, 64), "resnet50": (1, 3, 64, 64), "mobilenetv1": (1, 3, 64, 64),
-         "mobilenetv2": (1, 3, 64, 64), "digits": (1, 1, 8, 8)}
+SMALL = {"resnet18": (1, 3, 64, 64), "resnet50": (1, 3, 64, 64), "mobilenet_v1": (1, 3, 64, 64),
+         "mobilenet_v2": (1, 3, 64, 64), "digits": (1, 1, 8, 8)}
 
 
 def _example(shape):

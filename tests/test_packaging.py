@@ -19,7 +19,8 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 STAGES = ("jcw", "profiler", "predictor", "search", "android_harness")
-SEARCH_ONLY = {"torch", "executorch"}  # what a profiling host does without (the `search` extra)
+SEARCH_ONLY = {"torch", "executorch", "pymoo"}  # what a profiling host does without (the `search` extra)
+LAB_ONLY = {"ray"}  # the device lab across hosts (the `lab` extra, profiler/lab_ray.py)
 #: Modules that tests write and import themselves (a stand-in acquisition plug-in).
 MADE_BY_TESTS = {"pick_small"}
 FAST = ["--runner-arg=--warmup=0", "--runner-arg=--min-reps=1", "--runner-arg=--max-reps=1",
@@ -83,8 +84,11 @@ def test_the_stages_import_only_what_a_profiling_install_or_the_search_extra_dec
     assert SEARCH_ONLY <= set(imports)  # the check below sees the search stage's imports
     base = distributions_provided(requirements())
     assert not SEARCH_ONLY & base, "torch and executorch must stay out of a profiling-only install"
-    assert undeclared({m: f for m, f in imports.items() if m not in SEARCH_ONLY}, base) == []
-    assert undeclared(imports, distributions_provided(requirements("search"))) == []
+    assert not LAB_ONLY & base, "ray must stay out of a profiling-only install"
+    assert undeclared({m: f for m, f in imports.items() if m not in SEARCH_ONLY | LAB_ONLY}, base) == []
+    assert undeclared({m: f for m, f in imports.items() if m not in LAB_ONLY},
+                      distributions_provided(requirements("search"))) == []
+    assert undeclared(imports, distributions_provided(requirements("search", "lab"))) == []
 
 
 def test_tests_benchmarks_and_tools_import_only_declared_packages():

@@ -12,7 +12,7 @@ from predictor import LatencyPredictor, PredictorError
 from predictor.evaluation import latencies, predict_rows
 from predictor.features import as_columns, physical, rows_to_columns
 from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
-from profiler.layerspec import LayerSpec, to_columns, write_jsonl
+from profiler.layerspec import LayerBatch, LayerSpec, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_predict_returns_the_contract_for_specs_and_columns(fitted):
     assert np.all(out["dense_ms"] > 0) and np.all(out["sparse_ms"][[0, 2]] > 0)
     np.testing.assert_array_equal(out["best_ms"], np.fmin(out["dense_ms"], out["sparse_ms"]))
     assert list(out["best_impl"]) == ["sparse" if s < d else "dense" for d, s in zip(out["dense_ms"], out["sparse_ms"])]
-    again = fitted.predict(to_columns(layers))
+    again = fitted.predict(LayerBatch.from_specs(layers))
     for key in ("dense_ms", "best_ms"):
         np.testing.assert_array_equal(again[key], out[key])
 

@@ -27,7 +27,7 @@ def _space(name, shape=None):
     return model, SearchSpace(read_model(model, torch.randn(*shape))), torch.randn(*shape)
 
 
-@pytest.mark.parametrize("name,shape", [("resnet18", (1, 3, 64, 64)), ("mobilenetv2", (1, 3, 64, 64)),
+@pytest.mark.parametrize("name,shape", [("resnet18", (1, 3, 64, 64)), ("mobilenet_v2", (1, 3, 64, 64)),
                                         ("resnet50", (1, 3, 64, 64))])
 def test_pruned_model_runs_and_matches_specs(name, shape):
     model, space, x = _space(name, shape)

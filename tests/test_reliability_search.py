@@ -13,7 +13,7 @@ import pytest
 from profiler.cliargs import OutputPathError, check_output_dir, check_output_file
 from search import cli, run
 from search.errors import SearchError
-from search.nsga2 import Result
+from search.pymoo_parts import Result
 
 
 def test_population_memory_cap():
@@ -78,9 +78,7 @@ def test_a_finished_search_that_cannot_be_written_is_rescued(tmp_path, monkeypat
 
 def test_run_search_hands_back_the_last_generation_on_ctrl_c(monkeypatch):
     """SearchInterrupted carries the last finished generation, so the CLI can write it."""
-    from search import nsga2
-
-    def interrupted_run(self, problem, n_gen, seed=0, callback=None):
+    def interrupted_run(algorithm, problem, n_gen, seed=0, callback=None):
         result = Result(np.zeros((2, 1), dtype=np.int64), np.zeros((2, 2)), np.zeros(2), 2, 1)
         callback(1, result)
         raise KeyboardInterrupt
@@ -96,7 +94,7 @@ def test_run_search_hands_back_the_last_generation_on_ctrl_c(monkeypatch):
         def check_program(self):
             pass
 
-    monkeypatch.setattr(nsga2.NSGA2, "run", interrupted_run)
+    monkeypatch.setattr(run, "evolve", interrupted_run)
     monkeypatch.setattr(run, "LatencyModel", Latency)
     with pytest.raises(run.SearchInterrupted) as info:
         run.run_search(Space(), None, lambda X: np.zeros(len(X)), run.SearchSettings(pop=4, gens=5))

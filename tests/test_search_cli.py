@@ -28,6 +28,8 @@ def _run(capsys, *argv):
     (["--model", "resnet18", "--predictor", "nowhere", "--accuracy", "digits"], "--accuracy digits needs --model"),
     (["--model", "resnet18", "--predictor", "nowhere", "--bound", "first=0.5"], "the name must be one of"),
     (["--model", "resnet18", "--predictor", "nowhere", "--bound", "min_width=2"], "bound 'min_width' must be in"),
+    (["--model", "resnet18", "--predictor", "nowhere", "--algorithm", "agemoea"],
+     "--algorithm must be one of nsga2, nsga2-crowding, nsga3"),
 ])
 def test_search_bad_input_is_one_sentence(capsys, tmp_path, argv, message):
     status, _, err = _run(capsys, "search", *argv, "--out", str(tmp_path / "run"))

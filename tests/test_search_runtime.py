@@ -24,8 +24,8 @@ from search.objectives import LatencyModel
 from search.program import ProgramTemplate
 from search.prune import apply_genome
 
-ZOO_SMALL = {"resnet18": (1, 3, 64, 64), "resnet50": (1, 3, 64, 64), "mobilenetv1": (1, 3, 64, 64),
-             "mobilenetv2": (1, 3, 64, 64), "digits": (1, 1, 8, 8)}
+ZOO_SMALL = {"resnet18": (1, 3, 64, 64), "resnet50": (1, 3, 64, 64), "mobilenet_v1": (1, 3, 64, 64),
+             "mobilenet_v2": (1, 3, 64, 64), "digits": (1, 1, 8, 8)}
 FAST = ["--runner-arg=--min-time-ms=2", "--runner-arg=--min-reps=3", "--runner-arg=--warmup=1"]
 
 
@@ -94,7 +94,7 @@ def test_resnet_program_fuses_batchnorm_and_activations():
     assert len(adds) == 8 and all(n["act"] == "relu" for n in adds)
     assert [n["op"] for n in spec["nodes"][-3:]] == ["gap", "flatten", "linear"]
     assert not any(n["op"] in ("relu", "relu6") for n in spec["nodes"])        # every activation fused
-    mobile = _space("mobilenetv2")[1].program_spec(_space("mobilenetv2")[1].uniform(1.0, 1.0))
+    mobile = _space("mobilenet_v2")[1].program_spec(_space("mobilenet_v2")[1].uniform(1.0, 1.0))
     depthwise = [n for n in mobile["nodes"] if n["op"] == "conv" and n["groups"] > 1]
     assert len(depthwise) == 17 and all(n["act"] == "relu6" for n in depthwise)
 

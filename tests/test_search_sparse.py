@@ -24,7 +24,7 @@ from search_standin import MacsPredictor
 from test_program_model import CARD, fitted_program_model, layer_model  # noqa: F401
 from test_sparse_program_model import fitted_sparse_model
 
-SMALL = {"digits": (1, 1, 8, 8), "mobilenetv2": (1, 3, 64, 64), "resnet18": (1, 3, 64, 64)}
+SMALL = {"digits": (1, 1, 8, 8), "mobilenet_v2": (1, 3, 64, 64), "resnet18": (1, 3, 64, 64)}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_sparse_latency_is_the_engines_prediction_of_the_same_specs(name, with_s
         assert (vectorised["conversions"][i], vectorised["conversion_elems"][i]) == (
             plan["conversions"], plan["conversion_elems"])
     assert by["sparse_layers"][0].sum() == 0 and by["sparse_layers"][1].sum() == space.n_density
-    if name == "mobilenetv2":
+    if name == "mobilenet_v2":
         assert by["nchw_layers"][1].sum() > 0                 # depthwise layers between sparse ones run NCHW
 
 
@@ -176,6 +176,7 @@ def sparse_run(saved_predictor, tmp_path_factory):
 def test_a_sparse_run_records_the_engine_and_both_runtimes(sparse_run, both_runtimes):
     meta = json.loads((sparse_run / "run.json").read_text())
     assert meta["runtime"] == "sparse" and meta["settings"]["runtime"] == "sparse"
+    assert meta["algorithm"] == "nsga2" == meta["settings"]["algorithm"]      # the default: JCW's NSGA-II
     assert meta["sparse_program_model"] == "sparse program model (linear)" == both_runtimes.sparse_program_note
     assert meta["program_model"] == "program model (linear)" and "sparse_unavailable" not in meta
     assert "sparse engine" in meta["latency_meaning"] and ".jcwnet" in meta["note"]
@@ -212,6 +213,42 @@ def test_width_only_and_density_only_genomes(saved_predictor, tmp_path, capsys):
         else:
             assert all(set(c["widths"]) == {1.0} for c in front)
     assert genes == {"--no-density": 4, "--no-width": 4}      # 4 free channel groups; 4 groups-1 convolutions
+
+
+@pytest.mark.parametrize("algorithm", ["nsga3", "spea2"])
+def test_another_pymoo_algorithm_is_a_flag_away_and_recorded(saved_predictor, tmp_path, capsys, algorithm):
+    out = tmp_path / algorithm
+    status, table, _ = _run(capsys, "search", "--predictor", str(saved_predictor), "--model", "digits", "--runtime",
+                            "sparse", "--algorithm", algorithm, "--pop", "8", "--gens", "3", "--out", str(out))
+    assert status == 0 and "jcw search: digits" in table
+    meta = json.loads((out / "run.json").read_text())
+    front = json.loads((out / "front.json").read_text())
+    assert meta["algorithm"] == algorithm == meta["settings"]["algorithm"] and meta["generations_done"] == 3
+    assert front and [c["latency_ms"] for c in front] == sorted(c["latency_ms"] for c in front)
+
+
+def test_a_sparse_search_starts_from_dense_and_unpruned_genomes(both_runtimes):
+    """Under --runtime sparse the first population keeps about half the density genes dense (density 1.0 is the
+    dense kernel there) and holds the unpruned genome; under executorch it draws every gene from the spread."""
+    from search.objectives import PruningProblem
+    from search.pymoo_parts import PymooPruningProblem
+    from search.run import SearchSettings, run_search
+    space = _space("resnet18")
+    first = {}
+
+    def record(gen, result):
+        first.setdefault(gen, result.X)
+
+    run_search(space, both_runtimes, lambda X: np.zeros(len(X)), SearchSettings(runtime="sparse", pop=64, gens=1),
+               record)
+    X = first[1]
+    density = X[:, space.n_width:]
+    assert (X == space.xu).all(axis=1).any()                                # the unpruned genome
+    assert 0.4 < (density == space.xu[space.n_width:]).mean() < 0.8         # about half dense (+ the spread's top)
+    problem = PymooPruningProblem(PruningProblem(space, LatencyModel(both_runtimes, space, "sparse"), None))
+    from search.pymoo_parts import SpreadSampling
+    plain = SpreadSampling().do(problem, 64, random_state=np.random.default_rng(0)).get("X")[:, space.n_width:]
+    assert (plain == space.xu[space.n_width:]).mean() < 0.3
 
 
 @pytest.mark.slow

@@ -6,8 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define MAX_DIM 1000000
-#define MAX_THREADS 256
+#include "spec_limits.h" /* generated from profiler/spec_limits.py, the limits Python uses */
 
 static int get_int(const struct json_object* obj, const char* key, int required, int64_t fallback,
                    int64_t min, int64_t max, int64_t* out, char* err, size_t errlen) {
@@ -74,14 +73,14 @@ int plan_parse(const char* text, struct plan_line* line, char* err, size_t errle
   if (get_enum(&obj, "impl", "dense", "sparse", &impl, err, errlen) != 0) return -1;
   line->op = (enum layer_op) op;
   line->impl = (enum layer_impl) impl;
-  if (get_int(&obj, "cin", 1, 0, 1, MAX_DIM, &line->cin, err, errlen) != 0) return -1;
-  if (get_int(&obj, "cout", 1, 0, 1, MAX_DIM, &line->cout, err, errlen) != 0) return -1;
-  if (get_int(&obj, "k", 1, 0, 1, 1024, &line->k, err, errlen) != 0) return -1;
-  if (get_int(&obj, "stride", 0, 1, 1, 1024, &line->stride, err, errlen) != 0) return -1;
-  if (get_int(&obj, "pad", 0, line->k / 2, 0, 1024, &line->pad, err, errlen) != 0) return -1;
-  if (get_int(&obj, "h", 1, 0, 1, MAX_DIM, &line->h, err, errlen) != 0) return -1;
-  if (get_int(&obj, "w", 1, 0, 1, MAX_DIM, &line->w, err, errlen) != 0) return -1;
-  if (get_int(&obj, "threads", 0, 1, 1, MAX_THREADS, &line->threads, err, errlen) != 0) return -1;
+  if (get_int(&obj, "cin", 1, 0, SPEC_CIN_MIN, SPEC_CIN_MAX, &line->cin, err, errlen) != 0) return -1;
+  if (get_int(&obj, "cout", 1, 0, SPEC_COUT_MIN, SPEC_COUT_MAX, &line->cout, err, errlen) != 0) return -1;
+  if (get_int(&obj, "k", 1, 0, SPEC_K_MIN, SPEC_K_MAX, &line->k, err, errlen) != 0) return -1;
+  if (get_int(&obj, "stride", 0, 1, SPEC_STRIDE_MIN, SPEC_STRIDE_MAX, &line->stride, err, errlen) != 0) return -1;
+  if (get_int(&obj, "pad", 0, line->k / 2, SPEC_PAD_MIN, SPEC_PAD_MAX, &line->pad, err, errlen) != 0) return -1;
+  if (get_int(&obj, "h", 1, 0, SPEC_H_MIN, SPEC_H_MAX, &line->h, err, errlen) != 0) return -1;
+  if (get_int(&obj, "w", 1, 0, SPEC_W_MIN, SPEC_W_MAX, &line->w, err, errlen) != 0) return -1;
+  if (get_int(&obj, "threads", 0, 1, SPEC_THREADS_MIN, SPEC_THREADS_MAX, &line->threads, err, errlen) != 0) return -1;
 
   f = json_get(&obj, "density");
   if (f == NULL || f->kind == JSON_NULL) {
