@@ -36,7 +36,8 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--quick", action="store_true", help="small sizes everywhere: a smoke check of the scripts")
     parser.add_argument("--only", default="",
-                        help="comma-separated subset: profiler,predictor,search,digits,whole,bad-input,sparse,adb")
+                        help="comma-separated subset: profiler,predictor,search,digits,whole,bad-input,sparse,adb,lab,"
+                             "layerbatch")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     only = {s for s in args.only.split(",") if s}
@@ -95,6 +96,10 @@ def main() -> int:
         step("bench_push", [PY, "benchmarks/bench_push.py", *(["--mb", "4", "--rounds", "1"] if args.quick else [])])
         step("bench_harness_overhead", [PY, "benchmarks/bench_harness_overhead.py",
                                         *(["--lines", "8", "--rounds", "2"] if args.quick else [])])
+    if want("lab"):  # issue 13: three emulated phones, sequential vs one host in parallel vs a local Ray cluster
+        step("bench_lab", [PY, "benchmarks/bench_lab.py", *(["--no-ray"] if args.quick else [])])
+    if want("layerbatch"):  # issue 12: LayerBatch against the column copies it replaced
+        step("bench_layerbatch", [PY, "benchmarks/bench_layerbatch.py", *(["--repeats", "3"] if args.quick else [])])
     print("\nall benchmarks done" if not failures else f"\nfailed: {', '.join(failures)}")
     return 1 if failures else 0
 

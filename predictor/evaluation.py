@@ -17,6 +17,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from predictor.errors import PredictorError
 from profiler import networks as real_networks
+from profiler.layerspec import SPEC_FIELDS, key_text
 
 Row = Mapping[str, Any]
 WITHIN = (0.05, 0.10, 0.15)
@@ -95,9 +96,9 @@ def by_kind(rows: Sequence[Row]) -> dict[str, list[Row]]:
 
 
 # ---- splits -------------------------------------------------------------------------------
-def layer_key(row: Row) -> tuple:
-    return (row["op"], row["cin"], row["cout"], row["k"], row["stride"], row["pad"], row["h"], row["w"],
-            round(float(row["density"]), 6))
+def layer_key(row: Row) -> str:
+    """A measured row's layer identity: `LayerSpec.key()` of its fields (both implementations share it)."""
+    return key_text(*(row[name] for name in SPEC_FIELDS))
 
 
 def shape_key(row: Row) -> tuple:
@@ -105,13 +106,13 @@ def shape_key(row: Row) -> tuple:
     return (row["op"], row["k"], row["cin"], row["cout"], row["h"])
 
 
-def _groups(rows: Sequence[Row], key: Callable[[Row], tuple]) -> np.ndarray:
+def _groups(rows: Sequence[Row], key: Callable[[Row], Any]) -> np.ndarray:
     """The `groups` of a scikit-learn group splitter: each row's key as text, so the splitter's sorted
     distinct groups (and with a seed, its draw) do not depend on the rows' order."""
     return np.array([repr(key(r)) for r in rows])
 
 
-def _split_by(rows: Sequence[Row], key: Callable[[Row], tuple], test_fraction: float, seed: int
+def _split_by(rows: Sequence[Row], key: Callable[[Row], Any], test_fraction: float, seed: int
               ) -> tuple[list[Row], list[Row]]:
     if not 0.0 < test_fraction < 1.0:
         raise PredictorError(f"parameter 'test_fraction' must be in (0, 1), got {test_fraction!r}")

@@ -11,13 +11,11 @@ from typing import Any
 import numpy as np
 
 from predictor.errors import PredictorError
-from profiler.layerspec import BYTES_PER_FLOAT, IMPLS, INT_FIELDS, LayerBatch, LayerSpec, LayerSpecError
+from profiler.layerspec import BYTES_PER_FLOAT, IMPLS, LayerBatch, LayerSpec, LayerSpecError
 
 #: Bump whenever a feature is added, removed or computed differently: saved predictors record it.
 FEATURE_SCHEMA_VERSION = 3
 
-#: The integer fields, under the name models._distinct imports.
-INT_COLUMNS = INT_FIELDS
 #: XNNPACK's microkernels compute output channels in tiles of 4, 8 or 16 lanes and output pixels in
 #: blocks of 8 to 32, depending on the CPU; a partial tile wastes lanes. The phone's tile sizes are
 #: not known in advance, so each candidate size is a feature and the trees pick the ones that matter.

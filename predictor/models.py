@@ -15,7 +15,6 @@ from predictor.choices import MODEL_KINDS
 from predictor.errors import PredictorError
 from predictor.features import (
     FEATURE_NAMES,
-    INT_COLUMNS,
     MONOTONE,
     as_columns,
     feature_matrix,
@@ -23,7 +22,7 @@ from predictor.features import (
     physical,
     rows_to_columns,
 )
-from profiler.layerspec import IMPLS, LayerSpec
+from profiler.layerspec import IMPLS, LayerBatch, LayerSpec
 
 #: (op, impl) pairs the runner can measure; dwconv has no sparse kernel.
 GROUPS = (("conv", "dense"), ("conv", "sparse"), ("dwconv", "dense"))
@@ -199,12 +198,12 @@ class LatencyPredictor(BaseEstimator):
             monotonic_cst=monotone, early_stopping=False,
             random_state=self.random_state)
 
-    def _physical_stacked(self, columns: dict[str, np.ndarray], impl: np.ndarray) -> np.ndarray:
+    def _physical_stacked(self, columns: LayerBatch, impl: np.ndarray) -> np.ndarray:
         out = np.empty(len(impl))
         for name in IMPLS:
             mask = impl == name
             if mask.any():
-                out[mask] = self.physical_.predict(_subset(columns, mask), name)
+                out[mask] = self.physical_.predict(columns.take(mask), name)
         return out
 
     # ---- prediction ----------------------------------------------------------------------
@@ -230,18 +229,18 @@ class LatencyPredictor(BaseEstimator):
         self._check_fitted()
         columns = as_columns(layers)
         # A search population repeats layers heavily; each distinct layer is predicted once.
-        columns, inverse = _distinct(columns)
+        columns, inverse = columns.distinct()
         n = len(columns["op"])
         dense = np.empty(n)
         sparse = np.full(n, np.nan)
         if n:
             # The dense kernel's latency does not depend on density (see features), so layers that
             # differ only in density share one dense prediction: a search varies density most.
-            shapes, shape_inverse = _distinct({**columns, "density": np.ones(n)})
+            shapes, shape_inverse = columns.replace(density=np.ones(n)).distinct()
             dense = (self.predict_impl(shapes, "dense") / 1000.0)[shape_inverse]
             conv = columns["op"] == "conv"
             if conv.any():
-                sparse[conv] = self.predict_impl(columns if conv.all() else _subset(columns, conv), "sparse") / 1000.0
+                sparse[conv] = self.predict_impl(columns if conv.all() else columns.take(conv), "sparse") / 1000.0
         use_sparse = sparse < dense  # NaN compares False: dwconv stays dense
         best_impl = np.where(use_sparse, "sparse", "dense").astype(object)
         return {"dense_ms": dense[inverse], "sparse_ms": sparse[inverse],
@@ -254,7 +253,7 @@ class LatencyPredictor(BaseEstimator):
         n = len(columns["op"])
         if not n:
             return np.zeros(0)
-        shapes, inverse = _distinct({**columns, "density": np.ones(n)})
+        shapes, inverse = columns.replace(density=np.ones(n)).distinct()
         return (self.predict_impl(shapes, "dense") / 1000.0)[inverse]
 
     def score(self, rows: Sequence[Mapping[str, Any]], y: None = None) -> float:
@@ -284,28 +283,6 @@ class LatencyPredictor(BaseEstimator):
         return predictor
 
 
-def _distinct(columns: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The distinct layers of validated columns and, per input layer, its index among them."""
-    n = len(columns["op"])
-    if n < 2:
-        return columns, np.arange(n)
-    keys = [(columns["op"] == "dwconv").astype(np.int64)] + [columns[name] for name in INT_COLUMNS] \
-        + [np.round(columns["density"] * 1e9).astype(np.int64)]
-    # Sorting the key columns and marking where a row differs from the one before is ~1.5x faster
-    # than np.unique over packed rows, and this runs on every search batch.
-    order = np.lexsort(keys[::-1])
-    in_order = np.column_stack([key[order] for key in keys])
-    starts = np.empty(n, dtype=bool)
-    starts[0] = True
-    starts[1:] = np.any(in_order[1:] != in_order[:-1], axis=1)
-    if starts.all():
-        return columns, np.arange(n)
-    inverse = np.empty(n, dtype=np.int64)
-    inverse[order] = np.cumsum(starts) - 1
-    first = order[starts]
-    return {name: values[first] for name, values in columns.items()}, inverse
-
-
 def _one_thread():
     # OpenMP worker threads spin against other tenants of a shared machine: a fit that takes 1.5 s
     # on one thread took 30 s on two busy cores. Predictions are measured on one core too.
@@ -313,16 +290,12 @@ def _one_thread():
     return threadpool_limits(limits=1, user_api="openmp")
 
 
-def _subset(columns: Mapping[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: v[mask] for k, v in columns.items()}
-
-
-def _stacked_features(columns: dict[str, np.ndarray], impl: np.ndarray) -> np.ndarray:
+def _stacked_features(columns: LayerBatch, impl: np.ndarray) -> np.ndarray:
     x = np.empty((len(impl), len(FEATURE_NAMES)))
     for name in IMPLS:
         mask = impl == name
         if mask.any():
-            x[mask] = feature_matrix(_subset(columns, mask), name)
+            x[mask] = feature_matrix(columns.take(mask), name)
     return x
 
 

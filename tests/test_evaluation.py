@@ -7,6 +7,7 @@ from predictor import adaptive, baselines, efficiency, evaluation
 from predictor.errors import PredictorError
 from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
 from profiler import networks
+from profiler.layerspec import LayerSpec
 
 
 def test_metrics_by_hand():
@@ -65,6 +66,14 @@ def test_layer_kinds_name_the_groups_errors_are_reported_in():
     assert evaluation.layer_kind(row(k=1)) == "conv 1x1 (dense)" and evaluation.layer_kind(row()) == "conv kxk (dense)"
     groups = evaluation.by_kind([row(), row(k=1), row(cin=48)])
     assert list(groups) == ["conv 1x1 (dense)", "conv kxk (dense)"] and len(groups["conv kxk (dense)"]) == 2
+
+
+def test_a_rows_layer_key_is_its_layer_specs_identity(small_rows):
+    training, _ = small_rows
+    assert [evaluation.layer_key(r) for r in training] == [LayerSpec.from_dict(r).key() for r in training]
+    dense = next(r for r in training if r["op"] == "conv")
+    assert evaluation.layer_key({**dense, "impl": "sparse"}) == evaluation.layer_key(dense)
+    assert evaluation.layer_key({**dense, "density": dense["density"] / 2}) != evaluation.layer_key(dense)
 
 
 def test_grouped_split_shares_no_shape_and_random_split_keeps_layers_whole(small_rows):
