@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from android_harness import phone_facts, runner
-from android_harness.adb_errors import (
+from jcw.android_harness import phone_facts, runner
+from jcw.android_harness.adb_errors import (
     ConnectionLost,
     DeviceDirNotWritable,
     DeviceDiskFull,
@@ -28,9 +28,9 @@ from android_harness.adb_errors import (
     message_says_not_writable,
     short_reason,
 )
-from android_harness.adb_programs import ProgramRunner
-from android_harness.adb_transport import AdbTransport
-from android_harness.device import Device, DeviceDisconnected, DeviceError, RunnerCrashed
+from jcw.android_harness.adb_programs import ProgramRunner
+from jcw.android_harness.adb_transport import AdbTransport
+from jcw.android_harness.device import Device, DeviceDisconnected, DeviceError, RunnerCrashed
 
 REMOTE_BASE = "/data/local/tmp/jcw"
 LAUNCHER = runner.ANDROID_LAUNCHER

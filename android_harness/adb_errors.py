@@ -10,7 +10,7 @@ import socket
 
 from adb_shell import exceptions as adb_exc
 
-from android_harness.device import DeviceDisconnected, DeviceError, DeviceNotFound
+from jcw.android_harness.device import DeviceDisconnected, DeviceError, DeviceNotFound
 
 try:  # libusb1 comes with adb-shell[usb]; TCP still works without it
     import usb1

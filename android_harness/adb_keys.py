@@ -13,7 +13,7 @@ from pathlib import Path
 from adb_shell.auth.keygen import keygen
 from adb_shell.auth.sign_cryptography import CryptographySigner
 
-from android_harness.device import DeviceUsageError
+from jcw.android_harness.device import DeviceUsageError
 
 
 def android_user_dir() -> Path:

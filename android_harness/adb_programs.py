@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from android_harness import runner
-from android_harness.device import DeviceError
+from jcw.android_harness import runner
+from jcw.android_harness.device import DeviceError
 
 PTE_LAUNCHER = runner.PTEBENCH_LAUNCHER
 PROGRAMS_DIR = "programs"
@@ -51,7 +51,7 @@ class ProgramRunner:
 
     def run_programs(self, lines: Iterable[dict[str, Any]],
                      runner_args: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
-        from android_harness.adb_device import _check_ids  # the one id rule for both runners
+        from jcw.android_harness.adb_device import _check_ids  # the one id rule for both runners
         plan = [dict(line) for line in lines]
         if self._default_threads is not None:
             for line in plan:

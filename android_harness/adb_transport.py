@@ -19,7 +19,7 @@ from adb_shell.adb_device import AdbDevice as _AdbShellDevice
 from adb_shell.transport.base_transport import BaseTransport
 from adb_shell.transport.tcp_transport import TcpTransport
 
-from android_harness.adb_errors import (
+from jcw.android_harness.adb_errors import (
     ConnectionLost,
     DeviceDirNotWritable,
     DeviceDiskFull,
@@ -28,7 +28,7 @@ from android_harness.adb_errors import (
     message_says_not_writable,
     translate_connect_error,
 )
-from android_harness.device import DeviceError
+from jcw.android_harness.device import DeviceError
 
 
 @dataclass

@@ -72,7 +72,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_emulate(args: argparse.Namespace) -> int:
-    from android_harness.emulator import DescriptionError, EmulatedPhone, EmulatorError, Faults, KeyFormatError, Phone
+    from jcw.android_harness.emulator import (
+        DescriptionError,
+        EmulatedPhone,
+        EmulatorError,
+        Faults,
+        KeyFormatError,
+        Phone,
+    )
     console = Console(stderr=False)
     err = Console(stderr=True, soft_wrap=True)
     if args.print_phone:

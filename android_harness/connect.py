@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from android_harness.device import Device, DeviceUsageError
+from jcw.android_harness.device import Device, DeviceUsageError
 
 DEFAULT_ADB_PORT = 5555
 _SERIAL = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
@@ -220,14 +220,14 @@ def open_device(address: str, **opts: Any) -> Device:
     """
     parsed = parse_address(address)
     if parsed.kind == "local":
-        from android_harness.local import LocalDevice  # lazily: it may pull in host build helpers
+        from jcw.android_harness.local import LocalDevice  # lazily: it may pull in host build helpers
         accepted = inspect.signature(LocalDevice).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
         return LocalDevice(**{k: v for k, v in opts.items() if takes_any or k in accepted})
 
-    from android_harness.adb_device import AdbDevice
-    from android_harness.adb_keys import load_signers
-    from android_harness.adb_transport import AdbTransport, Timeouts, tcp_transport_factory, usb_transport_factory
+    from jcw.android_harness.adb_device import AdbDevice
+    from jcw.android_harness.adb_keys import load_signers
+    from jcw.android_harness.adb_transport import AdbTransport, Timeouts, tcp_transport_factory, usb_transport_factory
     allowed = set(inspect.signature(AdbDevice).parameters) - {"transport"} | set(_TRANSPORT_OPTIONS)
     unknown = sorted(set(opts) - allowed)
     if unknown:

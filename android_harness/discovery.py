@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from android_harness.connect import parse_address
-from android_harness.device import DeviceUsageError
+from jcw.android_harness.connect import parse_address
+from jcw.android_harness.device import DeviceUsageError
 
 ADB_CLASS, ADB_SUBCLASS, ADB_PROTOCOL = 0xFF, 0x42, 0x01
 

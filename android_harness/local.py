@@ -14,9 +14,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from android_harness import runner
-from android_harness.device import Device, DeviceError, RunnerCrashed
-from android_harness.facts import local_facts
+from jcw.android_harness import runner
+from jcw.android_harness.device import Device, DeviceError, RunnerCrashed
+from jcw.android_harness.facts import local_facts
 
 INFO_TIMEOUT_S = 30
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from android_harness.device import DeviceError
+from jcw.android_harness.device import DeviceError
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 HOST_BINARY = NATIVE_DIR / "build" / "host" / "convbench"

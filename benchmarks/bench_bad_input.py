@@ -58,7 +58,7 @@ def interrupted_search(world: World) -> tuple[str, Outcome]:
 
 
 def systematic_failure(world: World) -> tuple[str, Outcome]:
-    from profiler.store import ProfileStore
+    from jcw.profiler.store import ProfileStore
     out = world.root / "tolerance0"
     proc = jcw("profile", "--device", "local", "--out", out, "--budget", "4", "--programs", "0", *FAST,
                "--runner-arg=--tolerance=0")
@@ -69,7 +69,7 @@ def systematic_failure(world: World) -> tuple[str, Outcome]:
 
 
 def concurrent_profiles(world: World) -> tuple[str, Outcome]:
-    from profiler.store import lock_holder
+    from jcw.profiler.store import lock_holder
     out = world.root / "raced"
     argv = ["profile", "--device", "local", "--out", str(out), "--budget", "400", "--programs", "0", *FAST]
     first = subprocess.Popen([sys.executable, "-m", "jcw", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -92,7 +92,7 @@ def concurrent_profiles(world: World) -> tuple[str, Outcome]:
 
 
 def unauthorized_phone(world: World) -> tuple[str, Outcome]:
-    from android_harness.emulator import EmulatedPhone
+    from jcw.android_harness.emulator import EmulatedPhone
     home = world.root / "home"
     home.mkdir(exist_ok=True)
     env = {**os.environ, "HOME": str(home), "JCW_ADB_AUTH_S": "3"}

@@ -36,12 +36,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jcw.__main__ import main as jcw  # noqa: E402
-from search import digits, zoo  # noqa: E402
-from search.export import rebuild  # noqa: E402
-from search.genome import SearchSpace  # noqa: E402
-from search.graph import read_model  # noqa: E402
-from search.objectives import LatencyModel  # noqa: E402
-from search.run import best_per_budget  # noqa: E402
+from jcw.search import digits, zoo  # noqa: E402
+from jcw.search.export import rebuild  # noqa: E402
+from jcw.search.genome import SearchSpace  # noqa: E402
+from jcw.search.graph import read_model  # noqa: E402
+from jcw.search.objectives import LatencyModel  # noqa: E402
+from jcw.search.run import best_per_budget  # noqa: E402
 
 MODES = {"joint": [], "width-only": ["--no-density"], "density-only": ["--no-width"]}
 
@@ -59,7 +59,8 @@ def run_jcw(*argv: str) -> str:
 
 def unpruned_engine_ms(predictor_dir: str) -> float:
     """The predicted engine latency of the unpruned digits network (the budgets' unit)."""
-    import predictor
+    from jcw import predictor
+
     model, shape = zoo.build("digits")
     space = SearchSpace(read_model(model, torch.randn(*shape)), name="digits")
     return float(LatencyModel(predictor.load(predictor_dir), space, "sparse")(space.uniform(1.0, 1.0)[None])[0])

@@ -38,11 +38,19 @@ def run(src: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=src)
 
 
+def package_prefix(src: Path) -> str:
+    """"jcw." for a tree with the stages under the jcw namespace (jcw/predictor -> predictor/), "" for an
+    anchor from before it, whose stages are top-level packages."""
+    return "jcw." if (src / "jcw" / "predictor").exists() else ""
+
+
 def dump(predictor_dir: Path, profile: Path, out: Path) -> None:
     """Every prediction of a saved predictor on the profile's distinct layers and programs, into out.npz."""
-    from predictor import persistence
-    from profiler.layerspec import LayerSpec
-    from profiler.store import ProfileStore
+    import importlib
+    prefix = package_prefix(Path(os.environ["PYTHONPATH"]))
+    persistence = importlib.import_module(prefix + "predictor.persistence")
+    LayerSpec = importlib.import_module(prefix + "profiler.layerspec").LayerSpec
+    ProfileStore = importlib.import_module(prefix + "profiler.store").ProfileStore
 
     with ProfileStore(profile, readonly=True) as store:
         rows, program_rows = store.measurements(), store.program_measurements()
@@ -92,7 +100,7 @@ def train_seconds(src: Path, train_args: list[str], target: Path) -> float:
 
 def side(src: Path, name: str, train_args: list[str], profile: Path, out: Path) -> dict:
     target = out / name
-    where = run(src, "-c", "import predictor.models as m; print(m.__file__)").stdout.strip()
+    where = run(src, "-c", f"import {package_prefix(src)}predictor.models as m; print(m.__file__)").stdout.strip()
     if not where.startswith(str(src)):  # each side must run its own source tree, or the comparison is void
         sys.exit(f"the {name} side imports predictor from {where or '?'}, not from {src}")
     started = time.monotonic()

@@ -26,14 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from android_harness.adb_device import default_bundle_dir  # noqa: E402
-from android_harness.adb_keys import load_signers  # noqa: E402
-from android_harness.adb_transport import AdbTransport, tcp_transport_factory  # noqa: E402
-from android_harness.connect import open_device  # noqa: E402
+from jcw.android_harness.adb_device import default_bundle_dir  # noqa: E402
+from jcw.android_harness.adb_keys import load_signers  # noqa: E402
+from jcw.android_harness.adb_transport import AdbTransport, tcp_transport_factory  # noqa: E402
+from jcw.android_harness.connect import open_device  # noqa: E402
 
 EMULATOR_CHILD = """
 import json, sys
-from android_harness.emulator import EmulatedPhone
+from jcw.android_harness.emulator import EmulatedPhone
 with EmulatedPhone(port=0) as phone:
     print(json.dumps({"host": phone.host, "port": phone.port, "data_dir": str(phone.data_dir)}), flush=True)
     sys.stdin.read()   # runs until the parent closes our stdin
@@ -183,7 +183,7 @@ def main() -> int:
           f"= {fixed_ms / (opts.lines * per_line_timed_ms):.1%} of this batch's runner time; "
           f"<= 5% from {lines_for_5pct:.0f} lines of {per_line_timed_ms:.0f} ms per batch")
     try:
-        from profiler.session import TARGET_BATCH_SECONDS as batch_s
+        from jcw.profiler.session import TARGET_BATCH_SECONDS as batch_s
     except ImportError:
         batch_s = 3.0
     print(f"HARNESS FIXED COST at the profiler's {batch_s:g} s batches (jcw profile default): "

@@ -36,7 +36,7 @@ def start_emulator(workdir: Path, serial: str, model: str, env: dict) -> tuple[s
     description = workdir / f"{serial}.json"
     description.write_text(json.dumps({"serial": serial, "props": {"ro.product.model": model,
                                                                     "ro.serialno": serial}}))
-    process = subprocess.Popen([sys.executable, "-m", "android_harness.emulator", "--port", "0", "--sandbox",
+    process = subprocess.Popen([sys.executable, "-m", "jcw.android_harness.emulator", "--port", "0", "--sandbox",
                                 str(workdir / serial), "--phone", str(description)], cwd=ROOT, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     for line in process.stdout:

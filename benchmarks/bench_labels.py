@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from android_harness.local import LocalDevice  # noqa: E402
-from profiler import labels, session  # noqa: E402
-from profiler.store import ProfileStore  # noqa: E402
+from jcw.android_harness.local import LocalDevice  # noqa: E402
+from jcw.profiler import labels, session  # noqa: E402
+from jcw.profiler.store import ProfileStore  # noqa: E402
 
 BASE_ROUNDS, MORE_ROUNDS = 5, 8
 TOLERANCE = labels.SETTLE_TOLERANCE
@@ -126,8 +126,8 @@ def program_errors(predicted: np.ndarray, measured: np.ndarray) -> dict[str, flo
 
 
 def warm_vs_cold(args: argparse.Namespace, work: Path) -> None:
-    import predictor
-    from predictor import pipeline
+    from jcw import predictor
+    from jcw.predictor import pipeline
 
     dirs = {mode: work / f"weights-{mode}" for mode in labels.WEIGHTS_MODES}
     seconds = {}

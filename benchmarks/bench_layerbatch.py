@@ -17,8 +17,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from profiler import networks  # noqa: E402
-from profiler.layerspec import BYTES_PER_FLOAT, OPS, LayerBatch  # noqa: E402
+from jcw.profiler import networks  # noqa: E402
+from jcw.profiler.layerspec import BYTES_PER_FLOAT, OPS, LayerBatch  # noqa: E402
 
 INT_COLUMNS = ("cin", "cout", "k", "stride", "pad", "h", "w")
 

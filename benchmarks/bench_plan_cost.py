@@ -19,10 +19,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import predictor  # noqa: E402
-from predictor.features import as_columns, rows_to_columns  # noqa: E402
-from profiler import plans  # noqa: E402
-from profiler.store import ProfileStore  # noqa: E402
+from jcw import predictor  # noqa: E402
+from jcw.predictor.features import as_columns, rows_to_columns  # noqa: E402
+from jcw.profiler import plans  # noqa: E402
+from jcw.profiler.store import ProfileStore  # noqa: E402
 
 
 def runner_seconds(latency_us: np.ndarray, timing: dict) -> np.ndarray:

@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from predictor import baselines, efficiency, evaluation, pipeline  # noqa: E402
-from predictor.models import LatencyPredictor  # noqa: E402
-from profiler import plans  # noqa: E402
-from profiler.layerspec import LayerBatch, LayerSpec  # noqa: E402
+from jcw.predictor import baselines, efficiency, evaluation, pipeline  # noqa: E402
+from jcw.predictor.models import LatencyPredictor  # noqa: E402
+from jcw.profiler import plans  # noqa: E402
+from jcw.profiler.layerspec import LayerBatch, LayerSpec  # noqa: E402
 
 TARGET_WITHIN10 = 0.95
 TARGET_NETWORK_MEDIAN = 0.05
@@ -36,8 +36,8 @@ def pct(value: float) -> str:
 
 
 def measure_profile(directory: Path, budget: int, seed: int) -> None:
-    from android_harness.local import LocalDevice
-    from profiler import session
+    from jcw.android_harness.local import LocalDevice
+    from jcw.profiler import session
 
     print(f"measuring a {budget}-layer profile into {directory} (runner --min-time-ms 10) ...", flush=True)
     started = time.monotonic()

@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from android_harness.local import LocalDevice  # noqa: E402
-from profiler import plans, session  # noqa: E402
-from profiler.store import ProfileStore  # noqa: E402
+from jcw.android_harness.local import LocalDevice  # noqa: E402
+from jcw.profiler import plans, session  # noqa: E402
+from jcw.profiler.store import ProfileStore  # noqa: E402
 
 
 def agreement(pairs: list[tuple[float, float]]) -> dict[str, float]:

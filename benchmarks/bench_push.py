@@ -36,7 +36,7 @@ class EmulatorProcess:
         self.data_dir = sandbox / "data" / "local" / "tmp"
 
     def __enter__(self) -> EmulatorProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "android_harness.emulator", "--port", "0",
+        self.proc = subprocess.Popen([sys.executable, "-m", "jcw.android_harness.emulator", "--port", "0",
                                       "--sandbox", str(self.sandbox)], cwd=REPO, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      env={**os.environ, "COLUMNS": "200"})

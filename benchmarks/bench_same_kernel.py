@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from profiler import programs  # noqa: E402
-from profiler.layerspec import LayerSpec  # noqa: E402
+from jcw.profiler import programs  # noqa: E402
+from jcw.profiler.layerspec import LayerSpec  # noqa: E402
 
 #: About 20 shapes across the space the kit profiles: 1x1, 3x3, strided, depthwise 3x3/5x5, stems, FC.
 SHAPES = [
@@ -55,7 +55,7 @@ def main() -> int:
     parser.add_argument("--shapes", type=int, default=len(SHAPES), help="use the first N shapes")
     args = parser.parse_args()
 
-    from profiler import program_build, session
+    from jcw.profiler import program_build, session
 
     device = session.open_device(args.device)
     threads = args.threads or int(device.program_runner_info().get("default_threads") or 1)

@@ -23,12 +23,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search import zoo  # noqa: E402
-from search.errors import SearchError  # noqa: E402
-from search.genome import SearchSpace  # noqa: E402
-from search.graph import read_model  # noqa: E402
-from search.objectives import LatencyModel, ProxyAccuracy, PruningProblem  # noqa: E402
-from search.pymoo_parts import (  # noqa: E402
+from jcw.search import zoo  # noqa: E402
+from jcw.search.errors import SearchError  # noqa: E402
+from jcw.search.genome import SearchSpace  # noqa: E402
+from jcw.search.graph import read_model  # noqa: E402
+from jcw.search.objectives import LatencyModel, ProxyAccuracy, PruningProblem  # noqa: E402
+from jcw.search.pymoo_parts import (  # noqa: E402
     ALGORITHMS,
     SpreadSampling,
     evolve,
@@ -135,7 +135,8 @@ def main() -> int:
         print("bench_search needs a trained predictor: pass --predictor DIR (jcw profile ... then jcw train ...); "
               "it never falls back to a stand-in.", file=sys.stderr)
         return 2
-    import predictor
+    from jcw import predictor
+
     try:
         latency_predictor = predictor.load(args.predictor)
     except predictor.PredictorError as exc:

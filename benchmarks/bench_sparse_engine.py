@@ -98,8 +98,8 @@ def calibrated(model, resolution: int):
 def zoo_at(resolution: int, calibrate: bool):
     """`jcw export --uniform`'s own code path (search.uniform.export_uniform), with the zoo model at
     `resolution` px (and calibrated BatchNorm statistics unless told otherwise)."""
-    import search.uniform as uniform
-    from search.zoo import build
+    from jcw.search import uniform
+    from jcw.search.zoo import build
     original = uniform.build
 
     def build_at(name: str, seed: int = 0):
@@ -118,7 +118,7 @@ def signal(net_path: str) -> float | None:
     """max |check output - classifier bias|: how much of the reference output the convolutions make."""
     import numpy as np
 
-    from profiler.netfile import read_net
+    from jcw.profiler.netfile import read_net
     net = read_net(net_path)
     last = net.nodes[-1]
     if last["op"] != "linear" or not last.get("bias"):
@@ -257,7 +257,7 @@ def bad_files(source: str, work: Path) -> dict[str, Path]:
     """Four bad network files made from the exported `source`."""
     import numpy as np
 
-    from profiler.netfile import PREAMBLE, read_net, write_net
+    from jcw.profiler.netfile import PREAMBLE, read_net, write_net
     data = bytearray(Path(source).read_bytes())
     _, _, length = PREAMBLE.unpack_from(data)
     header = json.loads(data[16:16 + length])

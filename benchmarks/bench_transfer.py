@@ -38,10 +38,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from predictor import evaluation, pipeline, priors, transfer  # noqa: E402
-from predictor.models import LatencyPredictor  # noqa: E402
-from profiler import plans  # noqa: E402
-from profiler.store import DB_NAME, ProfileStore  # noqa: E402
+from jcw.predictor import evaluation, pipeline, priors, transfer  # noqa: E402
+from jcw.predictor.models import LatencyPredictor  # noqa: E402
+from jcw.profiler import plans  # noqa: E402
+from jcw.profiler.store import DB_NAME, ProfileStore  # noqa: E402
 
 ANCHOR = "no prior, same layers"
 DEFAULT_PLAN = "no prior, default plan"

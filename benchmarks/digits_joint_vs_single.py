@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search import digits, zoo  # noqa: E402
-from search.genome import SearchSpace  # noqa: E402
-from search.graph import read_model  # noqa: E402
-from search.objectives import LatencyModel, PruningProblem  # noqa: E402
-from search.pymoo_parts import evolve, make_algorithm  # noqa: E402
+from jcw.search import digits, zoo  # noqa: E402
+from jcw.search.genome import SearchSpace  # noqa: E402
+from jcw.search.graph import read_model  # noqa: E402
+from jcw.search.objectives import LatencyModel, PruningProblem  # noqa: E402
+from jcw.search.pymoo_parts import evolve, make_algorithm  # noqa: E402
 
 MODES = {"joint": (True, True), "width-only": (True, False), "density-only": (False, True)}
 
@@ -43,7 +43,8 @@ def main() -> int:
         print("digits_joint_vs_single needs a trained predictor: pass --predictor DIR; it never uses a stand-in.",
               file=sys.stderr)
         return 2
-    import predictor
+    from jcw import predictor
+
     try:
         latency_predictor = predictor.load(args.predictor)
     except predictor.PredictorError as exc:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from profiler import program_session, session  # noqa: E402
-from profiler.store import ProfileStore  # noqa: E402
+from jcw.profiler import program_session, session  # noqa: E402
+from jcw.profiler.store import ProfileStore  # noqa: E402
 
 
 def main() -> int:

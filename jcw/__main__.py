@@ -16,8 +16,8 @@ import sqlite3
 import sys
 from typing import NoReturn
 
-STAGES = ("profiler.cli", "profiler.lab_cli", "android_harness.cli", "predictor.cli", "predictor.lab_train",
-          "search.cli", "jcw.demo")
+STAGES = ("jcw.profiler.cli", "jcw.profiler.lab_cli", "jcw.android_harness.cli", "jcw.predictor.cli",
+          "jcw.predictor.lab_train", "jcw.search.cli", "jcw.demo")
 
 EXIT_OK = 0
 EXIT_RESULTS_FAILED = 1
@@ -30,16 +30,16 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 #: the user's mistake (a malformed address, a file that is not a program) is bad input, any other a device
 #: failure. A stage that is not installed contributes none.
 _ERROR_STATUSES = (
-    ("android_harness.device", "DeviceUsageError", EXIT_USAGE),
-    ("profiler.program_session", "PteError", EXIT_USAGE),
-    ("android_harness.device", "DeviceError", EXIT_DEVICE),
-    ("search.errors", "DeviceMeasureError", EXIT_DEVICE),
+    ("jcw.android_harness.device", "DeviceUsageError", EXIT_USAGE),
+    ("jcw.profiler.program_session", "PteError", EXIT_USAGE),
+    ("jcw.android_harness.device", "DeviceError", EXIT_DEVICE),
+    ("jcw.search.errors", "DeviceMeasureError", EXIT_DEVICE),
     ("jcw", "UserError", EXIT_USAGE),
-    ("profiler.layerspec", "LayerSpecError", EXIT_USAGE),
-    ("profiler.store", "StoreError", EXIT_USAGE),
-    ("profiler.cliargs", "OutputPathError", EXIT_USAGE),
-    ("predictor.errors", "PredictorError", EXIT_USAGE),
-    ("search.errors", "SearchError", EXIT_USAGE),
+    ("jcw.profiler.layerspec", "LayerSpecError", EXIT_USAGE),
+    ("jcw.profiler.store", "StoreError", EXIT_USAGE),
+    ("jcw.profiler.cliargs", "OutputPathError", EXIT_USAGE),
+    ("jcw.predictor.errors", "PredictorError", EXIT_USAGE),
+    ("jcw.search.errors", "SearchError", EXIT_USAGE),
 )
 
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays silent
         return EXIT_BROKEN_PIPE
     except OSError as exc:  # a file the command did not check itself: still one sentence
-        from profiler.cliargs import os_error_sentence
+        from jcw.profiler.cliargs import os_error_sentence
         print(f"jcw {args.command}: {os_error_sentence(exc)}.", file=sys.stderr)
         return EXIT_USAGE
     except MemoryError:

@@ -6,12 +6,12 @@
 from importlib import import_module
 from typing import Any
 
-from predictor.errors import PredictorError
+from jcw.predictor.errors import PredictorError
 
 # Deferred so that `jcw --help` and the CLIs of other stages do not pay for scikit-learn and skops.
-_LAZY = {"LatencyPredictor": "predictor.models", "Predictor": "predictor.persistence",
-         "load": "predictor.persistence", "save": "predictor.persistence",
-         "ProgramModel": "predictor.programs"}
+_LAZY = {"LatencyPredictor": "jcw.predictor.models", "Predictor": "jcw.predictor.persistence",
+         "load": "jcw.predictor.persistence", "save": "jcw.predictor.persistence",
+         "ProgramModel": "jcw.predictor.programs"}
 
 __all__ = ["LatencyPredictor", "Predictor", "PredictorError", "ProgramModel", "load", "save"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from predictor.evaluation import predict_rows, shape_key
-from predictor.models import LatencyPredictor
+from jcw.predictor.evaluation import predict_rows, shape_key
+from jcw.predictor.models import LatencyPredictor
 
 ENSEMBLE_SIZE = 5
 #: Below this many measured rows a model is no better than chance: choose at random.

@@ -16,9 +16,9 @@ from scipy.spatial import QhullError
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import RandomForestRegressor
 
-from predictor.features import impl_quantities, physical
-from predictor.models import check_param, training_arrays
-from profiler import networks as real_networks
+from jcw.predictor.features import impl_quantities, physical
+from jcw.predictor.models import check_param, training_arrays
+from jcw.profiler import networks as real_networks
 
 #: JCW's lookup grid: width multipliers and densities in steps of 0.1.
 JCW_WIDTH_STEPS = 10

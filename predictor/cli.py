@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from predictor.choices import DEFAULT_TRANSFER_STRATEGY, MODEL_KINDS, TRANSFER_STRATEGIES
-from predictor.errors import PredictorError
-from profiler.cliargs import check_output_dir, int_at_least
+from jcw.predictor.choices import DEFAULT_TRANSFER_STRATEGY, MODEL_KINDS, TRANSFER_STRATEGIES
+from jcw.predictor.errors import PredictorError
+from jcw.profiler.cliargs import check_output_dir, int_at_least
 
 #: Extrapolated layers named in the table's warning line before "and N more".
 _NAMED_EXTRAPOLATED = 5
@@ -99,8 +99,8 @@ def _pct(value: float) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from predictor import efficiency, pipeline, report
-    from profiler import labels
+    from jcw.predictor import efficiency, pipeline, report
+    from jcw.profiler import labels
 
     check_output_dir(args.out, "--out")  # before minutes of training, not after them
     console = Console(stderr=True)
@@ -191,7 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _program_table(evaluated: dict[str, Any], title: str, caption: str) -> Table:
     """One runtime's whole-program accuracy: per set, ours, the references and the label floor."""
-    from predictor import program_eval
+    from jcw.predictor import program_eval
     table = Table(title=title)
     for column in program_eval.HEADER:
         table.add_column(column, justify="left" if column in ("programs", "predictor") else "right",
@@ -218,8 +218,8 @@ def _number(value: float) -> float | None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import predictor
-    from profiler.layerspec import LayerBatch, read_jsonl
+    from jcw import predictor
+    from jcw.profiler.layerspec import LayerBatch, read_jsonl
 
     model = predictor.load(args.predictor)
     if args.programs:
@@ -264,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _read_programs(path: str) -> list[tuple[str, Any]]:
     """(id, spec) per non-blank line of a program-spec JSON Lines file; the id is "id", else the name or line."""
-    from profiler.layerspec import LayerSpecError, iter_jsonl
+    from jcw.profiler.layerspec import LayerSpecError, iter_jsonl
     entries = []
     try:
         for number, spec in iter_jsonl(path, what="program"):

@@ -11,10 +11,10 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from predictor import adaptive
-from predictor.errors import PredictorError
-from predictor.evaluation import latencies, layer_key, metrics, predict_rows
-from predictor.models import LatencyPredictor
+from jcw.predictor import adaptive
+from jcw.predictor.errors import PredictorError
+from jcw.predictor.evaluation import latencies, layer_key, metrics, predict_rows
+from jcw.predictor.models import LatencyPredictor
 
 DEFAULT_BUDGETS = (100, 200, 400, 800, 1600)
 DEFAULT_PROGRAM_BUDGETS = (10, 20, 40, 80, 120)
@@ -128,7 +128,7 @@ def program_efficiency(data: Mapping[str, Any], budgets: Sequence[int] = DEFAULT
 
     `data` is predictor.program_eval.program_data() of the profile's program rows.
     """
-    from predictor.programs import ProgramModel, errors  # deferred: the layer curve does not need it
+    from jcw.predictor.programs import ProgramModel, errors  # deferred: the layer curve does not need it
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise PredictorError(f"parameter 'repeats' must be a whole number >= 1, got {repeats!r}")

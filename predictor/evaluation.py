@@ -15,9 +15,9 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
-from predictor.errors import PredictorError
-from profiler import networks as real_networks
-from profiler.layerspec import SPEC_FIELDS, key_text
+from jcw.predictor.errors import PredictorError
+from jcw.profiler import networks as real_networks
+from jcw.profiler.layerspec import SPEC_FIELDS, key_text
 
 Row = Mapping[str, Any]
 WITHIN = (0.05, 0.10, 0.15)
@@ -167,7 +167,7 @@ def latencies(rows: Sequence[Row]) -> np.ndarray:
 
 def predict_rows(model: Any, rows: Sequence[Row]) -> np.ndarray:
     """Predicted microseconds for each row's own implementation (any model with predict_impl)."""
-    from predictor.features import as_columns, rows_to_columns
+    from jcw.predictor.features import as_columns, rows_to_columns
 
     out = np.empty(len(rows))
     impl = np.array([r["impl"] for r in rows], dtype=object)

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from predictor.errors import PredictorError
-from profiler.layerspec import BYTES_PER_FLOAT, IMPLS, LayerBatch, LayerSpec, LayerSpecError
+from jcw.predictor.errors import PredictorError
+from jcw.profiler.layerspec import BYTES_PER_FLOAT, IMPLS, LayerBatch, LayerSpec, LayerSpecError
 
 #: Bump whenever a feature is added, removed or computed differently: saved predictors record it.
 FEATURE_SCHEMA_VERSION = 3

@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from predictor.errors import PredictorError
-from profiler import lab_cli
-from profiler.cliargs import check_output_dir, int_between
-from profiler.store import DB_NAME
+from jcw.predictor.errors import PredictorError
+from jcw.profiler import lab_cli
+from jcw.profiler.cliargs import check_output_dir, int_between
+from jcw.profiler.store import DB_NAME
 
 EXIT_DEVICE_OR_FAILED = 1
 
@@ -55,8 +55,8 @@ def lab_profiles(root: str | Path) -> list[Path]:
 
 def train_one(profile: str, out: str, model: str, seed: int) -> dict[str, Any]:
     """Train one phone's predictor (in a worker process); a small summary, or its one-sentence error."""
-    from predictor import pipeline
-    from profiler.store import StoreError
+    from jcw.predictor import pipeline
+    from jcw.profiler.store import StoreError
     try:
         result = pipeline.train(profile, out, model=model, seed=seed)
     except (PredictorError, StoreError, ValueError) as exc:

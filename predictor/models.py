@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
-from predictor.choices import MODEL_KINDS
-from predictor.errors import PredictorError
-from predictor.features import (
+from jcw.predictor.choices import MODEL_KINDS
+from jcw.predictor.errors import PredictorError
+from jcw.predictor.features import (
     FEATURE_NAMES,
     MONOTONE,
     as_columns,
@@ -22,7 +22,7 @@ from predictor.features import (
     physical,
     rows_to_columns,
 )
-from profiler.layerspec import IMPLS, LayerBatch, LayerSpec
+from jcw.profiler.layerspec import IMPLS, LayerBatch, LayerSpec
 
 #: (op, impl) pairs the runner can measure; dwconv has no sparse kernel.
 GROUPS = (("conv", "dense"), ("conv", "sparse"), ("dwconv", "dense"))
@@ -153,7 +153,7 @@ class LatencyPredictor(BaseEstimator):
             if len(self.candidates) == 1:
                 kind = self.candidates[0]
             else:
-                from predictor.evaluation import grouped_cv_score  # evaluation imports this module
+                from jcw.predictor.evaluation import grouped_cv_score  # evaluation imports this module
                 self.cv_scores_ = {c: grouped_cv_score(clone(self).set_params(model=c), rows, self.cv_folds,
                                                        self.random_state) for c in self.candidates}
                 kind = max(self.cv_scores_, key=self.cv_scores_.get)
@@ -258,7 +258,7 @@ class LatencyPredictor(BaseEstimator):
 
     def score(self, rows: Sequence[Mapping[str, Any]], y: None = None) -> float:
         """Share of measured rows predicted within ±10 % (the kit's target metric; higher is better)."""
-        from predictor.evaluation import latencies, metrics, predict_rows  # evaluation imports this module
+        from jcw.predictor.evaluation import latencies, metrics, predict_rows  # evaluation imports this module
         return metrics(predict_rows(self, rows), latencies(rows))["within10"]
 
     # ---- state for persistence -----------------------------------------------------------

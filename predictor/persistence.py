@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from predictor import sparse_runtime
-from predictor.errors import PredictorError
-from predictor.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, as_columns
-from predictor.models import _PHYSICAL_TERMS as PHYSICAL_TERMS
-from predictor.models import MODEL_KINDS, LatencyPredictor
-from predictor.programs import RUNTIME, ProgramModel, design, per_program, spec_parts
-from predictor.sparse_runtime import SparseProgramModel
-from profiler.layerspec import IMPLS
-from profiler.store import DB_NAME as PROFILE_DB
+from jcw.predictor import sparse_runtime
+from jcw.predictor.errors import PredictorError
+from jcw.predictor.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, as_columns
+from jcw.predictor.models import _PHYSICAL_TERMS as PHYSICAL_TERMS
+from jcw.predictor.models import MODEL_KINDS, LatencyPredictor
+from jcw.predictor.programs import RUNTIME, ProgramModel, design, per_program, spec_parts
+from jcw.predictor.sparse_runtime import SparseProgramModel
+from jcw.profiler.layerspec import IMPLS
+from jcw.profiler.store import DB_NAME as PROFILE_DB
 
 FORMAT = "jcw-predictor"
 #: 3: whole-program model for the runtime "executorch" (format 2 predicted a sum of convolutions). The sparse
@@ -90,7 +90,7 @@ def save(predictor: LatencyPredictor, directory: str | Path, card: Mapping[str, 
         for name in MODEL_FILES:
             if name not in files and (directory / name).exists():
                 (directory / name).unlink()  # a stale file from an earlier save would mislead
-        from predictor import priors  # priors builds on this module
+        from jcw.predictor import priors  # priors builds on this module
         prior = priors.embed(predictor, directory)
         full_card = {**dict(card), "format": FORMAT, "format_version": FORMAT_VERSION,
                      "feature_schema_version": FEATURE_SCHEMA_VERSION, "features": list(FEATURE_NAMES),
@@ -157,7 +157,7 @@ class Predictor:
     def extrapolated(self, layers: Any) -> np.ndarray | None:
         """Per layer, whether it lies outside the ranges the predictor was trained on (None: the card
         predates training ranges)."""
-        from predictor import ranges
+        from jcw.predictor import ranges
         return ranges.extrapolated(self.card.get("training_ranges"), as_columns(layers))
 
     def predict_impl(self, columns: Any, impl: str) -> np.ndarray:
@@ -301,7 +301,7 @@ def load(directory: str | Path, *, runner_version: str | None = None, _depth: in
                                  "it was modified or damaged, so it is refused")
     state = _read_json(directory / STATE, "predictor model")
     if state.get("kind") == "transfer":
-        from predictor import priors
+        from jcw.predictor import priors
         model = priors.load_model(directory, card, files, state, _depth)
         return Predictor(model, card, directory, *_load_program_models(directory, card, files))
     estimator = _load_trees(directory / TREES) if TREES in files else None

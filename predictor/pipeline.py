@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
-from predictor import baselines, efficiency, evaluation, persistence, program_eval, ranges, transfer
-from predictor import priors as prior_predictors
-from predictor.errors import PredictorError
-from predictor.features import as_columns, rows_to_columns
-from predictor.models import LatencyPredictor
-from predictor.programs import RUNTIME
-from profiler import labels, plans
-from profiler.store import ProfileStore
+from jcw.predictor import baselines, efficiency, evaluation, persistence, program_eval, ranges, transfer
+from jcw.predictor import priors as prior_predictors
+from jcw.predictor.errors import PredictorError
+from jcw.predictor.features import as_columns, rows_to_columns
+from jcw.predictor.models import LatencyPredictor
+from jcw.predictor.programs import RUNTIME
+from jcw.profiler import labels, plans
+from jcw.profiler.store import ProfileStore
 
 Row = Mapping[str, Any]
 OURS = "ours"
@@ -277,7 +277,7 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
               "training_rows": len(training), "holdout_rows": len(holdout), "unseen_rows": len(data["unseen"]),
               "unseen_kinds": evaluated["unseen_kinds"], "seconds": time.monotonic() - started}
     say("writing the report")
-    from predictor import report  # matplotlib is imported only when a report is written
+    from jcw.predictor import report  # matplotlib is imported only when a report is written
     plotted = holdout or evaluation.grouped_split(training, 0.2, seed)[1]
     report.write(out_dir, result, evaluation.predict_rows(ours, plotted), evaluation.latencies(plotted),
                  [r["impl"] for r in plotted], "real-network holdout" if holdout else "unseen shapes (refit on all)")

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from predictor import persistence
-from predictor.errors import PredictorError
-from predictor.features import FEATURE_NAMES
-from predictor.models import training_arrays
-from predictor.transfer import TransferPredictor, _prior_model, fit_scale
-from profiler.transfer_prior import PriorCardError, predictor_sha256
+from jcw.predictor import persistence
+from jcw.predictor.errors import PredictorError
+from jcw.predictor.features import FEATURE_NAMES
+from jcw.predictor.models import training_arrays
+from jcw.predictor.transfer import TransferPredictor, _prior_model, fit_scale
+from jcw.profiler.transfer_prior import PriorCardError, predictor_sha256
 
 PRIOR_DIR = "prior"
 #: A transfer predictor's prior may itself be one; deeper chains are refused (and would be slow).

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from predictor.errors import PredictorError
-from predictor.programs import ProgramModel, design, errors, per_program, spec_parts
+from jcw.predictor.errors import PredictorError
+from jcw.predictor.programs import ProgramModel, design, errors, per_program, spec_parts
 
 Row = Mapping[str, Any]
 OURS = "ours"
@@ -55,7 +55,7 @@ def _measured(rows: Sequence[Row]) -> dict[str, Any]:
 def sparse_program_data(layer_model: Any, rows: Sequence[Row]) -> dict[str, Any]:
     """program_data for the sparse engine's programs: its design (predictor.sparse_runtime) and, as
     references, the old anchor (faster kernel per layer) and the engine's layers summed."""
-    from predictor import sparse_runtime
+    from jcw.predictor import sparse_runtime
     parts = sparse_runtime.spec_parts([r["spec"] for r in rows])
     engine = sparse_runtime.engine_columns(layer_model, parts)
     return {"x": sparse_runtime.sparse_design(engine, parts["ops"], parts["n_nodes"], parts["n_conv"]),
@@ -90,8 +90,8 @@ def evaluate_programs(layer_model: Any, rows: Sequence[Row], *, seed: int = 0, k
 
     None when the profile has fewer than MIN_TRAIN_PROGRAMS measured training programs.
     """
-    from predictor.sparse_runtime import RUNTIME as SPARSE
-    from predictor.sparse_runtime import SparseProgramModel
+    from jcw.predictor.sparse_runtime import RUNTIME as SPARSE
+    from jcw.predictor.sparse_runtime import SparseProgramModel
     if runtime not in ("executorch", SPARSE):
         raise ValueError(f"runtime must be executorch or {SPARSE}, got {runtime!r}")
     train_rows = [r for r in rows if r["sample"] == "train"]

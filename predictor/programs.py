@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.model_selection import GroupKFold
 
-from predictor.errors import PredictorError
+from jcw.predictor.errors import PredictorError
 
 RUNTIME = "executorch"
 #: Operator → term of the law. relu and relu6 are one kind (both a clamp in XNNPACK); a linear layer runs
@@ -115,8 +115,8 @@ def op_amounts(ops: Mapping[str, Any], n: int, terms: Sequence[str] = TERMS
 def spec_parts(specs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Validated program specs → their layers (conv/dwconv and linear, as layer-spec columns with a program
     index each), their other operators as `ops` arrays (linear layers included), node and layer counts."""
-    from profiler import programs as spec_api
-    from profiler.layerspec import LayerBatch
+    from jcw.profiler import programs as spec_api
+    from jcw.profiler.layerspec import LayerBatch
 
     try:
         specs = spec_api.load_many(specs)
@@ -191,7 +191,7 @@ class ProgramModel(RegressorMixin, BaseEstimator):
         self.min_gain = min_gain
 
     def _validate_params(self) -> None:
-        from predictor.models import check_param  # deferred: the layer model is not needed to build a design
+        from jcw.predictor.models import check_param  # deferred: the layer model is not needed to build a design
 
         if self.kind != "auto" and self.kind not in MODEL_KINDS:
             raise PredictorError(f"parameter 'kind' of the program model must be auto or one of "

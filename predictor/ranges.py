@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from predictor.features import physical
-from profiler.layerspec import OPS
+from jcw.predictor.features import physical
+from jcw.profiler.layerspec import OPS
 
 #: Columns whose range is kept; "macs" is derived (a layer can have every dimension in range and still
 #: be far costlier than anything measured).

@@ -147,7 +147,7 @@ def _program_plot(directory: Path, programs: Mapping[str, Any], name: str = "pro
 
 def _sparse_section(result: Mapping[str, Any]) -> list[str]:
     """The sparse engine's program model and its held-out accuracy, beside the ExecuTorch section."""
-    from predictor import program_eval
+    from jcw.predictor import program_eval
     sparse = result.get("sparse_programs")
     if sparse is None:
         return ["## Whole programs (sparse engine)", "",
@@ -168,8 +168,8 @@ def _sparse_section(result: Mapping[str, Any]) -> list[str]:
 
 
 def _program_section(result: Mapping[str, Any]) -> list[str]:
-    from predictor import program_eval
-    from predictor.efficiency import PROGRAM_HEADER, program_table
+    from jcw.predictor import program_eval
+    from jcw.predictor.efficiency import PROGRAM_HEADER, program_table
     programs = result.get("programs")
     threads = result["card"].get("threads")
     if programs is None:
@@ -246,7 +246,7 @@ def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarra
     parts += _program_section(result)
     parts += _sparse_section(result)
     if result["curve"]:
-        from predictor.efficiency import as_table, first_budget_reaching
+        from jcw.predictor.efficiency import as_table, first_budget_reaching
         reach = first_budget_reaching(result["curve"])
         parts += ["## Sample efficiency", "",
                   "Subsets of this profile's training layers (the adaptive arm chooses its second half with the "

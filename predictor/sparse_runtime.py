@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from predictor import programs as executorch_programs
-from predictor.errors import PredictorError
-from predictor.programs import ELEMENT_KINDS, ProgramModel, design, per_program
+from jcw.predictor import programs as executorch_programs
+from jcw.predictor.errors import PredictorError
+from jcw.predictor.programs import ELEMENT_KINDS, ProgramModel, design, per_program
 
 RUNTIME = "sparse"
 #: The engine's own terms, in the order `predict_sparse_program_parts` takes them (each (n,) per program):
@@ -42,11 +42,11 @@ class SparseProgramModel(ProgramModel):
 
 
 def spec_parts(specs: Any) -> dict[str, Any]:
-    """predictor.programs.spec_parts plus the engine's plan of each spec: per layer whether it runs sparse
+    """jcw.predictor.programs.spec_parts plus the engine's plan of each spec: per layer whether it runs sparse
     ("runs_sparse") or as an NCHW depthwise ("nchw_depthwise"), per program "conversions" and
     "conversion_elems". PredictorError naming the program for one the engine cannot run."""
-    from profiler import engine_plan
-    from profiler.programs import conv_layers
+    from jcw.profiler import engine_plan
+    from jcw.profiler.programs import conv_layers
 
     parts = executorch_programs.spec_parts(specs)
     runs_sparse, nchw_depthwise = [], []

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import GroupKFold
 
-from predictor.choices import DEFAULT_TRANSFER_STRATEGY, TRANSFER_STRATEGIES
-from predictor.errors import PredictorError
-from predictor.features import FEATURE_NAMES, feature_matrix, physical
-from predictor.models import LatencyPredictor, PhysicalModel, _one_thread, check_param, training_arrays
-from profiler.layerspec import IMPLS
+from jcw.predictor.choices import DEFAULT_TRANSFER_STRATEGY, TRANSFER_STRATEGIES
+from jcw.predictor.errors import PredictorError
+from jcw.predictor.features import FEATURE_NAMES, feature_matrix, physical
+from jcw.predictor.models import LatencyPredictor, PhysicalModel, _one_thread, check_param, training_arrays
+from jcw.profiler.layerspec import IMPLS
 
 #: The strategies and the default (predictor.choices says what each does).
 STRATEGIES = TRANSFER_STRATEGIES

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from android_harness.device import Device, DeviceError, RunnerCrashed
+from jcw.android_harness.device import Device, DeviceError, RunnerCrashed
 
 CRASHES_BEFORE_ERROR = 2
 #: Identical failures, with nothing measured in between, after which a failure is taken as systematic

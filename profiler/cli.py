@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from profiler import labels, plans, program_measure, program_session, session, sparse_programs
-from profiler.acquisition import AcquisitionError, load_chooser
-from profiler.cliargs import (
+from jcw.profiler import labels, plans, program_measure, program_session, session, sparse_programs
+from jcw.profiler.acquisition import AcquisitionError, load_chooser
+from jcw.profiler.cliargs import (
     OutputPathError,
     check_output_dir,
     check_output_file,
@@ -29,9 +29,9 @@ from profiler.cliargs import (
     os_error_reason,
     threads_arg,
 )
-from profiler.layerspec import read_jsonl
-from profiler.store import ProfileStore, StoreError, profile_lock
-from profiler.transfer_prior import PriorCardError, check_prior, check_runner
+from jcw.profiler.layerspec import read_jsonl
+from jcw.profiler.store import ProfileStore, StoreError, profile_lock
+from jcw.profiler.transfer_prior import PriorCardError, check_prior, check_runner
 
 EXIT_USER_ERROR = 2
 #: Exit status of a run that ended normally but whose every new result is a failure (as `jcw measure`
@@ -226,7 +226,7 @@ def _progress_bar(console: Console) -> Progress:
 # ---- jcw devices --------------------------------------------------------------------------------
 def cmd_devices(args: argparse.Namespace) -> int:
     try:
-        from android_harness import discovery
+        from jcw.android_harness import discovery
     except ModuleNotFoundError:
         discovery = None
     console = Console()
@@ -363,9 +363,9 @@ def _sparse_programs(args: argparse.Namespace) -> int:
 
 
 def _lab(args: argparse.Namespace) -> Any:
-    """profiler.lab_cli when --device names several phones or all (it runs them in parallel), else None
+    """jcw.profiler.lab_cli when --device names several phones or all (it runs them in parallel), else None
     with args.device made the one address the rest of this module expects."""
-    from profiler import lab_cli
+    from jcw.profiler import lab_cli
     if lab_cli.wants_lab(args.device):
         return lab_cli
     args.device = args.device if isinstance(args.device, str) else args.device[0]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import random
 
-from profiler.layerspec import LayerSpec, LayerSpecError
-from profiler.networks import INPUT_CHANNELS
+from jcw.profiler.layerspec import LayerSpec, LayerSpecError
+from jcw.profiler.networks import INPUT_CHANNELS
 
 #: Region -> share of the coverage layers. Depthwise layers get the most: with channels, kernel, stride
 #: and resolution all free they are the widest region, and they are the cheapest to measure (dense only).

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from profiler import programs
+from jcw.profiler import programs
 
 #: Program-spec operators the engine runs (flatten is no engine node: it follows a global pool, where both
 #: layouts are the same bytes).

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from android_harness.device import DeviceError, DeviceUsageError
+from jcw.android_harness.device import DeviceError, DeviceUsageError
 
 #: How often a phone whose worker dropped out (device error, worker killed) gets a fresh worker by default.
 DEFAULT_RECONNECTS = 2
@@ -79,9 +79,9 @@ def expand_devices(requested: Sequence[str], listed: list[dict[str, Any]] | None
     """The device addresses a lab command names, in order: `all` is every phone `jcw devices` lists as
     usable (USB phones with a serial, reachable TCP phones); a bare serial must be an attached USB phone.
     LabUsageError for an unknown serial, a phone named twice or a lab with no phone."""
-    from android_harness.connect import parse_address
+    from jcw.android_harness.connect import parse_address
     if listed is None and any(text == "all" or not text.startswith(("tcp:", "usb:", "local")) for text in requested):
-        from android_harness.discovery import list_devices
+        from jcw.android_harness.discovery import list_devices
         listed = list_devices()
     listed = listed or []
     phones = [row["address"] for row in listed if row.get("kind") != "local" and row.get("address")
@@ -110,7 +110,7 @@ def expand_devices(requested: Sequence[str], listed: list[dict[str, Any]] | None
 
 def phone_serial(device: Any) -> str:
     """The serial of an open device: a USB address names it, a TCP phone is asked (`getprop ro.serialno`)."""
-    from android_harness.connect import parse_address
+    from jcw.android_harness.connect import parse_address
     address = parse_address(device.address)
     if address.kind == "usb":
         return address.serial
@@ -131,7 +131,7 @@ def phone_serial(device: Any) -> str:
 
 def identify(address: str) -> PhoneId:
     """Connect to one phone and read who it is (DeviceError if it cannot be reached)."""
-    from profiler.session import open_device
+    from jcw.profiler.session import open_device
     with open_device(address) as device:
         facts = device.facts()
         model = facts.get("model") or facts.get("cpu_model") or "phone"
@@ -155,7 +155,7 @@ def identify_all(addresses: Sequence[str]) -> list[PhoneId]:
 # ---- one phone's work (run in a worker process, here or on a Ray actor) ----------------------------
 def profile_phone(job: PhoneJob, report: Report) -> dict[str, Any]:
     """Profile one phone into its own directory (resumable: a rerun measures only what is missing)."""
-    from profiler import session
+    from jcw.profiler import session
 
     def progress(done: int, total: int, info: dict[str, Any]) -> None:
         phase = info.get("phase")
@@ -173,7 +173,7 @@ def profile_phone(job: PhoneJob, report: Report) -> dict[str, Any]:
 
 def measure_phone(job: PhoneJob, report: Report) -> list[dict[str, Any]]:
     """Time the job's programs (`options`: paths, key "pte" or "net", threads, rounds, runner_args)."""
-    from profiler import program_measure
+    from jcw.profiler import program_measure
     options = dict(job.options)
     paths = options.pop("paths")
     return program_measure.measure_programs(job.phone.address, paths,
@@ -187,8 +187,8 @@ WORKS: dict[str, Callable[[PhoneJob, Report], Any]] = {"profile": profile_phone,
 def run_job(job: PhoneJob, report: Report) -> PhoneOutcome:
     """One attempt at a phone's job, never raising: a device error is "dropped" (another attempt may
     finish it), bad input or a store that refuses is "failed" (another attempt would fail alike)."""
-    from profiler.program_session import PteError
-    from profiler.store import StoreError
+    from jcw.profiler.program_session import PteError
+    from jcw.profiler.store import StoreError
     started = time.monotonic()
     try:
         result = WORKS[job.kind](job, report)

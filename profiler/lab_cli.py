@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from profiler import cli, lab, labels, plans, program_measure, program_session, session
-from profiler.cliargs import check_output_dir, int_between, threads_arg
-from profiler.lab import LabUsageError, PhoneJob, PhoneOutcome
+from jcw.profiler import cli, lab, labels, plans, program_measure, program_session, session
+from jcw.profiler.cliargs import check_output_dir, int_between, threads_arg
+from jcw.profiler.lab import LabUsageError, PhoneJob, PhoneOutcome
 
 EXIT_RESULTS_FAILED = 1
 EXIT_USAGE = 2
@@ -34,9 +34,9 @@ def wants_lab(devices: Sequence[str] | str) -> bool:
 
 
 def _ray(command: str) -> Any:
-    """profiler.lab_ray, or one sentence saying the lab extra is needed."""
+    """jcw.profiler.lab_ray, or one sentence saying the lab extra is needed."""
     try:
-        from profiler import lab_ray
+        from jcw.profiler import lab_ray
     except ModuleNotFoundError as exc:
         if exc.name != "ray":
             raise

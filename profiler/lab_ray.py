@@ -24,8 +24,8 @@ from typing import Any
 
 import ray
 
-from profiler import lab
-from profiler.lab import LabUnreachable, LabUsageError, PhoneId, PhoneJob, PhoneOutcome
+from jcw.profiler import lab
+from jcw.profiler.lab import LabUnreachable, LabUsageError, PhoneId, PhoneJob, PhoneOutcome
 
 NAMESPACE = "jcw-lab"
 BOARD_NAME = "jcw-lab-board"

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from profiler.store import ROUND_AGGREGATE, ROUND_STATISTIC, ProfileStore, StoreError
+from jcw.profiler.store import ROUND_AGGREGATE, ROUND_STATISTIC, ProfileStore, StoreError
 
 WEIGHTS_MODES = ("warm", "cold")
 DEFAULT_WEIGHTS = "warm"

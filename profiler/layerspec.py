@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from profiler.spec_limits import INT_LIMITS
+from jcw.profiler.spec_limits import INT_LIMITS
 
 OPS = ("conv", "dwconv")
 IMPLS = ("dense", "sparse")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from profiler.netgraph import NetFileError, check_graph, check_sparse_weights
+from jcw.profiler.netgraph import NetFileError, check_graph, check_sparse_weights
 
 __all__ = ["SUFFIX", "NetFile", "NetFileError", "read_net", "write_net"]
 

@@ -2,7 +2,7 @@
 architecture tables, and their layer lists read as data.
 
 The profiler samples its *prior* plan and its held-out set from these layers; it reads them from
-`profiler/data/networks.json` and never imports a model library. `python -m profiler.networks`
+`profiler/data/networks.json` and never imports a model library. `python -m jcw.profiler.networks`
 regenerates that file from the tables below, and the search's torch zoo (`search/zoo.py`) builds
 its models from the same tables, so the layers the profiler measures are the layers the search prunes.
 """
@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from profiler.layerspec import LayerSpec
+from jcw.profiler.layerspec import LayerSpec
 
 DATA_PATH = Path(__file__).with_name("data") / "networks.json"
 NETWORKS = ("resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2")

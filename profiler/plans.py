@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from profiler import coverage, networks, unseen_layers
-from profiler.layerspec import LayerSpec, LayerSpecError
+from jcw.profiler import coverage, networks, unseen_layers
+from jcw.profiler.layerspec import LayerSpec, LayerSpecError
 
 #: Layers (not configurations) a profile measures unless told otherwise: the smallest budget of
 #: the sample-efficiency curve at which every draw reached 95 % of unseen real-network layers

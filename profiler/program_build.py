@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from profiler.programs import ProgramSpecError, validate
+from jcw.profiler.programs import ProgramSpecError, validate
 
 #: RMS every convolution and linear layer's output is scaled to, so activations stay O(1) at any depth.
 TARGET_RMS = 1.0
@@ -53,7 +53,7 @@ def _module_class():
 
         def __init__(self, spec: Mapping[str, Any]) -> None:
             super().__init__()
-            from profiler.programs import shapes
+            from jcw.profiler.programs import shapes
             self.nodes = [dict(node) for node in spec["nodes"]]
             dims = shapes(spec)
             self.layers = nn.ModuleDict()

@@ -10,16 +10,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from android_harness.device import Device, DeviceError
-from profiler.batches import run_lines
-from profiler.cliargs import MAX_THREADS
-from profiler.netfile import NetFileError, read_net
-from profiler.program_session import RUNTIME, Progress, PteError, check_pte
-from profiler.store import ROUND_STATISTIC
+from jcw.android_harness.device import Device, DeviceError
+from jcw.profiler.batches import run_lines
+from jcw.profiler.cliargs import MAX_THREADS
+from jcw.profiler.netfile import NetFileError, read_net
+from jcw.profiler.program_session import RUNTIME, Progress, PteError, check_pte
+from jcw.profiler.store import ROUND_STATISTIC
 
 
 def _open(address: str) -> Device:
-    from android_harness.connect import open_device
+    from jcw.android_harness.connect import open_device
     return open_device(address)
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from profiler import engine_plan, program_build, programs
-from profiler.netfile import NetFileError, write_net
+from jcw.profiler import engine_plan, program_build, programs
+from jcw.profiler.netfile import NetFileError, write_net
 
 RUNTIME = "sparse"
 SUFFIX = ".jcwnet"

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from profiler.networks import INPUT_CHANNELS, NUM_CLASSES
-from profiler.programs import program_id, validate
+from jcw.profiler.networks import INPUT_CHANNELS, NUM_CLASSES
+from jcw.profiler.programs import program_id, validate
 
 PROBE_FAMILY = "probe"
 #: Widest output channels at an activation side (pixels): keeps a probe's exports and runs as small as

@@ -14,10 +14,10 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-from android_harness.device import Device, DeviceDisconnected, DeviceError
-from profiler import programs
-from profiler.batches import SystematicFailure, common_error, run_lines, same_failure
-from profiler.store import ProfileStore
+from jcw.android_harness.device import Device, DeviceDisconnected, DeviceError
+from jcw.profiler import programs
+from jcw.profiler.batches import SystematicFailure, common_error, run_lines, same_failure
+from jcw.profiler.store import ProfileStore
 
 RUNTIME = "executorch"
 #: ExecuTorch flatbuffer files carry this file identifier at bytes 4..8 (after the root table offset).
@@ -51,7 +51,7 @@ SHARED_RUNNER_FLAGS = ("--warmup", "--min-reps", "--min-time-ms", "--max-reps", 
 def _export_one(spec: dict[str, Any], temp: str, runtime: str = RUNTIME) -> dict[str, Any]:
     """One host export (in a worker process): a .pte (or, for the sparse runtime, a .jcwnet) and the
     delegation facts, or {"error": sentence}."""
-    from profiler import program_build, program_net
+    from jcw.profiler import program_build, program_net
     try:
         if runtime == program_net.RUNTIME:
             program_net.export_net(spec, temp, seed=0)
@@ -143,7 +143,7 @@ def check_pte(path: str | os.PathLike[str]) -> Path:
     except IsADirectoryError:
         raise PteError(f"{path} is a directory, not an ExecuTorch program (.pte)") from None
     except OSError as exc:
-        from profiler.cliargs import os_error_reason, short_path
+        from jcw.profiler.cliargs import os_error_reason, short_path
         raise PteError(f"cannot read {short_path(path)}: {os_error_reason(exc)}") from None
     if len(head) < 8 or head[4:8] != PTE_MAGIC:
         raise PteError(f"{path} is not an ExecuTorch program (.pte): it lacks the ET12 identifier at bytes 4-8")
@@ -212,7 +212,7 @@ class ProgramPhase:
     def plan(self, n_train: int, n_sparse: int = 0) -> None:
         """Plan `n_train` ExecuTorch training programs (and their held-out, unseen and probe ones) and, on a
         run measuring the sparse runtime, `n_sparse` sparse-engine ones (and their held-out ones)."""
-        from profiler import program_zoo, sparse_programs
+        from jcw.profiler import program_zoo, sparse_programs
         train, holdout, unseen = program_counts(n_train)
         entries = program_zoo.program_plan(train, holdout, unseen, self.seed, resolutions=self.resolutions,
                                            n_probe=probe_count(train))

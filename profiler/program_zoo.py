@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from profiler.networks import INPUT_CHANNELS, NUM_CLASSES
-from profiler.program_probes import random_probe
-from profiler.programs import program_id, validate
+from jcw.profiler.networks import INPUT_CHANNELS, NUM_CLASSES
+from jcw.profiler.program_probes import random_probe
+from jcw.profiler.programs import program_id, validate
 
 #: Families the profiler's layer plans are drawn from (names as in profiler/networks.py).
 TRAIN_FAMILIES = ("resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2")

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from profiler.layerspec import MAX_INT, LayerSpec, LayerSpecError
+from jcw.profiler.layerspec import MAX_INT, LayerSpec, LayerSpecError
 
 FORMAT = "jcw-program"
 VERSION = 1

@@ -17,15 +17,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from android_harness.device import Device, DeviceDisconnected
-from profiler import acquisition, labels, plans, program_session
-from profiler.batches import CRASHES_BEFORE_ERROR, SystematicFailure, common_error, run_lines  # noqa: F401  (re-exported)
-from profiler.cliargs import MAX_THREADS
-from profiler.layerspec import LayerSpec
-from profiler.program_measure import measure_programs  # noqa: F401  (re-exported)
-from profiler.program_session import PteError  # noqa: F401  (re-exported)
-from profiler.sparse_programs import runtimes_to_measure
-from profiler.store import DB_NAME, ROUND_STATISTIC, ProfileStore, StoreError, profile_lock
+from jcw.android_harness.device import Device, DeviceDisconnected
+from jcw.profiler import acquisition, labels, plans, program_session
+from jcw.profiler.batches import CRASHES_BEFORE_ERROR, SystematicFailure, common_error, run_lines  # noqa: F401  (re-exported)
+from jcw.profiler.cliargs import MAX_THREADS
+from jcw.profiler.layerspec import LayerSpec
+from jcw.profiler.program_measure import measure_programs  # noqa: F401  (re-exported)
+from jcw.profiler.program_session import PteError  # noqa: F401  (re-exported)
+from jcw.profiler.sparse_programs import runtimes_to_measure
+from jcw.profiler.store import DB_NAME, ROUND_STATISTIC, ProfileStore, StoreError, profile_lock
 
 # Repeatability methodology: every configuration is timed in `rounds` full passes over the plan,
 # reshuffled per round, so its rounds are minutes apart and meet different moments of load or heat;
@@ -536,5 +536,5 @@ def measure(device: Device, specs: list[tuple[str, LayerSpec]], *, impl: str = "
 
 def open_device(address: str) -> Device:
     """Connect through the harness (imported here: the ADB client is not needed for `jcw --help`)."""
-    from android_harness.connect import open_device as harness_open
+    from jcw.android_harness.connect import open_device as harness_open
     return harness_open(address)

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from profiler import program_zoo
-from profiler.programs import program_id, shapes, validate
+from jcw.profiler import program_zoo
+from jcw.profiler.programs import program_id, shapes, validate
 
 RUNTIME = "sparse"
 #: The zoo families every node of which the engine runs (the unseen families need concat, average pooling
@@ -120,7 +120,7 @@ def runtimes_to_measure(address: str, header: dict[str, Any] | None, programs: i
         return (), None
     runtimes, note = ["executorch"] if programs else [], None
     if sparse:
-        from profiler.netfile import VERSION as NET_VERSION
+        from jcw.profiler.netfile import VERSION as NET_VERSION
         if header.get("net_format_version") == NET_VERSION:
             runtimes.append(RUNTIME)
         else:

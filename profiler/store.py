@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from profiler import programs
-from profiler.layerspec import SPEC_FIELDS, LayerSpec
+from jcw.profiler import programs
+from jcw.profiler.layerspec import SPEC_FIELDS, LayerSpec
 
 SCHEMA_VERSION = 1
 DB_NAME = "profile.sqlite"
@@ -114,7 +114,7 @@ class ProfileLocked(StoreError):
 
 
 def _reason(exc: OSError) -> str:
-    from profiler.cliargs import os_error_reason  # the shared phrasing of OSErrors
+    from jcw.profiler.cliargs import os_error_reason  # the shared phrasing of OSErrors
     return os_error_reason(exc)
 
 
@@ -218,7 +218,7 @@ class ProfileStore:
                                  f"run `jcw profile` first") from None
             return False
         except OSError as exc:
-            from profiler.cliargs import short_path
+            from jcw.profiler.cliargs import short_path
             raise StoreError(f"cannot read the profile {short_path(self.directory)}: {_reason(exc)}") from None
         if not os.path.isfile(self.path):
             raise StoreError(f"{self.path} is not a file, so {self.directory} is not a profile directory")

@@ -14,9 +14,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from profiler import program_zoo, programs
-from profiler.layerspec import LayerSpec
-from profiler.networks import INPUT_CHANNELS, NUM_CLASSES
+from jcw.profiler import program_zoo, programs
+from jcw.profiler.layerspec import LayerSpec
+from jcw.profiler.networks import INPUT_CHANNELS, NUM_CLASSES
 
 #: Written here as layer lists (SE blocks kept as their two 1x1 layers on a 1x1 map; channel splits,
 #: shuffles and concatenations carry no layer of their own).

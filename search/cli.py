@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from profiler.cliargs import check_output_dir, os_error_reason, short_path
+from jcw.profiler.cliargs import check_output_dir, os_error_reason, short_path
 
 from .errors import SearchError
 from .export_cli import export_command
@@ -140,7 +140,8 @@ def _bounds(items: list[str]):
 def _load_predictor(path: str):
     if not Path(path).exists():
         raise SearchError(f"predictor {path} does not exist; train one with `jcw train --profile ... --out {path}`")
-    import predictor
+    from jcw import predictor
+
     return predictor.load(path)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from profiler import engine_plan
+from jcw.profiler import engine_plan
 
 from .errors import SearchError
 

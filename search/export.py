@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from profiler.cliargs import OutputPathError, check_output_file, os_error_reason, short_path
-from profiler.layerspec import write_jsonl
-from profiler.netfile import SUFFIX as NET_SUFFIX
-from profiler.program_build import quiet_executorch
+from jcw.profiler.cliargs import OutputPathError, check_output_file, os_error_reason, short_path
+from jcw.profiler.layerspec import write_jsonl
+from jcw.profiler.netfile import SUFFIX as NET_SUFFIX
+from jcw.profiler.program_build import quiet_executorch
 
 from .errors import DeviceMeasureError, SearchError
 from .netexport import NetworkExport, export_network, pruned_conv_layers, write_network
@@ -125,7 +125,7 @@ def measure(paths: list[Path], device: str, threads: int | None, rounds: int, re
                         "us_median": 1e3 * timing["median_ms"], "reps": reps, "rounds": 1, "threads": None,
                         "runtime": "executorch", "device": "host (executorch.runtime in Python)"})
         return out
-    from profiler import session  # deferred: the device harness is loaded only to measure
+    from jcw.profiler import session  # deferred: the device harness is loaded only to measure
     return session.measure_programs(device, [str(p) for p in paths], threads=threads, rounds=rounds)
 
 
@@ -148,8 +148,8 @@ def write_network_file(dense: nn.Module, example: torch.Tensor, path: Path, name
 def measure_network(path: Path, device: str, threads: int | None, rounds: int) -> tuple[dict | None, str | None]:
     """(the sparse engine's timing of a .jcwnet, None) or (None, one sentence why it was not measured):
     a failure here never costs the files already written. On "host" the host engine (device local) runs it."""
-    from profiler import session  # deferred: the device harness is loaded only to measure
-    from profiler.program_session import DeviceError
+    from jcw.profiler import session  # deferred: the device harness is loaded only to measure
+    from jcw.profiler.program_session import DeviceError
     target = "local" if device == HOST else device
     try:
         return session.measure_programs(target, [str(path)], threads=threads, rounds=rounds, key="net")[0], None
@@ -234,8 +234,8 @@ def export_candidate(run_dir: str | Path, budget_ms: float, out: str | Path, rep
     err = float((run_pte(out, example, reps=1, warmup=0)["output"] - reference).abs().max())
     say(f"measuring the .pte on {device}")
     written = ", ".join(str(p) for p in (out, *([net_path] if network else []), side["pruned"], side["layers"]))
-    from android_harness.device import DeviceUsageError
-    from profiler.program_session import DeviceError  # the harness's error type, as the profiler raises it
+    from jcw.android_harness.device import DeviceUsageError
+    from jcw.profiler.program_session import DeviceError  # the harness's error type, as the profiler raises it
     try:
         measured = measure(paths, device, threads, rounds, reps, example)
     except (DeviceError, ValueError) as exc:

@@ -7,7 +7,7 @@ import argparse
 import math
 from pathlib import Path
 
-from profiler.cliargs import check_output_file
+from jcw.profiler.cliargs import check_output_file
 
 from .errors import SearchError
 

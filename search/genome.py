@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from profiler.layerspec import LayerBatch, LayerSpec
+from jcw.profiler.layerspec import LayerBatch, LayerSpec
 
 from .errors import SearchError
 from .graph import ModelGraph

@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from profiler.layerspec import LayerSpec, LayerSpecError
+from jcw.profiler.layerspec import LayerSpec, LayerSpecError
 
 from .errors import SearchError
 

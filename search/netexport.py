@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from profiler.netfile import NetFileError, write_net
+from jcw.profiler.netfile import NetFileError, write_net
 
 from .errors import SearchError
 from .graph import trace

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from predictor import sparse_runtime
+from jcw.predictor import sparse_runtime
 
 from .errors import SearchError
 from .genome import SearchSpace

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from profiler import programs
+from jcw.profiler import programs
 
 from .errors import SearchError
 from .graph import ModelGraph

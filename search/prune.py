@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from profiler.layerspec import LayerSpec
+from jcw.profiler.layerspec import LayerSpec
 
 from .errors import SearchError
 from .genome import SearchSpace

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from profiler import programs
-from profiler.cliargs import os_error_reason, short_path
+from jcw.profiler import programs
+from jcw.profiler.cliargs import os_error_reason, short_path
 
 from .errors import SearchError
 from .genome import STEPS, Bounds, SearchSpace

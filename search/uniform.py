@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from profiler.cliargs import OutputPathError, check_output_file, os_error_reason, short_path
+from jcw.profiler.cliargs import OutputPathError, check_output_file, os_error_reason, short_path
 
 from .errors import SearchError
 from .export import export_pte, measure, measure_network, network_report, output_paths, run_pte, write_network_file
@@ -97,7 +97,7 @@ def export_uniform(model_name: str, width: float, density: float, runtime: str, 
               "device": device, "measured_ms": None, **network_report(network, net_path, None, None)}
     if device is not None:
         say(f"measuring on {device}")
-        from profiler.program_session import DeviceError  # the harness's error type, as the profiler raises it
+        from jcw.profiler.program_session import DeviceError  # the harness's error type, as the profiler raises it
         try:
             result = measure([pte_path], device, threads, rounds, reps, example)[0]
         except (DeviceError, ValueError) as exc:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from profiler import networks
+from jcw.profiler import networks
 
 from .errors import SearchError
 

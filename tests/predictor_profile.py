@@ -10,9 +10,9 @@ BUDGET = 80
 
 @pytest.fixture(scope="session")
 def small_profile(tmp_path_factory):
-    from android_harness.local import LocalDevice
-    from android_harness.runner import HOST_BINARY
-    from profiler import session
+    from jcw.android_harness.local import LocalDevice
+    from jcw.android_harness.runner import HOST_BINARY
+    from jcw.profiler import session
 
     if not os.access(HOST_BINARY, os.X_OK):
         pytest.fail(f"the host runner {HOST_BINARY} is not built; run `make -C android_harness/native host`")
@@ -24,7 +24,7 @@ def small_profile(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_rows(small_profile):
-    from profiler.store import ProfileStore
+    from jcw.profiler.store import ProfileStore
 
     with ProfileStore(small_profile) as store:
         rows = store.measurements()

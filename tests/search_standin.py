@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from profiler.layerspec import LayerBatch, LayerSpec
+from jcw.profiler.layerspec import LayerBatch, LayerSpec
 
 
 class MacsPredictor:

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from android_harness import adb_errors
-from android_harness.adb_device import default_bundle_dir, read_manifest
-from android_harness.adb_transport import Timeouts
-from android_harness.connect import open_device
-from android_harness.device import DeviceDisconnected, DeviceNotFound, RunnerCrashed
+from jcw.android_harness import adb_errors
+from jcw.android_harness.adb_device import default_bundle_dir, read_manifest
+from jcw.android_harness.adb_transport import Timeouts
+from jcw.android_harness.connect import open_device
+from jcw.android_harness.device import DeviceDisconnected, DeviceNotFound, RunnerCrashed
 
-emulator = pytest.importorskip("android_harness.emulator", reason="the emulated phone is not built")
+emulator = pytest.importorskip("jcw.android_harness.emulator", reason="the emulated phone is not built")
 EmulatedPhone, Faults = emulator.EmulatedPhone, emulator.Faults
-from android_harness.emulator.phone import DEFAULT_DESCRIPTION  # noqa: E402
+from jcw.android_harness.emulator.phone import DEFAULT_DESCRIPTION  # noqa: E402
 
 pytestmark = pytest.mark.device
 

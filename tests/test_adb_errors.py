@@ -16,12 +16,12 @@ import usb1
 from adb_shell import exceptions as adb_exc
 from adb_shell.transport.base_transport import BaseTransport
 
-from android_harness import adb_errors, adb_keys, discovery, phone_facts
-from android_harness.adb_device import parse_sha256sum, read_manifest
-from android_harness.adb_transport import AdbTransport, ShellStream, TcpLink, Timeouts
-from android_harness.connect import open_device, parse_address
-from android_harness.device import DeviceError, DeviceNotFound
-from android_harness.phone_facts import cpu_mask
+from jcw.android_harness import adb_errors, adb_keys, discovery, phone_facts
+from jcw.android_harness.adb_device import parse_sha256sum, read_manifest
+from jcw.android_harness.adb_transport import AdbTransport, ShellStream, TcpLink, Timeouts
+from jcw.android_harness.connect import open_device, parse_address
+from jcw.android_harness.device import DeviceError, DeviceNotFound
+from jcw.android_harness.phone_facts import cpu_mask
 
 
 def assert_one_sentence(error: Exception) -> None:

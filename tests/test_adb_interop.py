@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from android_harness.emulator import EmulatedPhone
-from android_harness.emulator.phone import DEFAULT_DESCRIPTION
+from jcw.android_harness.emulator import EmulatedPhone
+from jcw.android_harness.emulator.phone import DEFAULT_DESCRIPTION
 
 pytestmark = pytest.mark.device
 ADB = shutil.which("adb")

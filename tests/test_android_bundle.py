@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from android_harness import runner
+from jcw.android_harness import runner
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from android_harness.emulator import EmulatedPhone, Faults
-from android_harness.emulator.phone import DEFAULT_DESCRIPTION
 from jcw.__main__ import EXIT_DEVICE
+from jcw.android_harness.emulator import EmulatedPhone, Faults
+from jcw.android_harness.emulator.phone import DEFAULT_DESCRIPTION
 
 pytestmark = pytest.mark.device
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import predictor
-from android_harness.local import LocalDevice
+from jcw import predictor
 from jcw.__main__ import main
-from predictor import pipeline
-from predictor.persistence import COMPATIBLE_RUNNERS, runner_series
-from profiler import labels, session
-from profiler.store import ProfileStore
+from jcw.android_harness.local import LocalDevice
+from jcw.predictor import pipeline
+from jcw.predictor.persistence import COMPATIBLE_RUNNERS, runner_series
+from jcw.profiler import labels, session
+from jcw.profiler.store import ProfileStore
 from test_program_pipeline import build_profile
 from test_runner import FAST, TORCH_CASES, layer, read_f32, run
 
@@ -32,7 +32,7 @@ CASES = [c for c in TORCH_CASES if c["id"] in ("dense_k3", "dense_k1_wide", "dw_
 
 @pytest.fixture(scope="module")
 def binary() -> Path:
-    from android_harness import runner
+    from jcw.android_harness import runner
     try:
         return runner.host_binary()
     except runner.DeviceError as exc:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from android_harness.adb_keys import load_signers
-from android_harness.emulator import EmulatedPhone
-from profiler.store import ProfileStore
+from jcw.android_harness.adb_keys import load_signers
+from jcw.android_harness.emulator import EmulatedPhone
+from jcw.profiler.store import ProfileStore
 
 pytestmark = [pytest.mark.device, pytest.mark.slow]
 

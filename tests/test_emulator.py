@@ -27,10 +27,10 @@ from adb_shell.adb_device import AdbDeviceTcp
 from adb_shell.auth.keygen import keygen
 from adb_shell.auth.sign_pythonrsa import PythonRSASigner
 
-from android_harness.emulator import AndroidPublicKey, EmulatedPhone, KeyFormatError
-from android_harness.emulator import messages as m
-from android_harness.emulator.phone import DEFAULT_DESCRIPTION, DescriptionError, Phone
-from android_harness.emulator.shell import rewrite_command
+from jcw.android_harness.emulator import AndroidPublicKey, EmulatedPhone, KeyFormatError
+from jcw.android_harness.emulator import messages as m
+from jcw.android_harness.emulator.phone import DEFAULT_DESCRIPTION, DescriptionError, Phone
+from jcw.android_harness.emulator.shell import rewrite_command
 
 pytestmark = pytest.mark.device
 REPO = Path(__file__).resolve().parents[1]
@@ -434,7 +434,7 @@ def test_jcw_emulate_serves_until_ctrl_c_and_exits_cleanly(tmp_path, keys):
 def run_emulate_in_process(argv: list[str], capsys) -> tuple[int, str]:
     import argparse
 
-    from android_harness import cli
+    from jcw.android_harness import cli
     parser = argparse.ArgumentParser(prog="jcw")
     cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)

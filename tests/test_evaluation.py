@@ -3,11 +3,11 @@ networks assembled from held-out layers, baselines, the acquisition plug-in and 
 import numpy as np
 import pytest
 
-from predictor import adaptive, baselines, efficiency, evaluation
-from predictor.errors import PredictorError
+from jcw.predictor import adaptive, baselines, efficiency, evaluation
+from jcw.predictor.errors import PredictorError
+from jcw.profiler import networks
+from jcw.profiler.layerspec import LayerSpec
 from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
-from profiler import networks
-from profiler.layerspec import LayerSpec
 
 
 def test_metrics_by_hand():
@@ -40,7 +40,7 @@ def test_unseen_architecture_layers_are_a_second_held_out_set_reported_beside_th
                                                                                         trained_predictor):
     import json
 
-    from predictor import pipeline
+    from jcw.predictor import pipeline
 
     data = pipeline.read_profile(small_profile)
     assert data["holdout"] and data["unseen"] and {r["sample"] for r in data["unseen"]} == {"unseen"}
@@ -129,7 +129,7 @@ def test_baselines_fit_and_predict_positive_latencies(small_rows):
 
 def test_macs_proportional_is_exact_on_proportional_data(small_rows):
     training, _ = small_rows
-    from predictor.features import as_columns, impl_quantities, physical, rows_to_columns
+    from jcw.predictor.features import as_columns, impl_quantities, physical, rows_to_columns
     phys = physical(as_columns(rows_to_columns(training)))
     made = []
     for i, row in enumerate(training):
@@ -166,7 +166,7 @@ def test_acquisition_returns_distinct_indices_and_prefers_the_unknown(small_rows
 
 
 def test_acquisition_plugs_into_the_profiler_contract(small_rows):
-    from profiler import acquisition
+    from jcw.profiler import acquisition
 
     training, _ = small_rows
     candidates = [{**{k: r[k] for k in ("op", "cin", "cout", "k", "stride", "pad", "h", "w", "density")},

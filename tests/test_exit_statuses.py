@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-import profiler.cli
-from android_harness.device import DeviceDisconnected, DeviceError, DeviceNotFound, DeviceUsageError
 from jcw.__main__ import EXIT_DEVICE, EXIT_INTERRUPTED, EXIT_OK, EXIT_RESULTS_FAILED, EXIT_USAGE, exit_status_of, main
-from profiler import acquisition
-from profiler.program_session import PteError
-from profiler.store import ProfileStore, StoreDamaged
-from search.errors import DeviceMeasureError, SearchError
+from jcw.android_harness.device import DeviceDisconnected, DeviceError, DeviceNotFound, DeviceUsageError
+from jcw.profiler import acquisition
+from jcw.profiler import cli as profiler_cli
+from jcw.profiler.program_session import PteError
+from jcw.profiler.store import ProfileStore, StoreDamaged
+from jcw.search.errors import DeviceMeasureError, SearchError
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--runner-arg=--warmup=0", "--runner-arg=--min-reps=1", "--runner-arg=--max-reps=1",
@@ -45,7 +45,7 @@ def test_the_statuses_are_distinct_and_keep_their_old_meanings():
 def test_each_error_ends_with_its_status_and_one_sentence(error, status, monkeypatch, capsys):
     def handler(args):
         raise error
-    monkeypatch.setattr(profiler.cli, "cmd_devices", handler)
+    monkeypatch.setattr(profiler_cli, "cmd_devices", handler)
     assert exit_status_of(error) == status
     assert main(["devices"]) == status
     err = capsys.readouterr().err
@@ -55,13 +55,13 @@ def test_each_error_ends_with_its_status_and_one_sentence(error, status, monkeyp
 def test_ctrl_c_is_interrupted_and_a_bug_stays_a_traceback(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
-    monkeypatch.setattr(profiler.cli, "cmd_devices", interrupted)
+    monkeypatch.setattr(profiler_cli, "cmd_devices", interrupted)
     assert main(["devices"]) == EXIT_INTERRUPTED
     assert capsys.readouterr().err == "jcw devices: interrupted.\n"
 
     def bug(args):
         raise ZeroDivisionError("a bug")
-    monkeypatch.setattr(profiler.cli, "cmd_devices", bug)
+    monkeypatch.setattr(profiler_cli, "cmd_devices", bug)
     with pytest.raises(ZeroDivisionError):  # no stage phrased it: hiding it behind a status would hide the bug
         main(["devices"])
 
@@ -123,7 +123,7 @@ def test_a_plug_in_that_raises_is_one_sentence_naming_it():
 
 def test_jcw_profile_adaptive_with_a_broken_plug_in_keeps_the_profile(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(acquisition, "load_chooser", lambda name=acquisition.DEFAULT_NAME: broken_plugin)
-    monkeypatch.setattr(profiler.cli, "load_chooser", lambda name=acquisition.DEFAULT_NAME: broken_plugin)
+    monkeypatch.setattr(profiler_cli, "load_chooser", lambda name=acquisition.DEFAULT_NAME: broken_plugin)
     out = tmp_path / "p"
     status = main(["profile", "--device", "local", "--out", str(out), "--adaptive", "--budget", "8", "--holdout", "0",
                    "--rounds", "1", "--programs", "0", *FAST])

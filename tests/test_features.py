@@ -5,9 +5,9 @@ import random
 import numpy as np
 import pytest
 
-from predictor.errors import PredictorError
-from predictor.features import FEATURE_NAMES, MONOTONE, as_columns, feature_matrix, impl_quantities, physical
-from profiler.layerspec import LayerBatch, LayerSpec
+from jcw.predictor.errors import PredictorError
+from jcw.predictor.features import FEATURE_NAMES, MONOTONE, as_columns, feature_matrix, impl_quantities, physical
+from jcw.profiler.layerspec import LayerBatch, LayerSpec
 
 
 def random_specs(n=200, seed=0):

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from profiler.layerspec import LayerBatch
-from search import zoo
-from search.errors import SearchError
-from search.genome import Bounds, SearchSpace
-from search.graph import read_model
-from search.objectives import LatencyModel, ProxyAccuracy
+from jcw.profiler.layerspec import LayerBatch
+from jcw.search import zoo
+from jcw.search.errors import SearchError
+from jcw.search.genome import Bounds, SearchSpace
+from jcw.search.graph import read_model
+from jcw.search.objectives import LatencyModel, ProxyAccuracy
 from search_standin import MacsPredictor
 
 
@@ -123,7 +123,7 @@ def kept_parameter_share(model):
 
 
 def test_user_accuracy_function_gets_the_pruned_model():
-    from search.objectives import UserAccuracy
+    from jcw.search.objectives import UserAccuracy
     model, shape = zoo.build("digits")
     space = SearchSpace(read_model(model, torch.randn(*shape)))
     user = UserAccuracy("test_genome:kept_parameter_share", model, space)

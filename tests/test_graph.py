@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from search import zoo
-from search.errors import SearchError
-from search.graph import read_model
+from jcw.search import zoo
+from jcw.search.errors import SearchError
+from jcw.search.graph import read_model
 
 
 def _read(name):

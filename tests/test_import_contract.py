@@ -1,5 +1,6 @@
 """The stage order of ARCHITECTURE.md as an import-linter contract (pyproject.toml, [tool.importlinter]):
-android_harness -> profiler -> predictor -> search -> jcw, no stage importing a later one. The contract
+android_harness -> profiler -> predictor -> search -> the `jcw` dispatcher, all under the `jcw` namespace
+(jcw.profiler, ...), no stage importing a later one. The contract
 holds for the kit, and the same contract, copied verbatim, breaks on a tree where a stage imports a later
 one, so a green run means something."""
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+DISPATCHER = "__main__ : demo"
+STAGES = ("search", "predictor", "profiler", "android_harness")
 
 
 def lint_imports(cwd: Path, config: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
@@ -27,8 +30,8 @@ def lint_imports(cwd: Path, config: Path, pythonpath: Path | None = None) -> sub
 def test_the_contract_is_the_architectures_stage_order():
     (contract,) = CONTRACT["contracts"]
     assert contract["type"] == "layers"
-    assert contract["layers"] == ["jcw", "search", "predictor", "profiler", "android_harness"]
-    assert sorted(CONTRACT["root_packages"]) == sorted(contract["layers"])
+    assert CONTRACT["root_packages"] == ["jcw"] and contract["containers"] == ["jcw"]
+    assert contract["layers"] == [DISPATCHER, *STAGES]
 
 
 def test_no_stage_imports_a_later_stage():
@@ -38,16 +41,21 @@ def test_no_stage_imports_a_later_stage():
 
 
 def _stand_in_tree(root: Path, violation: bool) -> Path:
-    """The five stage packages, each importing the one below it; with `violation`, the profiler imports the
-    predictor (a later stage), as a careless `from predictor.features import ...` in profiler/ would."""
-    below = {"jcw": "search", "search": "predictor", "predictor": "profiler", "profiler": "android_harness"}
-    for package in CONTRACT["root_packages"]:
-        (root / package).mkdir(parents=True)
-        (root / package / "__init__.py").write_text("")
-        lines = [f"import {below[package]}.core\n"] if package in below else []
+    """A `jcw` namespace with the dispatcher and the four stage packages, each importing the one below it;
+    with `violation`, the profiler imports the predictor (a later stage), as a careless
+    `from jcw.predictor.features import ...` in profiler/ would."""
+    namespace = root / "jcw"
+    namespace.mkdir(parents=True)
+    (namespace / "__init__.py").write_text("")
+    (namespace / "__main__.py").write_text("import jcw.search.core\n")
+    (namespace / "demo.py").write_text("import jcw.__main__\n")
+    for package, below in zip(STAGES, [*STAGES[1:], None]):
+        (namespace / package).mkdir()
+        (namespace / package / "__init__.py").write_text("")
+        lines = [f"import jcw.{below}.core\n"] if below else []
         if violation and package == "profiler":
-            lines.append("from predictor import core as later_stage\n")
-        (root / package / "core.py").write_text("".join(lines))
+            lines.append("from jcw.predictor import core as later_stage\n")
+        (namespace / package / "core.py").write_text("".join(lines))
     config = root / "pyproject.toml"
     config.write_text((ROOT / "pyproject.toml").read_text())
     return config
@@ -61,4 +69,4 @@ def test_the_contract_breaks_when_a_stage_imports_a_later_one(tmp_path):
     broken = _stand_in_tree(tmp_path / "broken", violation=True)
     done = lint_imports(broken.parent, broken, pythonpath=broken.parent)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "BROKEN" in done.stdout and "profiler.core -> predictor" in done.stdout
+    assert "BROKEN" in done.stdout and "jcw.profiler.core -> jcw.predictor.core" in done.stdout

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from android_harness.emulator import EmulatedPhone
-from android_harness.emulator.phone import DEFAULT_DESCRIPTION
-from profiler import lab
-from profiler.lab import LabUsageError, PhoneId
-from profiler.store import ProfileStore
+from jcw.android_harness.emulator import EmulatedPhone
+from jcw.android_harness.emulator.phone import DEFAULT_DESCRIPTION
+from jcw.profiler import lab
+from jcw.profiler.lab import LabUsageError, PhoneId
+from jcw.profiler.store import ProfileStore
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--warmup=0", "--min-reps=1", "--max-reps=1", "--min-time-ms=0", "--check-samples=0"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from android_harness.emulator import EmulatedPhone
-from profiler.store import ProfileStore
+from jcw.android_harness.emulator import EmulatedPhone
+from jcw.profiler.store import ProfileStore
 from test_lab import FAST, assert_every_configuration_once, describe
 
 pytest.importorskip("ray", reason="the lab extra (`make setup` installs it)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from predictor.persistence import load
+from jcw.predictor.persistence import load
 from predictor_profile import small_profile  # noqa: F401  (a session fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,4 +43,4 @@ def test_each_phone_gets_its_own_predictor_and_a_bad_profile_does_not_stop_the_o
     for name in ("Pixel-7-AAA1", "Galaxy-S23-BBB2"):
         assert load(tmp_path / "preds" / name) is not None
         assert name in done.stdout
-    assert not (tmp_path / "preds" / "Broken-CCC3" / "predictor.json").exists()
+    assert not (tmp_path / "preds" / "Broken-CCC3" / "jcw.predictor.json").exists()

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from profiler.layerspec import LayerBatch, LayerSpec, LayerSpecError, read_jsonl, write_jsonl
+from jcw.profiler.layerspec import LayerBatch, LayerSpec, LayerSpecError, read_jsonl, write_jsonl
 
 GOOD = {"op": "conv", "cin": 16, "cout": 32, "k": 3, "stride": 2, "h": 28, "w": 30, "density": 0.25}
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from android_harness.runner import HOST_BINARY
-from profiler.layerspec import LayerBatch, LayerSpec, LayerSpecError
-from profiler.spec_limits import INT_LIMITS
+from jcw.android_harness.runner import HOST_BINARY
+from jcw.profiler.layerspec import LayerBatch, LayerSpec, LayerSpecError
+from jcw.profiler.spec_limits import INT_LIMITS
 
 #: Errors convbench writes only after a line passed its spec checks (bench.c): the spec was accepted,
 #: the layer then did not fit the --max-mb cap used here, or XNNPACK declined it.
@@ -121,7 +121,7 @@ def test_layerspec_layerbatch_and_convbench_accept_the_same_specs(specs):
 
 def test_the_limits_are_the_runners():
     """The header convbench is built with holds the table Python checks against."""
-    from android_harness.runner import NATIVE_DIR
+    from jcw.android_harness.runner import NATIVE_DIR
     header = (NATIVE_DIR / "build" / "include" / "spec_limits.h").read_text()
     for name, (low, high) in INT_LIMITS.items():
         assert f"#define SPEC_{name.upper()}_MIN {low}\n" in header

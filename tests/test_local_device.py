@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from android_harness.device import DeviceError, RunnerCrashed
-from android_harness.local import LocalDevice
-from android_harness.runner import host_binary
+from jcw.android_harness.device import DeviceError, RunnerCrashed
+from jcw.android_harness.local import LocalDevice
+from jcw.android_harness.runner import host_binary
 
 FAST = ["--warmup", "1", "--min-reps", "2", "--min-time-ms", "1"]
 

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from android_harness.runner import PTEBENCH_HOST_BINARY as PTEBENCH
 from jcw.__main__ import main
-from profiler import session
-from profiler.netfile import read_net
-from search import zoo
-from search.export import write_network_file
-from search.genome import SearchSpace
-from search.graph import read_model
-from search.netexport import pruned_conv_layers
-from search.prune import apply_genome, make_permanent
-from search.run import SearchSettings, settings_to_json
+from jcw.android_harness.runner import PTEBENCH_HOST_BINARY as PTEBENCH
+from jcw.profiler import session
+from jcw.profiler.netfile import read_net
+from jcw.search import zoo
+from jcw.search.export import write_network_file
+from jcw.search.genome import SearchSpace
+from jcw.search.graph import read_model
+from jcw.search.netexport import pruned_conv_layers
+from jcw.search.prune import apply_genome, make_permanent
+from jcw.search.run import SearchSettings, settings_to_json
 
 FAST = ["--runner-arg=--warmup=0", "--runner-arg=--min-reps=3", "--runner-arg=--min-time-ms=0"]
 
@@ -36,7 +36,7 @@ def engine_built():
 @pytest.fixture(scope="module")
 def digits_net(tmp_path_factory):
     """Digits at width 0.5 and density 0.3 on its non-stem convolutions, as `jcw export --uniform` writes it."""
-    from search.uniform import uniform_candidate
+    from jcw.search.uniform import uniform_candidate
     model, shape = zoo.build("digits")
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     space, x = uniform_candidate(model, example, 0.5, 0.3, "digits")
@@ -121,9 +121,9 @@ def test_measure_net_on_the_emulated_phone_pushes_the_file_once(digits_net, tmp_
     """The ADB path: the .jcwnet goes to the phone by its sha256, like a .pte, and runs in the arm64 engine."""
     import hashlib
 
-    from android_harness import runner
-    from android_harness.device import DeviceError
-    from android_harness.emulator import EmulatedPhone
+    from jcw.android_harness import runner
+    from jcw.android_harness.device import DeviceError
+    from jcw.android_harness.emulator import EmulatedPhone
     try:
         runner.android_bundle_dir()
     except DeviceError as exc:

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from android_harness.local import LocalDevice
-from android_harness.runner import HOST_BINARY
 from jcw.__main__ import main
-from profiler import program_session, session
+from jcw.android_harness.local import LocalDevice
+from jcw.android_harness.runner import HOST_BINARY
+from jcw.profiler import program_session, session
 
 PTEBENCH = HOST_BINARY.parent / "ptebench"
 FAST = ["--runner-arg=--warmup=0", "--runner-arg=--min-reps=3", "--runner-arg=--min-time-ms=0"]
@@ -24,7 +24,7 @@ def _export(module, example_inputs, path):
     """As search/export.py does it: torch.export -> XNNPACK-lowered edge program -> .pte bytes."""
     import torch
 
-    from profiler.program_build import quiet_executorch
+    from jcw.profiler.program_build import quiet_executorch
     with quiet_executorch():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower

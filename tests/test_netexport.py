@@ -1,4 +1,4 @@
-"""search.netexport and `jcw export --runtime sparse / --uniform`: pruned torch models as jcw network files
+"""jcw.search.netexport and `jcw export --runtime sparse / --uniform`: pruned torch models as jcw network files
 whose graphs compute what torch computes (checked with a reference executor, not the engine), BatchNorm
 folded, activations fused, and anything the engine cannot run refused in one sentence."""
 import json
@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from jcw.__main__ import main
+from jcw.profiler.netfile import read_net
+from jcw.search import zoo
+from jcw.search.errors import SearchError
+from jcw.search.netexport import export_network, pruned_conv_layers
+from jcw.search.prune import apply_genome, make_permanent
+from jcw.search.uniform import uniform_candidate
 from net_reference import run_network
-from profiler.netfile import read_net
-from search import zoo
-from search.errors import SearchError
-from search.netexport import export_network, pruned_conv_layers
-from search.prune import apply_genome, make_permanent
-from search.uniform import uniform_candidate
 
 #: The 224x224 zoo models at 64x64: the same graphs, a fraction of the arithmetic.
 SMALL = {"resnet18": (1, 3, 64, 64), "resnet50": (1, 3, 64, 64), "mobilenet_v1": (1, 3, 64, 64),

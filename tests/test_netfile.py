@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from jcw.__main__ import main
+from jcw.profiler import netfile
+from jcw.profiler.netfile import NetFileError, read_net, write_net
 from net_reference import run_network
-from profiler import netfile
-from profiler.netfile import NetFileError, read_net, write_net
 
 RNG = np.random.default_rng(0)
 STEM_W = RNG.standard_normal((8, 3, 3, 3)).astype(np.float32)

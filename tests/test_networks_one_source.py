@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 import torch
 
-from profiler import networks
-from profiler.layerspec import LayerSpec
-from search import zoo
-from search.graph import read_model
+from jcw.profiler import networks
+from jcw.profiler.layerspec import LayerSpec
+from jcw.search import zoo
+from jcw.search.graph import read_model
 
 
 def test_networks_json_is_what_the_tables_generate():

@@ -8,12 +8,12 @@ from pymoo.core.population import Population
 from pymoo.core.problem import Problem
 from pymoo.operators.sampling.rnd import IntegerRandomSampling
 
-from search import zoo
-from search.genome import SearchSpace
-from search.graph import read_model
-from search.jcw_selection import JCWSurvival
-from search.objectives import LatencyModel, ProxyAccuracy, PruningProblem
-from search.pymoo_parts import (
+from jcw.search import zoo
+from jcw.search.genome import SearchSpace
+from jcw.search.graph import read_model
+from jcw.search.jcw_selection import JCWSurvival
+from jcw.search.objectives import LatencyModel, ProxyAccuracy, PruningProblem
+from jcw.search.pymoo_parts import (
     ALGORITHMS,
     GridRepair,
     PymooPruningProblem,

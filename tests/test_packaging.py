@@ -162,7 +162,7 @@ def test_a_profile_without_torch_measures_layers_and_skips_programs_in_one_sente
     note = [line for line in done.stderr.splitlines() if line.startswith("jcw profile:")]
     assert len(note) == 1 and "install the search extra (`pip install 'jcw[search]'`" in note[0], done.stderr
     assert "the layer profile is complete" in note[0] and "Traceback" not in done.stderr
-    from profiler.store import ProfileStore
+    from jcw.profiler.store import ProfileStore
     with ProfileStore(out, readonly=True) as store:
         assert len(store.measurements()) > 0 and store.program_measurements() == []
 

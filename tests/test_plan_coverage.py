@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from profiler import plans, program_zoo, session, unseen_layers
-from profiler.layerspec import LayerSpec
+from jcw.profiler import plans, program_zoo, session, unseen_layers
+from jcw.profiler.layerspec import LayerSpec
 
 
 @pytest.fixture(scope="module")

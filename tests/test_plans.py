@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from profiler import acquisition, networks, plans
-from profiler.layerspec import LayerSpec
+from jcw.profiler import acquisition, networks, plans
+from jcw.profiler.layerspec import LayerSpec
 
 
 def keys(specs):

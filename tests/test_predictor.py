@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-import predictor
+from jcw import predictor
 from jcw.__main__ import main
-from predictor import LatencyPredictor, PredictorError
-from predictor.evaluation import latencies, predict_rows
-from predictor.features import as_columns, physical, rows_to_columns
+from jcw.predictor import LatencyPredictor, PredictorError
+from jcw.predictor.evaluation import latencies, predict_rows
+from jcw.predictor.features import as_columns, physical, rows_to_columns
+from jcw.profiler.layerspec import LayerBatch, LayerSpec, write_jsonl
 from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
-from profiler.layerspec import LayerBatch, LayerSpec, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +111,8 @@ def test_auto_picks_the_family_with_the_best_cross_validation(small_rows):
 
 
 def test_beats_macs_proportional_on_the_real_network_holdout(fitted, small_rows):
-    from predictor.baselines import MacsProportional
-    from predictor.evaluation import metrics
+    from jcw.predictor.baselines import MacsProportional
+    from jcw.predictor.evaluation import metrics
 
     training, holdout = small_rows
     ours = metrics(predict_rows(fitted, holdout), latencies(holdout))

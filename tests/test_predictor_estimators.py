@@ -11,10 +11,10 @@ from sklearn.utils.estimator_checks import (
     check_set_params,
 )
 
-from predictor import PredictorError, baselines, evaluation, pipeline, programs
-from predictor.models import LatencyPredictor
-from predictor.sparse_runtime import SparseProgramModel
-from predictor.transfer import TransferPredictor
+from jcw.predictor import PredictorError, baselines, evaluation, pipeline, programs
+from jcw.predictor.models import LatencyPredictor
+from jcw.predictor.sparse_runtime import SparseProgramModel
+from jcw.predictor.transfer import TransferPredictor
 from test_program_model import make_specs, synthetic, synthetic_layer_rows
 
 ESTIMATORS = (LatencyPredictor, TransferPredictor, programs.ProgramModel, SparseProgramModel,

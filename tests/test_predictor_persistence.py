@@ -12,10 +12,10 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-import predictor
+from jcw import predictor
 from jcw.__main__ import main
-from predictor import LatencyPredictor, PredictorError
-from predictor.features import as_columns, rows_to_columns
+from jcw.predictor import LatencyPredictor, PredictorError
+from jcw.predictor.features import as_columns, rows_to_columns
 from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
 
 

@@ -8,10 +8,10 @@ import shutil
 import pytest
 
 from jcw.__main__ import main
-from predictor import pipeline
+from jcw.predictor import pipeline
+from jcw.profiler.layerspec import LayerSpec
+from jcw.profiler.store import ProfileStore, config_id
 from predictor_profile import small_profile, trained_predictor  # noqa: F401  (fixtures)
-from profiler.layerspec import LayerSpec
-from profiler.store import ProfileStore, config_id
 from test_fuzz_cli import deny_writes
 
 IN_RANGE = {"id": "usual", "op": "conv", "cin": 64, "cout": 64, "k": 3, "h": 28, "w": 28}

@@ -6,12 +6,12 @@ import textwrap
 
 import pytest
 
-from android_harness.device import DeviceDisconnected, DeviceError
-from android_harness.local import LocalDevice
-from android_harness.runner import HOST_BINARY
-from profiler import acquisition, plans, session
-from profiler.layerspec import LayerSpec
-from profiler.store import ProfileStore, config_id
+from jcw.android_harness.device import DeviceDisconnected, DeviceError
+from jcw.android_harness.local import LocalDevice
+from jcw.android_harness.runner import HOST_BINARY
+from jcw.profiler import acquisition, plans, session
+from jcw.profiler.layerspec import LayerSpec
+from jcw.profiler.store import ProfileStore, config_id
 
 FAST = ["--warmup", "0", "--min-reps", "2", "--min-time-ms", "0", "--check-samples", "4"]
 

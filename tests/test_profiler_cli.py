@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from android_harness.runner import HOST_BINARY
 from jcw.__main__ import main
-from profiler import acquisition, session
-from profiler.store import ProfileStore
+from jcw.android_harness.runner import HOST_BINARY
+from jcw.profiler import acquisition, session
+from jcw.profiler.store import ProfileStore
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--runner-arg=--warmup=0", "--runner-arg=--min-reps=2", "--runner-arg=--min-time-ms=0",
@@ -205,7 +205,7 @@ def test_devices_lists_local_and_remembers_tcp_phones(tmp_path, capsys, monkeypa
 
 
 def test_a_ctrl_c_is_remembered_even_if_its_exception_is_swallowed():
-    from profiler.cli import _CtrlC
+    from jcw.profiler.cli import _CtrlC
 
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever runs pytest
     with _CtrlC() as ctrl_c:

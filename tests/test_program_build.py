@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from profiler import program_zoo as zoo  # noqa: E402
-from profiler.program_build import (  # noqa: E402
+from jcw.profiler import program_zoo as zoo  # noqa: E402
+from jcw.profiler.program_build import (  # noqa: E402
     ProgramBuildError,
     example_input,
     export_pte,
@@ -16,7 +16,7 @@ from profiler.program_build import (  # noqa: E402
     reference_output,
     to_torch,
 )
-from profiler.programs import shapes, validate  # noqa: E402
+from jcw.profiler.programs import shapes, validate  # noqa: E402
 
 #: Every operator of the spec: conv (dense, depthwise, fused relu/relu6), add, relu, relu6, both pools,
 #: gap, flatten, concat of three, linear after flatten and linear after gap.
@@ -153,7 +153,7 @@ def test_export_failures(tmp_path, monkeypatch):
 
 def test_unwritable_path_is_an_os_error(tmp_path):
     """A disk problem is the caller's to report, not a failure of this program."""
-    from profiler.program_build import _write_atomically
+    from jcw.profiler.program_build import _write_atomically
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(OSError):

@@ -8,12 +8,12 @@ import random
 import numpy as np
 import pytest
 
-import predictor
-from predictor import PredictorError
-from predictor.models import LatencyPredictor
-from predictor.programs import TERMS, ProgramModel, design, spec_parts
-from profiler import programs
-from profiler.layerspec import LayerSpec
+from jcw import predictor
+from jcw.predictor import PredictorError
+from jcw.predictor.models import LatencyPredictor
+from jcw.predictor.programs import TERMS, ProgramModel, design, spec_parts
+from jcw.profiler import programs
+from jcw.profiler.layerspec import LayerSpec
 
 # ---- synthetic programs ----------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from android_harness.runner import HOST_BINARY
-from profiler import engine_plan, program_build, program_net, program_zoo, programs, sparse_programs
-from profiler.netfile import read_net
+from jcw.android_harness.runner import HOST_BINARY
+from jcw.profiler import engine_plan, program_build, program_net, program_zoo, programs, sparse_programs
+from jcw.profiler.netfile import read_net
 
 PTEBENCH = HOST_BINARY.parent / "ptebench"
 FAST = ["--warmup", "0", "--min-reps", "1", "--min-time-ms", "0"]

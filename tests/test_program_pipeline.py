@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-import predictor
+from jcw import predictor
 from jcw.__main__ import main
-from predictor import PredictorError, efficiency, pipeline
-from predictor.program_eval import BASELINE, LABEL_FLOOR, OURS, SUM_DENSE
-from profiler.layerspec import LayerSpec
-from profiler.store import ProfileStore
+from jcw.predictor import PredictorError, efficiency, pipeline
+from jcw.predictor.program_eval import BASELINE, LABEL_FLOOR, OURS, SUM_DENSE
+from jcw.profiler.layerspec import LayerSpec
+from jcw.profiler.store import ProfileStore
 from test_program_model import fake_layer_ms, make_specs, synthetic, synthetic_layer_rows
 
 THREADS = 1
@@ -133,7 +133,7 @@ def test_program_sample_efficiency_reports_holdout_accuracy_per_budget(trained):
     with ProfileStore(base / "profile") as store:
         rows = store.program_measurements()
     layer_model = predictor.load(base / "pred").model
-    from predictor.program_eval import program_data
+    from jcw.predictor.program_eval import program_data
 
     data = program_data(layer_model, rows)
     curve = efficiency.program_efficiency(data, (10, 20, 200), repeats=3, seed=1)

@@ -5,9 +5,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from profiler import program_zoo as zoo
-from profiler.program_probes import PROBE_FAMILY, random_probe
-from profiler.programs import shapes, validate
+from jcw.profiler import program_zoo as zoo
+from jcw.profiler.program_probes import PROBE_FAMILY, random_probe
+from jcw.profiler.programs import shapes, validate
 
 
 def test_probes_are_valid_deterministic_and_cover_every_operator():
@@ -49,7 +49,7 @@ def test_probes_export_fully_delegated_and_match_torch(tmp_path):
     torch = pytest.importorskip("torch")
     from executorch.runtime import Runtime
 
-    from profiler.program_build import example_input, export_pte, reference_output
+    from jcw.profiler.program_build import example_input, export_pte, reference_output
 
     for i in range(3):
         spec = random_probe(np.random.default_rng([11, i]), 64)

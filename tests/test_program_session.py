@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from android_harness.device import DeviceDisconnected, DeviceError
-from android_harness.local import LocalDevice
-from android_harness.runner import HOST_BINARY
-from profiler import program_build, program_session, program_zoo, programs, session
-from profiler.store import ProfileStore
+from jcw.android_harness.device import DeviceDisconnected, DeviceError
+from jcw.android_harness.local import LocalDevice
+from jcw.android_harness.runner import HOST_BINARY
+from jcw.profiler import program_build, program_session, program_zoo, programs, session
+from jcw.profiler.store import ProfileStore
 
 FAST = ["--warmup", "0", "--min-reps", "2", "--min-time-ms", "0", "--check-samples", "4"]
 PTE_FAST = ["--warmup", "0", "--min-reps", "2", "--min-time-ms", "0"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from profiler import programs
-from profiler.layerspec import LayerSpec
-from profiler.store import ROUND_STATISTIC, ProfileStore, config_id
+from jcw.profiler import programs
+from jcw.profiler.layerspec import LayerSpec
+from jcw.profiler.store import ROUND_STATISTIC, ProfileStore, config_id
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = LayerSpec(op="conv", cin=8, cout=16, k=3, h=14, w=14)
@@ -157,7 +157,7 @@ def test_a_profile_written_before_programs_existed_opens_and_keeps_its_data(tmp_
         assert len(store.pending_programs(0)) == 0
         store.add_programs([(A, "train", 1)])  # and it can grow programs
         assert len(store.pending_programs(0)) == 1
-    from predictor import pipeline
+    from jcw.predictor import pipeline
     data = pipeline.read_profile(path)  # what `jcw train` reads
     assert len(data["training"]) == 8 and len(data["holdout"]) == 2 and data["fingerprint"] == old_fingerprint
     assert data["threads"] == 1
@@ -166,7 +166,7 @@ def test_a_profile_written_before_programs_existed_opens_and_keeps_its_data(tmp_
 def test_a_layer_only_profile_without_program_tables_still_trains(tmp_path, capsys):
     """A real layer profile with the program tables and meta removed, as an older jcw left it."""
     from jcw.__main__ import main
-    from profiler import session
+    from jcw.profiler import session
 
     fast = ["--warmup", "0", "--min-reps", "2", "--min-time-ms", "0", "--check-samples", "4"]
     session.profile("local", tmp_path / "p", budget=12, rounds=1, runner_args=fast)

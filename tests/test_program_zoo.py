@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from profiler import program_zoo as zoo
-from profiler.networks import NETWORKS, network_layers
-from profiler.programs import conv_layers, other_ops, program_id, shapes, validate
+from jcw.profiler import program_zoo as zoo
+from jcw.profiler.networks import NETWORKS, network_layers
+from jcw.profiler.programs import conv_layers, other_ops, program_id, shapes, validate
 
 
 def test_import_needs_no_torch():
-    code = ("import sys, profiler.program_zoo, profiler.program_build; "
+    code = ("import sys, jcw.profiler.program_zoo, jcw.profiler.program_build; "
             "assert 'torch' not in sys.modules and 'executorch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

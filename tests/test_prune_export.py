@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from search import zoo
-from search.errors import SearchError
-from search.export import export_pte, run_pte
-from search.genome import SearchSpace
-from search.graph import read_model
-from search.prune import (
+from jcw.search import zoo
+from jcw.search.errors import SearchError
+from jcw.search.export import export_pte, run_pte
+from jcw.search.genome import SearchSpace
+from jcw.search.graph import read_model
+from jcw.search.prune import (
     apply_genome,
     channel_order,
     check_against_specs,

@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-from android_harness import runner
-from android_harness.device import DeviceError
-from android_harness.local import LocalDevice
+from jcw.android_harness import runner
+from jcw.android_harness.device import DeviceError
+from jcw.android_harness.local import LocalDevice
 
 FAST = ["--warmup", "1", "--min-reps", "3", "--min-time-ms", "0"]
 RESULT_KEYS = {"id", "runtime", "threads", "us_min", "us_median", "us_mean", "us_std", "reps", "timed_us",

@@ -18,10 +18,10 @@ import pytest
 import torch
 from torch import nn
 
-from android_harness import runner
-from android_harness.adb_transport import Timeouts
-from android_harness.connect import open_device
-from android_harness.device import DeviceError
+from jcw.android_harness import runner
+from jcw.android_harness.adb_transport import Timeouts
+from jcw.android_harness.connect import open_device
+from jcw.android_harness.device import DeviceError
 
 FAST = ["--warmup", "0", "--min-reps", "2", "--min-time-ms", "0"]
 EM_AARCH64 = 183
@@ -108,7 +108,7 @@ def test_ptebench_under_qemu_runs_a_program_to_torchs_output(bundle, program, tm
 # ---- AdbDevice against the emulated phone -------------------------------------------------------
 @pytest.fixture
 def phone(tmp_path, tmp_path_factory, monkeypatch):
-    from android_harness.emulator import EmulatedPhone
+    from jcw.android_harness.emulator import EmulatedPhone
     monkeypatch.setenv("ANDROID_USER_HOME", str(tmp_path_factory.getbasetemp() / "android-home"))
     with EmulatedPhone(sandbox=tmp_path / "phone", port=0) as emulated:
         yield emulated

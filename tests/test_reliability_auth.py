@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from android_harness.adb_errors import DeviceUnauthorized
-from android_harness.connect import StderrCountdown, auth_wait_text, open_device
-from android_harness.emulator import EmulatedPhone
 from jcw.__main__ import EXIT_DEVICE
+from jcw.android_harness.adb_errors import DeviceUnauthorized
+from jcw.android_harness.connect import StderrCountdown, auth_wait_text, open_device
+from jcw.android_harness.emulator import EmulatedPhone
 
 pytestmark = pytest.mark.device
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from android_harness.local import LocalDevice
 from jcw.__main__ import EXIT_DEVICE
-from profiler import session
-from profiler.batches import SystematicFailure, common_error, error_kind, same_failure
-from profiler.store import LOCK_NAME, ProfileStore, lock_holder
+from jcw.android_harness.local import LocalDevice
+from jcw.profiler import session
+from jcw.profiler.batches import SystematicFailure, common_error, error_kind, same_failure
+from jcw.profiler.store import LOCK_NAME, ProfileStore, lock_holder
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--warmup", "0", "--min-reps", "1", "--min-time-ms", "0", "--check-samples", "4"]
@@ -199,7 +199,7 @@ def _tiny_program(index):
 @pytest.fixture
 def fake_programs(monkeypatch):
     """Tiny programs whose host export only writes a stand-in file (nothing is timed for real here)."""
-    from profiler import program_build, program_session, program_zoo
+    from jcw.profiler import program_build, program_session, program_zoo
     monkeypatch.setattr(program_zoo, "program_plan",
                         lambda n, h, u, seed=0, resolutions=None, n_probe=0: [_tiny_program(i) for i in range(n)])
     monkeypatch.setattr(program_session, "program_counts", lambda n: (n, 0, 0))

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from profiler.cliargs import OutputPathError, check_output_dir, check_output_file
-from search import cli, run
-from search.errors import SearchError
-from search.pymoo_parts import Result
+from jcw.profiler.cliargs import OutputPathError, check_output_dir, check_output_file
+from jcw.search import cli, run
+from jcw.search.errors import SearchError
+from jcw.search.pymoo_parts import Result
 
 
 def test_population_memory_cap():

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from profiler.layerspec import LayerSpec
-from profiler.store import (
+from jcw.profiler.layerspec import LayerSpec
+from jcw.profiler.store import (
     DB_NAME,
     LOCK_NAME,
     ProfileLocked,
@@ -189,7 +189,7 @@ def test_the_lock_is_reentrant_and_tidy(tmp_path):
 
 def test_a_second_holder_is_refused_and_a_killed_one_leaves_no_stale_lock(tmp_path):
     target = tmp_path / "p"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom profiler.store import profile_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom jcw.profiler.store import profile_lock\n"
                                "with profile_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n",
                                str(target)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

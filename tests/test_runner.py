@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from android_harness import runner
+from jcw.android_harness import runner
 
 FAST = ["--warmup", "1", "--min-reps", "2", "--min-time-ms", "1"]
 #: The build dense lines must report: the XNNPACK inside the executorch wheel the kit pins.

@@ -43,8 +43,9 @@ def test_export_of_a_missing_run_is_one_sentence(capsys, tmp_path):
 
 
 def test_search_package_imports_neither_sqlite_nor_the_harness():
-    code = ("import sys, search.cli, search.run, search.export, search.objectives, search.digits, search.graph\n"
-            "bad = [m for m in sys.modules if m == 'sqlite3' or m.startswith('android_harness')]\n"
+    code = ("import sys, jcw.search.cli, jcw.search.run, jcw.search.export, jcw.search.objectives\n"
+            "import jcw.search.digits, jcw.search.graph\n"
+            "bad = [m for m in sys.modules if m == 'sqlite3' or m.startswith('jcw.android_harness')]\n"
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -54,8 +55,8 @@ def test_search_package_imports_neither_sqlite_nor_the_harness():
 def local_predictor(tmp_path_factory):
     """A real predictor: a small profile of this machine measured by the real runner, a linear model, and no
     whole-program model (a profile without programs): whole programs are the sum of dense layers."""
-    from predictor import persistence, pipeline
-    from predictor.models import LatencyPredictor
+    from jcw.predictor import persistence, pipeline
+    from jcw.predictor.models import LatencyPredictor
     root = tmp_path_factory.mktemp("pred")
     subprocess.run([sys.executable, "-m", "jcw", "profile", "--device", "local", "--out", str(root / "profile"),
                     "--budget", "40", "--rounds", "1", "--programs", "0"], check=True, capture_output=True)

@@ -14,15 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from jcw.__main__ import EXIT_DEVICE, main
-from predictor import sparse_runtime
-from profiler import programs
-from search import zoo
-from search.errors import SearchError
-from search.genome import SearchSpace
-from search.graph import read_model, trace
-from search.objectives import LatencyModel
-from search.program import ProgramTemplate
-from search.prune import apply_genome
+from jcw.predictor import sparse_runtime
+from jcw.profiler import programs
+from jcw.search import zoo
+from jcw.search.errors import SearchError
+from jcw.search.genome import SearchSpace
+from jcw.search.graph import read_model, trace
+from jcw.search.objectives import LatencyModel
+from jcw.search.program import ProgramTemplate
+from jcw.search.prune import apply_genome
 
 ZOO_SMALL = {"resnet18": (1, 3, 64, 64), "resnet50": (1, 3, 64, 64), "mobilenet_v1": (1, 3, 64, 64),
              "mobilenet_v2": (1, 3, 64, 64), "digits": (1, 1, 8, 8)}
@@ -151,10 +151,10 @@ def test_an_operator_that_reshapes_beyond_a_program_is_one_sentence():
 def program_predictor(tmp_path_factory):
     """This machine profiled by the real runner (layers), plus whole digits programs at five widths exported
     to ExecuTorch and timed by the native .pte runner, stored in the profile and learned by `jcw train`."""
-    from profiler import session
-    from profiler.store import ProfileStore
-    from search.export import export_pte
-    from search.prune import make_permanent
+    from jcw.profiler import session
+    from jcw.profiler.store import ProfileStore
+    from jcw.search.export import export_pte
+    from jcw.search.prune import make_permanent
 
     root = tmp_path_factory.mktemp("program-predictor")
     profile = root / "profile"
@@ -179,7 +179,8 @@ def program_predictor(tmp_path_factory):
                                                         "reps": result["reps"]}, batch)
     status = main(["train", "--profile", str(profile), "--out", str(root / "predictor"), "--model", "linear"])
     assert status == 0
-    import predictor
+    from jcw import predictor
+
     loaded = predictor.load(root / "predictor")
     assert loaded.program_model is not None and loaded.card["threads"] == threads
     return root / "predictor", loaded
@@ -209,8 +210,8 @@ def test_resnet18_search_stays_fast(program_predictor):
     test machine may be shared, and a busy neighbour must not fail a fast search."""
     import time
 
-    from search.objectives import ProxyAccuracy
-    from search.run import SearchSettings, build_space, run_search
+    from jcw.search.objectives import ProxyAccuracy
+    from jcw.search.run import SearchSettings, build_space, run_search
     _, predictor = program_predictor
     model, shape = zoo.build("resnet18")
     settings = SearchSettings(pop=64, gens=128)
@@ -319,7 +320,7 @@ def test_export_to_an_unreachable_device_keeps_what_it_wrote(executorch_run, tmp
 # ---- the demo's choices ---------------------------------------------------------------------------
 def test_demo_picks_the_fastest_within_one_point_and_the_table_never_repeats(tmp_path):
     from jcw.demo import pick_budget_ms
-    from search.cli import summary_rows
+    from jcw.search.cli import summary_rows
     front = [{"latency_ms": 0.1, "accuracy": 0.90}, {"latency_ms": 0.2, "accuracy": 0.975},
              {"latency_ms": 0.30000000000000004, "accuracy": 0.99}, {"latency_ms": 0.5, "accuracy": 0.995}]
     (tmp_path / "front.json").write_text(json.dumps(front))
@@ -327,7 +328,7 @@ def test_demo_picks_the_fastest_within_one_point_and_the_table_never_repeats(tmp
                                                                    "accuracy": 0.995}]}))
     budget, why = pick_budget_ms(tmp_path)
     assert budget == 0.30000000000000004 and why["accuracy"] == 0.99      # exact: the export must find it
-    from search.export import pick
+    from jcw.search.export import pick
     assert pick(front, float(repr(budget)))[0] == 2
     rows = summary_rows(front[:2], ())
     assert len(rows) == len({id(c) for _, c in rows}) == 2

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from jcw.__main__ import main
-from predictor.persistence import Predictor
-from profiler import engine_plan
-from search import zoo
-from search.errors import SearchError
-from search.genome import SearchSpace
-from search.graph import read_model
-from search.objectives import LatencyModel
+from jcw.predictor.persistence import Predictor
+from jcw.profiler import engine_plan
+from jcw.search import zoo
+from jcw.search.errors import SearchError
+from jcw.search.genome import SearchSpace
+from jcw.search.graph import read_model
+from jcw.search.objectives import LatencyModel
 from search_standin import MacsPredictor
 from test_program_model import CARD, fitted_program_model, layer_model  # noqa: F401
 from test_sparse_program_model import fitted_sparse_model
@@ -121,7 +121,8 @@ def test_a_model_the_engine_cannot_run_is_refused_under_sparse_only(both_runtime
 
 @pytest.fixture(scope="module")
 def saved_predictor(layer_model, tmp_path_factory):  # noqa: F811
-    import predictor
+    from jcw import predictor
+
     directory = tmp_path_factory.mktemp("sparse-search") / "predictor"
     predictor.save(layer_model, directory, {**CARD, "device_address": "local"}, fitted_program_model(layer_model),
                    fitted_sparse_model(layer_model))
@@ -230,9 +231,9 @@ def test_another_pymoo_algorithm_is_a_flag_away_and_recorded(saved_predictor, tm
 def test_a_sparse_search_starts_from_dense_and_unpruned_genomes(both_runtimes):
     """Under --runtime sparse the first population keeps about half the density genes dense (density 1.0 is the
     dense kernel there) and holds the unpruned genome; under executorch it draws every gene from the spread."""
-    from search.objectives import PruningProblem
-    from search.pymoo_parts import PymooPruningProblem
-    from search.run import SearchSettings, run_search
+    from jcw.search.objectives import PruningProblem
+    from jcw.search.pymoo_parts import PymooPruningProblem
+    from jcw.search.run import SearchSettings, run_search
     space = _space("resnet18")
     first = {}
 
@@ -246,14 +247,14 @@ def test_a_sparse_search_starts_from_dense_and_unpruned_genomes(both_runtimes):
     assert (X == space.xu).all(axis=1).any()                                # the unpruned genome
     assert 0.4 < (density == space.xu[space.n_width:]).mean() < 0.8         # about half dense (+ the spread's top)
     problem = PymooPruningProblem(PruningProblem(space, LatencyModel(both_runtimes, space, "sparse"), None))
-    from search.pymoo_parts import SpreadSampling
+    from jcw.search.pymoo_parts import SpreadSampling
     plain = SpreadSampling().do(problem, 64, random_state=np.random.default_rng(0)).get("X")[:, space.n_width:]
     assert (plain == space.xu[space.n_width:]).mean() < 0.3
 
 
 @pytest.mark.slow
 def test_export_of_a_sparse_run_measures_the_network_file_against_its_prediction(sparse_run, tmp_path, capsys):
-    from profiler.netfile import read_net
+    from jcw.profiler.netfile import read_net
     front = json.loads((sparse_run / "front.json").read_text())
     sparse = [c for c in front if any(layer["impl"] == "sparse" for layer in c["layers"])]
     budget = min(c["latency_ms"] for c in sparse)

@@ -6,10 +6,10 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from android_harness.local import LocalDevice
-from android_harness.runner import HOST_BINARY
-from profiler import labels, session
-from profiler.store import ProfileStore
+from jcw.android_harness.local import LocalDevice
+from jcw.android_harness.runner import HOST_BINARY
+from jcw.profiler import labels, session
+from jcw.profiler.store import ProfileStore
 
 BUDGET, HOLDOUT, ROUNDS = 3, 0, 3
 STEADY_US = 100.0

@@ -12,15 +12,15 @@ import random
 import numpy as np
 import pytest
 
-import predictor
+from jcw import predictor
 from jcw.__main__ import main
-from predictor import PredictorError, sparse_runtime
-from predictor.models import LatencyPredictor
-from predictor.program_eval import BASELINE, LABEL_FLOOR, OURS
-from predictor.programs import spec_parts as executorch_parts
-from predictor.sparse_runtime import ENGINE_SUM, ENGINE_TERMS, TERMS, SparseProgramModel
-from profiler import engine_plan, programs
-from profiler.store import ProfileStore
+from jcw.predictor import PredictorError, sparse_runtime
+from jcw.predictor.models import LatencyPredictor
+from jcw.predictor.program_eval import BASELINE, LABEL_FLOOR, OURS
+from jcw.predictor.programs import spec_parts as executorch_parts
+from jcw.predictor.sparse_runtime import ENGINE_SUM, ENGINE_TERMS, TERMS, SparseProgramModel
+from jcw.profiler import engine_plan, programs
+from jcw.profiler.store import ProfileStore
 from test_program_model import CARD, TRUE, fitted_program_model, layer_model  # noqa: F401
 from test_program_pipeline import THREADS, build_profile
 

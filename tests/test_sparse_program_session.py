@@ -6,12 +6,12 @@ import os
 
 import pytest
 
-from android_harness.device import DeviceDisconnected
-from android_harness.local import LocalDevice
-from android_harness.runner import HOST_BINARY
 from jcw.__main__ import main
-from profiler import program_session, program_zoo, programs, session, sparse_programs
-from profiler.store import ProfileStore
+from jcw.android_harness.device import DeviceDisconnected
+from jcw.android_harness.local import LocalDevice
+from jcw.android_harness.runner import HOST_BINARY
+from jcw.profiler import program_session, program_zoo, programs, session, sparse_programs
+from jcw.profiler.store import ProfileStore
 
 FAST = ["--warmup", "0", "--min-reps", "2", "--min-time-ms", "0", "--check-samples", "4"]
 PTEBENCH = HOST_BINARY.parent / "ptebench"

@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from profiler import program_zoo, programs, sparse_programs
-from profiler.engine_plan import runs_sparse
-from profiler.store import ProfileStore
+from jcw.profiler import program_zoo, programs, sparse_programs
+from jcw.profiler.engine_plan import runs_sparse
+from jcw.profiler.store import ProfileStore
 
 
 def _densities(spec):

@@ -4,8 +4,8 @@ import sqlite3
 
 import pytest
 
-from profiler.layerspec import LayerSpec
-from profiler.store import ProfileStore, StoreError, config_id
+from jcw.profiler.layerspec import LayerSpec
+from jcw.profiler.store import ProfileStore, StoreError, config_id
 
 A = LayerSpec(op="conv", cin=8, cout=16, k=3, h=14, w=14, density=0.5)
 B = LayerSpec(op="dwconv", cin=8, cout=8, k=3, h=14, w=14)

@@ -8,15 +8,15 @@ import shutil
 import numpy as np
 import pytest
 
-import predictor
+from jcw import predictor
 from jcw.__main__ import main
-from predictor import LatencyPredictor, PredictorError, evaluation, priors
-from predictor.features import as_columns, rows_to_columns
-from predictor.transfer import STRATEGIES, TransferPredictor
+from jcw.predictor import LatencyPredictor, PredictorError, evaluation, priors
+from jcw.predictor.features import as_columns, rows_to_columns
+from jcw.predictor.transfer import STRATEGIES, TransferPredictor
+from jcw.profiler import plans
+from jcw.profiler.store import ProfileStore
+from jcw.profiler.transfer_prior import predictor_sha256
 from predictor_profile import FAST, small_profile, small_rows  # noqa: F401  (fixtures)
-from profiler import plans
-from profiler.store import ProfileStore
-from profiler.transfer_prior import predictor_sha256
 
 #: The known device: dense 1.8x and sparse 1.3x slower than the new one, so the factor depends on the operator.
 FACTORS = {"dense": 1.8, "sparse": 1.3}
