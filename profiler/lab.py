@@ -7,13 +7,14 @@ started again (the store resumes) a few times, then the phone is reported while 
 from __future__ import annotations
 
 import multiprocessing
-import queue as queue_module
+import pickle
 import re
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
@@ -206,18 +207,20 @@ def _sentence(exc: BaseException) -> str:
     return " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
 
 
-def _worker_main(job: PhoneJob, messages: Any) -> None:
-    """A worker process: one phone, one attempt; progress and the outcome go to the parent's queue."""
+def _worker_main(job: PhoneJob, channel: Any) -> None:
+    """A worker process: one phone, one attempt; progress and the outcome go to the parent over the worker's
+    own pipe (a worker killed mid-write breaks only its own pipe, never the other phones' reports)."""
     last = [0.0]
 
     def report(done: int, total: int, what: str) -> None:
         now = time.monotonic()
         if now - last[0] >= PROGRESS_INTERVAL_S or done >= total:
             last[0] = now
-            messages.put(("progress", job.phone.serial, done, total, what))
+            channel.send(("progress", job.phone.serial, done, total, what))
 
     outcome = run_job(job, report)
-    messages.put(("outcome", job.phone.serial, asdict(outcome)))
+    channel.send(("outcome", job.phone.serial, asdict(outcome)))
+    channel.close()
 
 
 # ---- the lab: one worker per phone, a shared display -----------------------------------------------
@@ -242,7 +245,9 @@ def run_lab(jobs: Sequence[PhoneJob], *, reconnects: int = DEFAULT_RECONNECTS, d
     """
     display = display or Display()
     context = multiprocessing.get_context("spawn")  # the display's threads make fork unsafe
-    messages = context.Queue()
+    # One pipe per worker, not one shared queue: a worker killed while it held a shared queue's write lock
+    # would leave every other worker blocked on its next report, and the lab hung.
+    channels: dict[str, Any] = {}
     by_serial = {job.phone.serial: job for job in jobs}
     attempts = dict.fromkeys(by_serial, 0)
     started_at = dict.fromkeys(by_serial, time.monotonic())
@@ -253,10 +258,12 @@ def run_lab(jobs: Sequence[PhoneJob], *, reconnects: int = DEFAULT_RECONNECTS, d
 
     def start(serial: str) -> None:
         attempts[serial] += 1
-        process = context.Process(target=_worker_main, args=(by_serial[serial], messages),
+        reader, writer = context.Pipe(duplex=False)
+        process = context.Process(target=_worker_main, args=(by_serial[serial], writer),
                                   name=f"jcw-lab-{serial}", daemon=True)
         process.start()
-        running[serial] = process
+        writer.close()  # the worker holds the only write end: its exit is the reader's end of file
+        running[serial], channels[serial] = process, reader
         display.state(serial, "running" if attempts[serial] == 1 else f"attempt {attempts[serial]}")
         if on_worker_start is not None:
             on_worker_start(serial, process.pid)
@@ -280,6 +287,8 @@ def run_lab(jobs: Sequence[PhoneJob], *, reconnects: int = DEFAULT_RECONNECTS, d
             process = running.pop(serial, None)
             if process is not None:
                 process.join(timeout=30)
+            if serial in channels:
+                channels.pop(serial).close()
             if outcome.state == "dropped":
                 dropped(serial, outcome.error)
                 return
@@ -294,34 +303,28 @@ def run_lab(jobs: Sequence[PhoneJob], *, reconnects: int = DEFAULT_RECONNECTS, d
                 if now >= when:
                     del waiting[serial]
                     start(serial)
-            try:
-                handle(messages.get(timeout=0.2))
-            except queue_module.Empty:
-                pass
+            for reader in connection.wait(list(channels.values()), timeout=0.2):
+                serial = next(s for s, r in channels.items() if r is reader)
+                try:
+                    handle(reader.recv())
+                except (EOFError, OSError, pickle.UnpicklingError):  # the worker is gone (its end closed)
+                    channels.pop(serial).close()
             for serial, process in list(running.items()):
-                if process.is_alive():
-                    continue
-                _drain(messages, handle, serial, running)  # its outcome may still be in the pipe
-                if serial in running:
-                    running.pop(serial).join(timeout=5)
-                    dropped(serial, f"its worker process ended without a result (exit code {process.exitcode})")
+                if process.is_alive() or serial in channels:
+                    continue  # a dead worker's last messages are read until its pipe's end of file
+                running.pop(serial).join(timeout=5)
+                dropped(serial, f"its worker process ended without a result (exit code {process.exitcode})")
+            if not channels and not running and not waiting and len(outcomes) < len(by_serial):
+                raise RuntimeError("lab bookkeeping lost a phone")  # no worker, none to start: a bug, not a hang
     finally:
         for process in running.values():  # Ctrl-C or a bug: the stores keep what each batch committed
             process.terminate()
         for process in running.values():
             process.join(timeout=10)
+        for reader in channels.values():
+            reader.close()
         display.stop()
     return [outcomes[job.phone.serial] for job in jobs]
-
-
-def _drain(messages: Any, handle: Callable[[tuple], None], serial: str, running: dict[str, Any]) -> None:
-    """Read what is left in the queue until `serial`'s outcome arrived or the queue stays empty a moment."""
-    deadline = time.monotonic() + 1.0
-    while serial in running and time.monotonic() < deadline:
-        try:
-            handle(messages.get(timeout=0.1))
-        except queue_module.Empty:
-            continue
 
 
 def profile_jobs(phones: Sequence[PhoneId], root: str | Path, options: dict[str, Any]) -> list[PhoneJob]:
