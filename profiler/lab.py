@@ -100,13 +100,18 @@ def expand_devices(requested: Sequence[str], listed: list[dict[str, Any]] | None
             raise LabUsageError(f"no phone with serial {parse_address(text).serial!r} is attached to this host; "
                                 f"`jcw devices` lists the ones that are.")
         addresses.append(address)
-    seen: set[str] = set()
-    for address in addresses:
-        if address in seen:
-            raise LabUsageError(f"the phone {address} is named twice; name each phone once, as each has one "
-                                f"profile and one runner at a time.")
-        seen.add(address)
+    check_named_once(addresses)
     return addresses
+
+
+def check_named_once(phones: Sequence[str]) -> None:
+    """LabUsageError for the first phone (address or serial) a lab command names twice."""
+    seen: set[str] = set()
+    for phone in phones:
+        if phone in seen:
+            raise LabUsageError(f"the phone {phone} is named twice; name each phone once, as each has one "
+                                f"profile and one runner at a time.")
+        seen.add(phone)
 
 
 def phone_serial(device: Any) -> str:

@@ -257,12 +257,7 @@ def resolve(requested: Sequence[str]) -> list[PhoneId]:
             raise LabUsageError(f"no host of the Ray cluster serves a phone with serial {serial!r}; "
                                 f"`jcw lab status` lists the ones that do.")
         wanted.append(serial)
-    seen: set[str] = set()
-    for serial in wanted:
-        if serial in seen:
-            raise LabUsageError(f"the phone {serial} is named twice; name each phone once, as each has one "
-                                f"profile and one runner at a time.")
-        seen.add(serial)
+    lab.check_named_once(wanted)
     return [PhoneId(address=served[s]["address"], serial=s, model=served[s].get("model", "phone")) for s in wanted]
 
 
