@@ -179,6 +179,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="a jcw network file (.jcwnet) for the sparse network engine (repeatable)")
     meas.add_argument("--impl", choices=("dense", "sparse", "both"), default="both",
                       help="--layers: implementation(s) to measure (default both)")
+    meas.add_argument("--weights", choices=labels.WEIGHTS_MODES, default=None,
+                      help="--layers: time each layer with its weights warm (cached after the first run; default) "
+                           "or cold (rotating over copies larger than the last-level cache, as `jcw profile "
+                           "--weights cold` does); the table's title and every JSON line say which")
     meas.add_argument("--rounds", type=_rounds, default=1,
                       help="--pte/--net: timing rounds per file; latency_ms is the fastest (default 1)")
     meas.add_argument("--json", action="store_true",
@@ -447,6 +451,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 # ---- jcw measure --------------------------------------------------------------------------------
 def cmd_measure(args: argparse.Namespace) -> int:
+    if args.weights and not args.layers:
+        return _fail("measure", "--weights is how layers are timed (--layers); a whole program (--pte, --net) "
+                                "reads its weights as it runs, so it has no such choice.")
     if (lab_cli := _lab(args)) is not None:
         if args.layers:
             return _fail("measure", "--layers measures one device at a time; give one --device, or --pte/--net "
@@ -467,8 +474,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
         first_with_id[layer_id] = number
     by_id = dict(specs)
     results = []
+    weights = args.weights or labels.DEFAULT_WEIGHTS
     try:
-        runner_argv = _runner_argv(args.runner_arg)
+        runner_argv = _runner_argv(args.runner_arg) + labels.weights_runner_args(weights)
     except _BadRunnerArg as exc:
         return _fail("measure", str(exc))
     with session.open_device(args.device) as device, _LazyBar("measuring") as progress:
@@ -479,7 +487,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
             results.append(result)
     failures = sum(1 for r in results if r.get("error"))
     if not args.json:
-        table = Table(title=f"{len(results)} measurements, {failures} failed")
+        table = Table(title=f"{len(results)} measurements, {failures} failed ({weights} weights; min us = the "
+                            f"fastest repetition, the statistic profiles label with)")
         for column in ("id", "layer", "density", "impl", "median us", "min us", "reps", "error"):
             table.add_column(column, justify="right" if column in ("median us", "min us", "reps") else "left")
         for r in results:

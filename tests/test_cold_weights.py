@@ -118,3 +118,23 @@ def test_the_mode_and_the_settle_record_round_trip_to_the_card(tmp_path):
     pipeline.train(old, tmp_path / "pred-old", model="linear")
     card = json.loads((tmp_path / "pred-old" / "card.json").read_text())
     assert card["labels"] == {"statistic": "us_min", "aggregate": "min", "weights": "warm", "settle": None}
+
+
+def test_measure_layers_says_and_uses_the_weights_mode(tmp_path, capsys):
+    layers = tmp_path / "layers.jsonl"
+    layers.write_text(json.dumps({"id": "a", "op": "conv", "cin": 16, "cout": 32, "k": 1, "h": 7, "w": 7}) + "\n")
+    fast = [f"--runner-arg={flag}={value}" for flag, value in zip(PROFILE_FAST[::2], PROFILE_FAST[1::2])]
+    modes = {}
+    for weights in ("cold", None):
+        argv = ["measure", "--device", "local", "--layers", str(layers), "--impl", "dense", "--json", *fast]
+        assert main(argv + (["--weights", weights] if weights else [])) == 0
+        (line,) = capsys.readouterr().out.strip().splitlines()
+        modes[weights] = json.loads(line)
+    assert modes["cold"]["weights"] == "cold" and modes["cold"]["cold_copies"] > 1
+    assert modes[None]["weights"] == "warm"
+    assert main(["measure", "--device", "local", "--layers", str(layers), "--impl", "dense", *fast]) == 0
+    assert "warm weights" in capsys.readouterr().out
+
+    status = main(["measure", "--device", "local", "--pte", str(tmp_path / "m.pte"), "--weights", "cold"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("jcw measure: --weights is how layers are timed") and err.count("\n") == 1
