@@ -2,26 +2,15 @@
 program phase and timed on the host runner's engine ("net" lines) in the same rounds as the ExecuTorch ones,
 resumable exactly like them; the same spec under both runtimes stays two programs; a runner without the
 engine skips them with one sentence and still measures the rest."""
-import os
 
 import pytest
 
 from jcw.__main__ import main
 from jcw.android_harness.device import DeviceDisconnected
 from jcw.android_harness.local import LocalDevice
-from jcw.android_harness.runner import HOST_BINARY
 from jcw.profiler import program_session, program_zoo, programs, session, sparse_programs
 from jcw.profiler.store import ProfileStore
-
-FAST = ["--warmup", "0", "--min-reps", "2", "--min-time-ms", "0", "--check-samples", "4"]
-PTEBENCH = HOST_BINARY.parent / "ptebench"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def runners_built():
-    for binary in (HOST_BINARY, PTEBENCH):
-        if not os.access(binary, os.X_OK):
-            pytest.fail(f"the host runner {binary} is not built; run `make -C android_harness/native host`")
+from test_program_session import FAST, runners_built  # noqa: F401  (runners_built: an autouse fixture)
 
 
 @pytest.fixture(autouse=True)
