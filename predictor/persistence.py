@@ -21,7 +21,7 @@ from jcw.predictor.errors import PredictorError
 from jcw.predictor.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, as_columns
 from jcw.predictor.models import _PHYSICAL_TERMS as PHYSICAL_TERMS
 from jcw.predictor.models import MODEL_KINDS, LatencyPredictor
-from jcw.predictor.programs import RUNTIME, ProgramModel, design, per_program, spec_parts
+from jcw.predictor.programs import RUNTIME, OtherTermsError, ProgramModel, design, per_program, spec_parts
 from jcw.predictor.sparse_runtime import SparseProgramModel
 from jcw.profiler.layerspec import IMPLS
 from jcw.profiler.store import DB_NAME as PROFILE_DB
@@ -255,12 +255,15 @@ class Predictor:
                 f"program_model={None if self.program_model is None else self.program_model.kind_!r})")
 
 
-def load(directory: str | Path, *, runner_version: str | None = None, _depth: int = 0) -> Predictor:
+def load(directory: str | Path, *, runner_version: str | None = None, layers_only: bool = False,
+         _depth: int = 0) -> Predictor:
     """Load a saved predictor, refusing foreign formats, schemas, runners and tampered files.
 
     `runner_version`, when given (e.g. the runner of a device about to be searched for), must be
-    of the same series as the runner the predictor was trained with. A transfer predictor's prior (its
-    `prior/` directory) is loaded the same way and must match the hash in the card (`_depth` counts the chain).
+    of the same series as the runner the predictor was trained with. `layers_only` leaves its program models
+    unread (what a prior needs: its layer model; a prior whose program model another jcw version fitted
+    still serves). A transfer predictor's prior (its `prior/` directory) is loaded that way and must match the
+    hash in the card (`_depth` counts the chain).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -303,7 +306,7 @@ def load(directory: str | Path, *, runner_version: str | None = None, _depth: in
     if state.get("kind") == "transfer":
         from jcw.predictor import priors
         model = priors.load_model(directory, card, files, state, _depth)
-        return Predictor(model, card, directory, *_load_program_models(directory, card, files))
+        return Predictor(model, card, directory, *_load_program_models(directory, card, files, layers_only))
     estimator = _load_trees(directory / TREES) if TREES in files else None
     try:
         model = LatencyPredictor.from_state(state, estimator)
@@ -315,15 +318,18 @@ def load(directory: str | Path, *, runner_version: str | None = None, _depth: in
     if state.get("features") != list(FEATURE_NAMES) or model.kind_ not in MODEL_KINDS or not coef_fits \
             or (model.kind_ != "linear") != (estimator is not None):
         raise PredictorError(f"predictor model {directory / STATE} does not fit this jcw's features or files")
-    return Predictor(model, card, directory, *_load_program_models(directory, card, files))
+    return Predictor(model, card, directory, *_load_program_models(directory, card, files, layers_only))
 
 
-def _load_program_models(directory: Path, card: Mapping[str, Any], files: Mapping[str, str]) -> list[Any]:
+def _load_program_models(directory: Path, card: Mapping[str, Any], files: Mapping[str, str],
+                         layers_only: bool = False) -> list[Any]:
     """[executorch program model, sparse program model], each None when the card names none (a card from
-    before the sparse runtime has no `sparse_program_model` key: none)."""
+    before the sparse runtime has no `sparse_program_model` key: none) or `layers_only` asks for none."""
     if card.get("runtime") != RUNTIME:
         raise PredictorError(f"predictor {directory} is for the runtime {card.get('runtime')!r}; "
                              f"this jcw predicts {RUNTIME}")
+    if layers_only:
+        return [None] * len(PROGRAM_MODELS)
     return [_load_program_model(directory, card, files, *entry) for entry in PROGRAM_MODELS.values()]
 
 
@@ -340,6 +346,9 @@ def _load_program_model(directory: Path, card: Mapping[str, Any], files: Mapping
     trees = _load_program_trees(directory / trees_file) if trees_file in files else None
     try:
         return cls.from_state(state, trees)
+    except OtherTermsError:
+        raise PredictorError(f"{what} {directory / state_file} was fitted by another version of jcw (its terms "
+                             f"differ); train the predictor again with `jcw train`") from None
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise PredictorError(f"{what} {directory / state_file} is malformed ({exc})") from None
 

@@ -66,7 +66,7 @@ def load_prior(directory: str | Path, runner_version: str | None = None) -> Prio
     series, runtime) or tampered predictors are refused in one sentence naming --prior."""
     directory = Path(directory)
     try:
-        loaded = persistence.load(directory, runner_version=runner_version)
+        loaded = persistence.load(directory, runner_version=runner_version, layers_only=True)
         return Prior(directory, prior_sha256(directory), loaded)
     except PredictorError as exc:
         raise PredictorError(f"--prior {directory} cannot be used: {str(exc).rstrip('.')}") from None
@@ -150,7 +150,7 @@ def load_model(directory: Path, card: Mapping[str, Any], files: Mapping[str, str
     if prior_sha256(target) != entry["sha256"]:
         raise PredictorError(f"the prior inside {directory} does not match the hash in its card; it was modified "
                              "or damaged, so it is refused")
-    prior = Prior(target, entry["sha256"], persistence.load(target, _depth=depth + 1))
+    prior = Prior(target, entry["sha256"], persistence.load(target, layers_only=True, _depth=depth + 1))
     trees = None
     if persistence.TREES in files:
         from sklearn.ensemble import HistGradientBoostingRegressor

@@ -17,15 +17,35 @@ from sklearn.model_selection import GroupKFold
 from jcw.predictor.errors import PredictorError
 
 RUNTIME = "executorch"
-#: Operator → term of the law. relu and relu6 are one kind (both a clamp in XNNPACK); a linear layer runs
-#: XNNPACK's fully-connected operator, not the convolution, so it is costed by its own MACs.
-KIND_OF_OP = {"add": "add", "relu": "act", "relu6": "act", "maxpool": "maxpool", "avgpool": "avgpool",
-              "gap": "gap", "flatten": "flatten", "concat": "concat", "linear": "linear"}
-ELEMENT_KINDS = ("add", "act", "maxpool", "avgpool", "gap", "flatten", "concat")
+#: Operator → term of the law. relu, relu6 and flatten are one kind, "act": each reads and writes every
+#: element once (a clamp in XNNPACK; a flatten is the delegate's NHWC-to-NCHW layout copy). Priced apart,
+#: flatten's few elements per program were confounded with the linear layer it feeds (a flatten of a
+#: 3,136-feature map fitted at 20 ns per element) and the unseen-architecture share at the default budget fell
+#: from 94% to 84% (benchmarks/RESULTS.md, issue 9). A linear layer runs XNNPACK's fully-connected operator,
+#: not the convolution, so it is costed by its own MACs.
+KIND_OF_OP = {"add": "add", "relu": "act", "relu6": "act", "flatten": "act", "maxpool": "maxpool",
+              "avgpool": "avgpool", "gap": "gap", "concat": "concat", "linear": "linear"}
+ELEMENT_KINDS = ("add", "act", "maxpool", "avgpool", "gap", "concat")
+#: A concatenation is costed by its row copies, not its elements: XNNPACK copies each input pixel by pixel
+#: (one copy per input row), and 2-9 narrow inputs at 56 px cost 2.4-3.5 ns per input row whatever their
+#: channels (benchmarks/RESULTS.md, issue 9). ExecuTorch splits a concatenation of more than
+#: CONCAT_MAX_INPUTS tensors into a chain, each link re-reading the previous link's output.
+ROW_KINDS = ("concat",)
+CONCAT_MAX_INPUTS = 5
+
+
+def term_of(kind: str) -> str:
+    """The design term of an operator kind: its elements, or for a concatenation its row copies."""
+    return f"{kind}_rows" if kind in ROW_KINDS else f"{kind}_elems"
+
+
 #: Columns of the design: ms of the dense conv/dwconv layers, elements read + written per operator kind
-#: (pooling: its windows' reads + writes), linear MACs, node and weighted-layer counts, one per program.
-TERMS = ("conv_ms", *(f"{kind}_elems" for kind in ELEMENT_KINDS), "linear_macs", "nodes", "convs", "program")
-OP_FIELDS = ("c", "h", "w", "out_c", "out_h", "out_w", "k", "stride", "in_elems")
+#: (pooling: its windows' reads + writes; concatenation: row copies), linear MACs, node and weighted-layer
+#: counts, one per program.
+TERMS = ("conv_ms", *map(term_of, ELEMENT_KINDS), "linear_macs", "nodes", "convs", "program")
+OP_FIELDS = ("c", "h", "w", "out_c", "out_h", "out_w", "k", "stride", "in_elems", "n_inputs")
+#: Fields an ops mapping may leave out, and what they default to (None: derived from the others).
+_OPTIONAL_FIELDS = {"k": 1, "stride": 1, "n_inputs": 1, "in_elems": None}
 MODEL_KINDS = ("linear", "corrected")
 #: Features of the correction: shares of the linear prediction, its log and the program's size.
 CORRECTION_FEATURES = ("log_linear_ms", "conv_share", "pool_share", "elementwise_share", "linear_share",
@@ -69,7 +89,7 @@ def design(conv_ms: Any, ops: Mapping[str, Any], n_nodes: Any, n_conv: Any,
 
 def _column(terms: Sequence[str]) -> dict[str, int]:
     """Design column of every operator kind (and of "linear") in a term set."""
-    return {kind: list(terms).index(f"{kind}_elems") for kind in ELEMENT_KINDS} | {
+    return {kind: list(terms).index(term_of(kind)) for kind in ELEMENT_KINDS} | {
         "linear": list(terms).index("linear_macs")}
 
 
@@ -96,10 +116,10 @@ def op_amounts(ops: Mapping[str, Any], n: int, terms: Sequence[str] = TERMS
     for name in OP_FIELDS:
         if name in ops:
             f[name] = np.asarray(ops[name], dtype=np.float64)
-        elif name in ("k", "stride"):
-            f[name] = np.ones(m)
-        elif name != "in_elems":
+        elif name not in _OPTIONAL_FIELDS:
             raise PredictorError(f"ops lack the array {name!r}")
+        elif _OPTIONAL_FIELDS[name] is not None:
+            f[name] = np.full(m, float(_OPTIONAL_FIELDS[name]))
         if name in f and f[name].shape != (m,):
             raise PredictorError(f"ops array {name!r} has shape {f[name].shape}, expected ({m},)")
     out_elems = f["out_c"] * f["out_h"] * f["out_w"]
@@ -109,7 +129,16 @@ def op_amounts(ops: Mapping[str, Any], n: int, terms: Sequence[str] = TERMS
     # A linear layer's MACs: every element it reads (its input features, whatever the input's rank) per output.
     amount = np.where(kind == "linear", in_elems * f["out_c"],
                       np.where(pool, out_elems * f["k"] * f["k"] + out_elems, in_elems + out_elems))
+    amount = np.where(kind == "concat", concat_row_copies(f["n_inputs"], f["out_h"] * f["out_w"]), amount)
     return program, column, amount
+
+
+def concat_row_copies(n_inputs: Any, pixels: Any) -> np.ndarray:
+    """Row copies of concatenations as ExecuTorch's XNNPACK delegate runs them: every input row once, plus,
+    for more than CONCAT_MAX_INPUTS inputs, one more input (the previous link's output) per extra link."""
+    n_inputs = np.asarray(n_inputs, dtype=np.float64)
+    links = np.maximum(0.0, np.ceil((n_inputs - CONCAT_MAX_INPUTS) / (CONCAT_MAX_INPUTS - 1)))
+    return (n_inputs + links) * np.asarray(pixels, dtype=np.float64)
 
 
 def spec_parts(specs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -135,7 +164,7 @@ def spec_parts(specs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             if kinds[name] == "linear":
                 ops["program"].append(index)
                 ops["op"].append("linear")
-                for field, value in zip(OP_FIELDS, (layer.cin, 1, 1, layer.cout, 1, 1, 1, 1, layer.cin)):
+                for field, value in zip(OP_FIELDS, (layer.cin, 1, 1, layer.cout, 1, 1, 1, 1, layer.cin, 1)):
                     ops[field].append(value)
         for op in spec_api.other_ops(spec):
             ops["program"].append(index)
@@ -153,6 +182,10 @@ def spec_parts(specs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 def per_program(values: np.ndarray, program: np.ndarray, n: int) -> np.ndarray:
     """Sum of per-layer values per program."""
     return np.bincount(program, weights=values, minlength=n) if len(program) else np.zeros(n)
+
+
+class OtherTermsError(ValueError):
+    """A saved program model whose law has other terms: written by another version of jcw."""
 
 
 # ---- the model ----------------------------------------------------------------------------
@@ -232,9 +265,10 @@ class ProgramModel(RegressorMixin, BaseEstimator):
         # alongside the other terms): they are memory-bound alike. Measured against the median of the
         # per-kind coefficients, which a few unidentifiable kinds fitted at 0 drag to nothing.
         column = _column(self.TERMS)
-        self.borrowed_ = [k for k in ELEMENT_KINDS if not np.any(x[:, column[k]] > 0)]
-        if self.borrowed_ and len(self.borrowed_) < len(ELEMENT_KINDS):
-            columns = [column[k] for k in ELEMENT_KINDS]
+        element_kinds = [k for k in ELEMENT_KINDS if k not in ROW_KINDS]
+        self.borrowed_ = [k for k in element_kinds if not np.any(x[:, column[k]] > 0)]
+        if self.borrowed_ and len(self.borrowed_) < len(element_kinds):
+            columns = [column[k] for k in element_kinds]
             first = min(columns)
             pooled = _nnls_relative(np.column_stack([x[:, :first], x[:, columns].sum(axis=1),
                                                      x[:, max(columns) + 1:]]), y)[first]
@@ -272,7 +306,7 @@ class ProgramModel(RegressorMixin, BaseEstimator):
         column = _column(self.TERMS)
         total = np.maximum(parts.sum(axis=1), _MIN_MS)
         pool = parts[:, [column["maxpool"], column["avgpool"], column["gap"]]].sum(axis=1)
-        elementwise = parts[:, [column[k] for k in ("add", "act", "flatten", "concat")]
+        elementwise = parts[:, [column[k] for k in ("add", "act", "concat")]
                             + self._columns(self.LAYOUT_TERMS)].sum(axis=1)
         fixed = parts[:, -3:].sum(axis=1)
         return np.column_stack([np.log(total), parts[:, self._columns(self.CONV_TERMS)].sum(axis=1) / total,
@@ -302,8 +336,10 @@ class ProgramModel(RegressorMixin, BaseEstimator):
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], trees: Any = None) -> ProgramModel:
-        if state.get("runtime") != cls.RUNTIME or list(state.get("terms", ())) != list(cls.TERMS) \
-                or state.get("kind") not in MODEL_KINDS or (state["kind"] == "corrected") != (trees is not None):
+        if state.get("runtime") == cls.RUNTIME and list(state.get("terms", ())) != list(cls.TERMS):
+            raise OtherTermsError(f"its terms are {', '.join(state.get('terms', ()))}, not this jcw's")
+        if state.get("runtime") != cls.RUNTIME or state.get("kind") not in MODEL_KINDS \
+                or (state["kind"] == "corrected") != (trees is not None):
             raise ValueError("the program model does not fit this jcw's terms or files")
         model = cls(**dict(state["params"]))
         model.kind_ = state["kind"]

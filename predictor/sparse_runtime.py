@@ -16,7 +16,7 @@ import numpy as np
 
 from jcw.predictor import programs as executorch_programs
 from jcw.predictor.errors import PredictorError
-from jcw.predictor.programs import ELEMENT_KINDS, ProgramModel, design, per_program
+from jcw.predictor.programs import ELEMENT_KINDS, ProgramModel, design, per_program, term_of
 
 RUNTIME = "sparse"
 #: The engine's own terms, in the order `predict_sparse_program_parts` takes them (each (n,) per program):
@@ -25,7 +25,7 @@ RUNTIME = "sparse"
 #: (`predict_impl(..., "sparse")`, at each layer's density) of the layers run sparse (engine_plan.runs_sparse);
 #: conversion_elems and conversions: engine_plan.layout_plan's elements transposed and count per run.
 ENGINE_TERMS = ("dense_conv_ms", "nchw_dwconv_ms", "sparse_conv_ms", "conversion_elems", "conversions")
-TERMS = (*ENGINE_TERMS, *(f"{kind}_elems" for kind in ELEMENT_KINDS), "linear_macs", "nodes", "convs", "program")
+TERMS = (*ENGINE_TERMS, *map(term_of, ELEMENT_KINDS), "linear_macs", "nodes", "convs", "program")
 #: What the sparse runtime answers without a program model: every layer as the engine runs it, summed.
 FALLBACK = "sum of layers as the engine runs them (no sparse program model: the profile had no sparse programs)"
 ENGINE_SUM = "sum of layers as the engine runs them"

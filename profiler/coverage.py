@@ -1,8 +1,9 @@
 """Coverage regions of the training plan: layer kinds users bring that the four prior networks never reach.
 
 Owns the drawing of depthwise 3x3 and 5x5 convolutions at every resolution from 7 to 112, stems (3 input
-channels) at 96-320 px, wide 1x1 expansions and projections at small resolutions, and dense 3x3 convolutions,
-with channel counts half rounded to multiples of 8 (as real networks are) and half left odd.
+channels) at 96-320 px, wide 1x1 expansions and projections at small resolutions, dense 3x3 convolutions and
+fully connected layers (classifiers fed by a flatten of up to 25,600 features, squeeze-excitation 1x1s on a
+1x1 map), with channel counts half rounded to multiples of 8 (as real networks are) and half left odd.
 """
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from jcw.profiler.networks import INPUT_CHANNELS
 
 #: Region -> share of the coverage layers. Depthwise layers get the most: with channels, kernel, stride
 #: and resolution all free they are the widest region, and they are the cheapest to measure (dense only).
-REGIONS = {"depthwise": 0.35, "stem": 0.10, "expansion": 0.30, "conv3x3": 0.25}
+REGIONS = {"depthwise": 0.33, "stem": 0.10, "expansion": 0.27, "conv3x3": 0.22, "fully_connected": 0.08}
 DEPTHWISE_SIZES = (7, 112)
 STEM_SIZES = (96, 320)
 EXPANSION_SIZES = (3, 56)
 EXPANSIONS = (3, 4, 6, 6)
 #: The widest expansion drawn: 6x of 320 channels, MobileNetV2/EfficientNet's last stage.
 MAX_EXPANDED = 1920
+#: Fully connected inputs: a squeeze-excitation's few channels up to VGG's flatten at 320 px (256 x 10 x 10).
+FC_FEATURES = (16, 25_600)
+FC_OUTPUTS = (8, 4096)
 #: Real networks keep channels x resolution inside a band (MobileNetV2: 96 x 112, 1152 x 7 ...); drawing
 #: inside a widened band keeps layers realistic without tying them to one network.
 DEPTHWISE_BAND = (200, 32_000)
@@ -45,8 +49,8 @@ def channels(rng: random.Random, low: float, high: float, minimum: int = 3, maxi
     return max(minimum, round(value))
 
 
-def _band(rng: random.Random, h: int, band: tuple[int, int], maximum: int) -> int:
-    return channels(rng, band[0] / h, band[1] / h, minimum=4, maximum=maximum)
+def _band(rng: random.Random, h: int, band: tuple[int, int], maximum: int, minimum: int = 4) -> int:
+    return channels(rng, band[0] / h, band[1] / h, minimum=minimum, maximum=maximum)
 
 
 def _depthwise(rng: random.Random) -> dict:
@@ -57,8 +61,9 @@ def _depthwise(rng: random.Random) -> dict:
 
 def _stem(rng: random.Random) -> dict:
     h = rng.randint(*STEM_SIZES)  # uniform: every input size is as likely as another
-    return {"op": "conv", "cin": INPUT_CHANNELS, "cout": channels(rng, 8, 64, minimum=8),
-            "k": rng.choice((3, 3, 3, 5, 7)), "h": h, "stride": rng.choice((2, 2, 2, 1))}
+    # a third at stride 1 and down to 2 outputs: VGG-style stems, width-pruned
+    return {"op": "conv", "cin": INPUT_CHANNELS, "cout": channels(rng, 2, 64, minimum=2),
+            "k": rng.choice((3, 3, 3, 5, 7)), "h": h, "stride": rng.choice((2, 2, 1))}
 
 
 def _expansion(rng: random.Random) -> dict:
@@ -71,14 +76,23 @@ def _expansion(rng: random.Random) -> dict:
 
 
 def _conv3x3(rng: random.Random) -> dict:
-    """Dense 3x3s; a quarter with few outputs, as DenseNet's growth layers and narrow pruned layers have."""
+    """Dense 3x3s; a quarter with few outputs, as DenseNet's growth layers and narrow pruned layers have, and
+    inputs down to 2 channels (networks pruned to a tenth of their width)."""
     h = _size(rng, *DEPTHWISE_SIZES)
-    cin = _band(rng, h, CONV_BAND, 1024)
-    cout = channels(rng, 8, 48, minimum=4) if rng.random() < 0.25 else _band(rng, h, CONV_BAND, 1024)
+    cin = _band(rng, h, CONV_BAND, 1024, minimum=2)
+    cout = channels(rng, 2, 48, minimum=2) if rng.random() < 0.25 else _band(rng, h, CONV_BAND, 1024)
     return {"op": "conv", "cin": cin, "cout": cout, "k": 3, "h": h, "stride": rng.choice((1, 1, 2))}
 
 
-_DRAW = {"depthwise": _depthwise, "stem": _stem, "expansion": _expansion, "conv3x3": _conv3x3}
+def _fully_connected(rng: random.Random) -> dict:
+    """A linear layer as the runner times it: a 1x1 convolution on a 1x1 map, inputs and outputs log-uniform."""
+    cin = channels(rng, *FC_FEATURES, minimum=FC_FEATURES[0], maximum=FC_FEATURES[1])
+    cout = channels(rng, *FC_OUTPUTS, minimum=FC_OUTPUTS[0], maximum=FC_OUTPUTS[1])
+    return {"op": "conv", "cin": cin, "cout": cout, "k": 1, "h": 1, "stride": 1}
+
+
+_DRAW = {"depthwise": _depthwise, "stem": _stem, "expansion": _expansion, "conv3x3": _conv3x3,
+         "fully_connected": _fully_connected}
 
 
 def coverage_layer(rng: random.Random, densities: tuple[float, ...], max_macs: int) -> LayerSpec | None:

@@ -28,7 +28,8 @@ DEFAULT_BUDGET = 1600
 PRIOR_SHARE = 0.6
 COVERAGE_SHARE = 0.25
 #: Version of the sampling: a profile planned by another version is not extended (session.ProfileParams).
-PLAN_VERSION = 2
+#: 3: fully connected layers among the coverage regions, stems down to 2 outputs, dense 3x3s down to 2 inputs.
+PLAN_VERSION = 3
 #: Weight densities: 1.0 plus low values, since the dense/sparse crossover sits low.
 DENSITIES = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: Channel width multipliers, JCW's steps of 0.1.

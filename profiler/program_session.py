@@ -27,10 +27,11 @@ PTE_EXTENDED_MAGIC = b"eh00"
 PROGRAM_DIR = "programs"
 #: Held-out and unseen programs per training program, and their floor.
 PROGRAM_EVAL_SHARE = 3
-#: One operator-probe program (program_probes) per this many zoo training programs; 0 = none. Off: measured on
-#: a quiet machine, 30 probes beside 120 zoo programs lowered the unseen-architecture share within ±10% from
-#: 75% to 45% (benchmarks/RESULTS.md, issue 9), so the plan draws none until a probe distribution helps.
-PROBE_SHARE = 0
+#: One operator-family program (profiler/operator_families) per this many zoo training programs: with them
+#: the program model prices concatenations, standalone activations and large linear layers from networks
+#: that carry them. At 40 zoo programs, unseen-architecture programs within ±10% (mean of 10 draws): 57% with
+#: none, 90% with 13, 94% with 40 (benchmarks/RESULTS.md, issue 9); they are small and cheap to measure.
+OPERATOR_SHARE = 1
 MIN_EVAL_PROGRAMS = 10
 FIRST_PROGRAM_BATCH = 2
 MAX_PROGRAM_BATCH = 16
@@ -118,9 +119,9 @@ def export_unavailable_sentence(absent: list[str]) -> str:
             f"the search extra (`pip install 'jcw[search]'`, or `make setup` in a checkout)")
 
 
-def probe_count(n_train: int) -> int:
-    """Operator-probe programs (program_probes) measured beside `--programs N` zoo training programs."""
-    return max(0, n_train) // PROBE_SHARE if PROBE_SHARE else 0
+def operator_count(n_train: int) -> int:
+    """Operator-family training programs measured beside `--programs N` zoo training programs."""
+    return max(0, n_train) // OPERATOR_SHARE if OPERATOR_SHARE else 0
 
 
 def program_counts(n_train: int) -> tuple[int, int, int]:
@@ -210,12 +211,12 @@ class ProgramPhase:
         self._measured_any = False
 
     def plan(self, n_train: int, n_sparse: int = 0) -> None:
-        """Plan `n_train` ExecuTorch training programs (and their held-out, unseen and probe ones) and, on a
-        run measuring the sparse runtime, `n_sparse` sparse-engine ones (and their held-out ones)."""
+        """Plan `n_train` ExecuTorch training programs (and their held-out, unseen and operator-family ones)
+        and, on a run measuring the sparse runtime, `n_sparse` sparse-engine ones (and their held-out ones)."""
         from jcw.profiler import program_zoo, sparse_programs
         train, holdout, unseen = program_counts(n_train)
         entries = program_zoo.program_plan(train, holdout, unseen, self.seed, resolutions=self.resolutions,
-                                           n_probe=probe_count(train))
+                                           n_operator=operator_count(train))
         self.store.add_programs((spec, sample, self.threads) for spec, sample in entries)
         if n_sparse and sparse_programs.RUNTIME in self.runtimes:
             sparse = sparse_programs.sparse_plan(*sparse_programs.sparse_counts(n_sparse), self.seed,

@@ -1,11 +1,10 @@
 """Program specs of whole networks for `jcw profile`: the four families the layer plans are drawn from
-(ResNet-18/50, MobileNetV1/V2, torchvision topology) and held-out "unseen" families, each at any input
-resolution with per-channel-group width multipliers (a genome), random operator-probe graphs
-(profiler/program_probes.py), and the seeded train/holdout/unseen plan.
+(ResNet-18/50, MobileNetV1/V2, torchvision topology), held-out "unseen" families and training-only operator
+families (profiler/operator_families.py), each at any input resolution with per-channel-group width
+multipliers (a genome), and the seeded train/holdout/unseen plan.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -13,14 +12,16 @@ from typing import Any
 import numpy as np
 
 from jcw.profiler.networks import INPUT_CHANNELS, NUM_CLASSES
-from jcw.profiler.program_probes import random_probe
+from jcw.profiler.operator_families import BUILDERS as OPERATOR_BUILDERS
+from jcw.profiler.operator_families import OPERATOR_FAMILIES
+from jcw.profiler.program_builder import Builder
 from jcw.profiler.programs import program_id, validate
 
 #: Families the profiler's layer plans are drawn from (names as in profiler/networks.py).
 TRAIN_FAMILIES = ("resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2")
 #: Held-out architectures no plan is drawn from: other operators and other shapes.
 UNSEEN_FAMILIES = ("vgg11_lite", "squeezenet_lite", "efficientnet_lite0", "densenet_lite")
-FAMILIES = TRAIN_FAMILIES + UNSEEN_FAMILIES
+FAMILIES = TRAIN_FAMILIES + UNSEEN_FAMILIES + OPERATOR_FAMILIES
 WIDTH_STEPS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 RESOLUTIONS = (128, 160, 192, 224)
 RESOLUTION_WEIGHTS = (0.2, 0.2, 0.2, 0.4)
@@ -31,53 +32,7 @@ class ProgramZooError(ValueError):
     """A zoo request is malformed (unknown family, bad widths or resolution); one sentence."""
 
 
-class _Builder:
-    """Appends program nodes, tracking channels per node and the width of each coupling group."""
-
-    def __init__(self, widths: Mapping[str, float]) -> None:
-        self.widths = widths
-        self.nodes: list[dict[str, Any]] = []
-        self.channels = {"input": INPUT_CHANNELS}
-        self.groups: dict[str, int] = {}  # group -> full channels, in order of first use
-        self.last = "input"
-
-    def ch(self, group: str, full: int) -> int:
-        """Channels of a group: max(1, round(multiplier * full)), rounding halves up like the search."""
-        if self.groups.setdefault(group, full) != full:
-            raise AssertionError(f"group {group} used with {self.groups[group]} and {full} channels")
-        return max(1, math.floor(self.widths.get(group, 1.0) * full + 0.5))
-
-    def node(self, name: str, op: str, inputs: Sequence[str] | None = None, channels: int | None = None,
-             **attrs: Any) -> str:
-        inputs = list(inputs) if inputs is not None else [self.last]
-        self.nodes.append({"name": name, "op": op, "inputs": inputs, **attrs})
-        if channels is None:
-            channels = sum(self.channels[i] for i in inputs) if op == "concat" else self.channels[inputs[0]]
-        self.channels[name] = channels
-        self.last = name
-        return name
-
-    def conv(self, name: str, cout: int, k: int, stride: int = 1, act: str | None = None,
-             inputs: Sequence[str] | None = None, pad: int | None = None) -> str:
-        return self.node(name, "conv", inputs, cout, cout=cout, k=k, stride=stride,
-                         pad=k // 2 if pad is None else pad, groups=1, act=act)
-
-    def dwconv(self, name: str, k: int, stride: int = 1, act: str | None = None,
-               inputs: Sequence[str] | None = None) -> str:
-        c = self.channels[(inputs or [self.last])[0]]
-        return self.node(name, "conv", inputs, c, cout=c, k=k, stride=stride, pad=k // 2, groups=c, act=act)
-
-    def pool(self, name: str, op: str, k: int, stride: int, pad: int = 0, inputs: Sequence[str] | None = None) -> str:
-        return self.node(name, op, inputs, k=k, stride=stride, pad=pad)
-
-    def head(self, classifier: bool = True) -> None:
-        self.node("pool", "gap")
-        self.node("flatten", "flatten")
-        if classifier:
-            self.node("fc", "linear", channels=NUM_CLASSES, cout=NUM_CLASSES, act=None)
-
-
-def _resnet(b: _Builder, blocks: tuple[int, ...], bottleneck: bool) -> None:
+def _resnet(b: Builder, blocks: tuple[int, ...], bottleneck: bool) -> None:
     expansion = 4 if bottleneck else 1
     group, full = ("stem" if bottleneck else "stage1"), 64
     b.conv("conv1", b.ch(group, 64), 7, 2, act="relu", inputs=["input"])
@@ -102,15 +57,15 @@ def _resnet(b: _Builder, blocks: tuple[int, ...], bottleneck: bool) -> None:
     b.head()
 
 
-def _resnet18(b: _Builder) -> None:
+def _resnet18(b: Builder) -> None:
     _resnet(b, (2, 2, 2, 2), bottleneck=False)
 
 
-def _resnet50(b: _Builder) -> None:
+def _resnet50(b: Builder) -> None:
     _resnet(b, (3, 4, 6, 3), bottleneck=True)
 
 
-def _mobilenet_v1(b: _Builder) -> None:
+def _mobilenet_v1(b: Builder) -> None:
     b.conv("conv1", b.ch("conv1", 32), 3, 2, act="relu")
     plan = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
     for index, (cout, stride) in enumerate(plan, start=1):
@@ -119,7 +74,7 @@ def _mobilenet_v1(b: _Builder) -> None:
     b.head()
 
 
-def _inverted_residuals(b: _Builder, settings, stem_full: int, act: str, prefix: str = "block") -> int:
+def _inverted_residuals(b: Builder, settings, stem_full: int, act: str, prefix: str = "block") -> int:
     """MobileNetV2-style stages: (expand, k, stride, cout, repeats); returns the last full width."""
     cin_full, index = stem_full, 0
     for stage, (expand, k, first_stride, cout, count) in enumerate(settings, start=1):
@@ -136,7 +91,7 @@ def _inverted_residuals(b: _Builder, settings, stem_full: int, act: str, prefix:
     return cin_full
 
 
-def _mobilenet_v2(b: _Builder) -> None:
+def _mobilenet_v2(b: Builder) -> None:
     b.conv("conv1", b.ch("stem", 32), 3, 2, act="relu6")
     settings = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 3, 2, 32, 3), (6, 3, 2, 64, 4), (6, 3, 1, 96, 3),
                 (6, 3, 2, 160, 3), (6, 3, 1, 320, 1)]
@@ -145,7 +100,7 @@ def _mobilenet_v2(b: _Builder) -> None:
     b.head()
 
 
-def _vgg11_lite(b: _Builder) -> None:
+def _vgg11_lite(b: Builder) -> None:
     """VGG-11 at a quarter of the width (half for the last stages): 3x3 convs, 2x2 max-pools, two FCs."""
     cfg = [16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 256, 256, "M"]
     index = pool = 0
@@ -161,7 +116,7 @@ def _vgg11_lite(b: _Builder) -> None:
     b.node("fc", "linear", channels=NUM_CLASSES, cout=NUM_CLASSES, act=None)
 
 
-def _squeezenet_lite(b: _Builder) -> None:
+def _squeezenet_lite(b: Builder) -> None:
     """SqueezeNet 1.1 (fire modules: 1x1 squeeze, concat of 1x1 and 3x3 expands), one pool an avgpool,
     a 1x1 conv classifier and global pooling."""
     b.conv("conv1", b.ch("conv1", 64), 3, 2, act="relu")
@@ -185,7 +140,7 @@ def _squeezenet_lite(b: _Builder) -> None:
     b.head(classifier=False)
 
 
-def _efficientnet_lite0(b: _Builder) -> None:
+def _efficientnet_lite0(b: Builder) -> None:
     """EfficientNet-Lite0: MBConv with 3x3 and 5x5 depthwise convs, relu6, no squeeze-excitation."""
     b.conv("stem", b.ch("stem", 32), 3, 2, act="relu6")
     settings = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
@@ -195,7 +150,7 @@ def _efficientnet_lite0(b: _Builder) -> None:
     b.head()
 
 
-def _densenet_lite(b: _Builder) -> None:
+def _densenet_lite(b: Builder) -> None:
     """A small DenseNet-BC (growth 16, bottleneck 64): pre-activation relu on multi-input concats,
     1x1 transitions with 2x2 average pooling."""
     growth, bottleneck = 16, 64
@@ -221,7 +176,7 @@ def _densenet_lite(b: _Builder) -> None:
 
 _BUILDERS = {"resnet18": _resnet18, "resnet50": _resnet50, "mobilenet_v1": _mobilenet_v1,
              "mobilenet_v2": _mobilenet_v2, "vgg11_lite": _vgg11_lite, "squeezenet_lite": _squeezenet_lite,
-             "efficientnet_lite0": _efficientnet_lite0, "densenet_lite": _densenet_lite}
+             "efficientnet_lite0": _efficientnet_lite0, "densenet_lite": _densenet_lite, **OPERATOR_BUILDERS}
 
 
 def _check_family(family: Any) -> str:
@@ -232,7 +187,7 @@ def _check_family(family: Any) -> str:
 
 @cache
 def _groups(family: str) -> tuple[tuple[str, int], ...]:
-    b = _Builder({})
+    b = Builder({})
     _BUILDERS[family](b)
     return tuple(b.groups.items())
 
@@ -274,7 +229,7 @@ def zoo_program(family: str, widths: Any = None, resolution: int = 224) -> dict[
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or not 32 <= resolution <= 4096:
         raise ProgramZooError(f"resolution must be an integer in [32, 4096], got {resolution!r}"[:200])
     multipliers = _multipliers(family, widths)
-    b = _Builder(multipliers)
+    b = Builder(multipliers)
     _BUILDERS[family](b)
     spec = validate({"name": family, "family": family, "input": [1, INPUT_CHANNELS, int(resolution), int(resolution)],
                      "nodes": b.nodes})
@@ -341,23 +296,8 @@ def draw(families: Sequence[str], n: int, rng: np.random.Generator, taken: set[s
     return out
 
 
-def _draw_probes(n: int, rng: np.random.Generator, taken: set[str],
-                 resolutions: Sequence[int] | None) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for _ in range(100 * n + 100):
-        if len(out) == n:
-            break
-        sizes = RESOLUTIONS if resolutions is None else resolutions
-        weights = RESOLUTION_WEIGHTS if resolutions is None else None
-        spec = random_probe(rng, int(rng.choice(sizes, p=weights)))
-        if program_id(spec) not in taken:
-            taken.add(program_id(spec))
-            out.append(spec)
-    return out
-
-
 def program_plan(n_train: int, n_holdout: int, n_unseen: int, seed: int = 0,
-                 resolutions: Sequence[int] | None = None, n_probe: int = 0) -> list[tuple[dict[str, Any], str]]:
+                 resolutions: Sequence[int] | None = None, n_operator: int = 0) -> list[tuple[dict[str, Any], str]]:
     """[(spec, sample)], sample in SAMPLES: train (the four plan families at full width first, then random
     genomes), holdout (other genomes of the same families, no program shared with train) and unseen
     (UNSEEN_FAMILIES). Deterministic for a seed; the three samples are interleaved so a session cut short
@@ -365,11 +305,11 @@ def program_plan(n_train: int, n_holdout: int, n_unseen: int, seed: int = 0,
     ones keep an emulated phone's programs fast.
 
     Each sample draws from its own random stream, holdout and unseen first: asking for more programs later
-    extends each sample and never turns a held-out program into a training one. `n_probe` random
-    operator-probe graphs (program_probes) join the training sample from a stream of their own, so adding
-    them never changes which zoo programs a plan holds.
+    extends each sample and never turns a held-out program into a training one. `n_operator` programs of
+    the OPERATOR_FAMILIES join the training sample from a stream of their own, so adding them never changes
+    which zoo programs a plan holds.
     """
-    for name, n in (("n_train", n_train), ("n_holdout", n_holdout), ("n_unseen", n_unseen), ("n_probe", n_probe)):
+    for name, n in (("n_train", n_train), ("n_holdout", n_holdout), ("n_unseen", n_unseen), ("n_operator", n_operator)):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ProgramZooError(f"{name} must be a non-negative integer, got {n!r}")
     if resolutions is not None and (not resolutions or any(int(r) < 32 for r in resolutions)):
@@ -384,8 +324,10 @@ def program_plan(n_train: int, n_holdout: int, n_unseen: int, seed: int = 0,
     drawn = {"holdout": draw(TRAIN_FAMILIES, n_holdout, stream("holdout"), taken, resolutions=resolutions),
              "unseen": draw(UNSEEN_FAMILIES, n_unseen, stream("unseen"), taken, resolutions=resolutions)}
     drawn["train"] = draw(TRAIN_FAMILIES, n_train, stream("train"), taken, first=full, resolutions=resolutions)
-    probes = _draw_probes(n_probe, np.random.default_rng([int(seed), 9, len(SAMPLES)]), taken, resolutions)
-    drawn["train"] = [spec for spec, _ in interleave({"zoo": drawn["train"], "probe": probes}, ("zoo", "probe"))]
+    operator = draw(OPERATOR_FAMILIES, n_operator, np.random.default_rng([int(seed), 9, len(SAMPLES) + 1]), taken,
+                    resolutions=resolutions)
+    drawn["train"] = [spec for spec, _ in interleave({"zoo": drawn["train"], "operator": operator},
+                                                     ("zoo", "operator"))]
     return interleave(drawn, SAMPLES)
 
 

@@ -483,7 +483,7 @@ def _check_programs(store: ProfileStore, header: dict[str, Any] | None, programs
                 f"{_sizes_text(sizes)}; rerun with the same sizes or choose another --out")
         train, held, unseen = program_session.program_counts(programs or old.get("programs", 0))
         params = {"programs": train, "holdout": held, "unseen": unseen,
-                  "probes": program_session.probe_count(train), "sizes": sizes}
+                  "operator": program_session.operator_count(train), "sizes": sizes}
         if sparse or old.get("sparse"):  # a profile without sparse programs keeps the params it always had
             params["sparse"] = sparse or old["sparse"]
         store.set_meta("program_params", params)

@@ -50,6 +50,14 @@ def test_wide_expansions_and_projections_at_small_resolutions(default_plan):
     assert max(max(s.cin, s.cout) for s in wide) >= 1800
 
 
+def test_fully_connected_layers_from_squeeze_excitation_to_a_vgg_flatten(default_plan):
+    fc = [s for s in default_plan.coverage if s.op == "conv" and s.k == 1 and s.h == s.w == 1]
+    assert len(fc) >= 20
+    assert min(s.cin for s in fc) < 128 and max(s.cin for s in fc) > 8000, "SE squeezes to classifier inputs"
+    assert min(s.cout for s in fc) < 64 and max(s.cout for s in fc) > 1000
+    assert any(s.cin % 8 for s in fc) and {s.density for s in fc} > {1.0}
+
+
 def test_training_cost_stays_that_of_the_earlier_plan(default_plan):
     """Plan version 1 measured 2830 training configurations at the default budget (benchmarks/RESULTS.md)."""
     training = sum(len(plans.layer_impls(s)) for s in default_plan.training)
@@ -98,7 +106,8 @@ def test_unseen_set_draws_every_family_in_turn():
 
 def test_a_profile_of_an_earlier_plan_version_is_not_extended():
     stored = {"budget": 1600, "seed": 0, "threads": 1, "rounds": 5, "adaptive": False, "holdout": 320}
-    with pytest.raises(session.ProfileParamsError, match="earlier jcw .layer plan version 1, this one plans version 2"):
+    earlier = f"earlier jcw .layer plan version 1, this one plans version {plans.PLAN_VERSION}"
+    with pytest.raises(session.ProfileParamsError, match=earlier):
         session.ProfileParams(budget=1600).merge(stored, Path("p"))
     current = {**stored, "unseen": 320, "plan_version": plans.PLAN_VERSION}
     assert session.ProfileParams(budget=1600).merge(current, Path("p")).unseen == 320

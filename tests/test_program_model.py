@@ -81,7 +81,7 @@ def make_specs(n, seed, families=tuple(FAMILIES)):
 
 #: The known law: ms per unit of every term (conv factor, per-element costs, MACs, per node/layer/program).
 TRUE = {"conv_ms": 1.15, "add_elems": 2e-6, "act_elems": 1e-6, "maxpool_elems": 6e-7, "avgpool_elems": 8e-7,
-        "gap_elems": 1.5e-6, "flatten_elems": 3e-6, "concat_elems": 2.5e-6, "linear_macs": 4e-7,
+        "gap_elems": 1.5e-6, "concat_rows": 2.5e-5, "linear_macs": 4e-7,
         "nodes": 0.004, "convs": 0.006, "program": 0.05}
 
 
@@ -121,9 +121,21 @@ def test_design_counts_elements_per_kind_linear_macs_and_nodes():
     assert got["nodes"] == 8 and got["convs"] == 3
     assert got["maxpool_elems"] == 8 * 8 * 8 * 9 + 8 * 8 * 8      # window reads + writes
     assert got["add_elems"] == 2 * 512 + 512                       # both operands + the output
-    assert got["act_elems"] == 512 + 512 and got["gap_elems"] == 512 + 8
-    assert got["flatten_elems"] == 8 + 8 and got["concat_elems"] == 0
+    # relu6 and flatten are one kind: each reads and writes every element once
+    assert got["act_elems"] == (512 + 512) + (8 + 8) and got["gap_elems"] == 512 + 8
+    assert "flatten_elems" not in got and got["concat_rows"] == 0
     assert got["linear_macs"] == 8 * 10
+
+
+@pytest.mark.parametrize("inputs, copies", [(2, 2), (5, 5), (6, 7), (9, 10), (10, 12)])
+def test_a_concatenation_costs_one_row_copy_per_input_row_plus_its_chain_links(inputs, copies):
+    """ExecuTorch splits a concatenation of more than 5 tensors into a chain of <= 5-input links, each
+    link after the first re-reading the previous one's output: 6-9 inputs are 2 links, 10-13 are 3."""
+    nodes = [{"name": f"b{i}", "op": "conv", "cout": 1 + i, "k": 1, "inputs": ["input"]} for i in range(inputs)]
+    nodes.append({"name": "cat", "op": "concat", "inputs": [f"b{i}" for i in range(inputs)]})
+    parts = spec_parts([programs.validate({"name": "t", "input": [1, 3, 8, 6], "nodes": nodes})])
+    got = dict(zip(TERMS, design([1.0], parts["ops"], parts["n_nodes"], parts["n_conv"])[0]))
+    assert got["concat_rows"] == copies * 8 * 6, "rows, whatever the channels of each input"
 
 
 def test_bad_parts_are_refused_in_one_sentence():
@@ -176,14 +188,14 @@ def test_a_multiplicative_effect_the_law_misses_is_picked_up_by_the_correction()
 
 
 def test_an_operator_kind_never_trained_on_costs_the_pooled_element_cost():
-    specs = make_specs(60, seed=6, families=("res", "mobile", "plain"))  # no concat anywhere
-    law = {**TRUE, **{f"{k}_elems": 2e-6 for k in ("add", "act", "maxpool", "avgpool", "gap", "flatten", "concat")}}
+    specs = make_specs(60, seed=6, families=("res", "plain"))  # no average pool, no concatenation
+    law = {**TRUE, **{f"{k}_elems": 2e-6 for k in ("add", "act", "maxpool", "avgpool", "gap")}}
     x, y = synthetic(specs, law=law)
     model = ProgramModel("linear").fit(x, y)
-    assert model.state()["borrowed"] == ["concat"]
+    assert model.state()["borrowed"] == ["avgpool"], "concatenations cost rows and are never borrowed"
     # every element-moving operator costs the same here, so the pooled cost is that cost
-    assert model.coef_[TERMS.index("concat_elems")] == pytest.approx(2e-6, rel=0.05)
-    x_new, y_new = synthetic(make_specs(20, seed=7, families=("branch",)), law=law)   # concat-heavy
+    assert model.coef_[TERMS.index("avgpool_elems")] == pytest.approx(2e-6, rel=0.05)
+    x_new, y_new = synthetic(make_specs(20, seed=7, families=("mobile",)), law=law)   # avgpool-heavy
     np.testing.assert_allclose(model.predict(x_new), y_new, rtol=0.02)
 
 
@@ -294,6 +306,17 @@ def test_a_tampered_or_malformed_program_model_is_refused(layer_model, tmp_path)
     _rehash(target, "programs.json")
     with pytest.raises(PredictorError, match="malformed"):
         predictor.load(target)
+    # a program model from a jcw whose law had other terms (before concatenations cost row copies)
+    old_terms = [t.replace("concat_rows", "concat_elems") for t in state["terms"]]
+    (target / "programs.json").write_text(json.dumps(dict(state, terms=old_terms)))
+    _rehash(target, "programs.json")
+    with pytest.raises(PredictorError, match="another version of jcw .*jcw train") as info:
+        predictor.load(target)
+    assert len(str(info.value).splitlines()) == 1
+    # ... and still serves as a prior, which needs only its layer model
+    from jcw.predictor import priors
+    prior = priors.load_prior(target)
+    assert prior.loaded.program_model is None and prior.loaded.model is not None
     (target / "programs.json").write_text(json.dumps(state))
     _rehash(target, "programs.json")
     predictor.load(target)

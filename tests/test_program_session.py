@@ -63,13 +63,13 @@ def tiny_plan(monkeypatch):
     """The zoo's networks take seconds each to export; the phase is the same with tiny programs."""
     calls = []
 
-    def plan(n_train, n_holdout, n_unseen, seed=0, resolutions=None, n_probe=0):
+    def plan(n_train, n_holdout, n_unseen, seed=0, resolutions=None, n_operator=0):
         calls.append((n_train, n_holdout, n_unseen, seed))
         return [tiny(i) for i in range(n_train + n_holdout + n_unseen)]
 
     monkeypatch.setattr(program_zoo, "program_plan", plan)
     monkeypatch.setattr(program_session, "program_counts", lambda n: (n, 1, 1) if n else (0, 0, 0))
-    monkeypatch.setattr(program_session, "probe_count", lambda n: 0)
+    monkeypatch.setattr(program_session, "operator_count", lambda n: 0)
     return calls
 
 
@@ -130,7 +130,7 @@ def test_profile_exports_each_program_once_and_times_it_in_every_round(tmp_path,
         assert len(measured) == 4 and all(m["rounds"] == 2 and m["latency_us"] > 0 for m in measured)
         threads = store.get_meta("threads")
         assert store.get_meta("runtime") == "executorch" and store.get_meta("program_runner")["name"] == "ptebench"
-        assert store.get_meta("program_params") == {"programs": 2, "holdout": 1, "unseen": 1, "probes": 0,
+        assert store.get_meta("program_params") == {"programs": 2, "holdout": 1, "unseen": 1, "operator": 0,
                                                       "sizes": None}
         assert {r["threads"] for r in store.plan()} == {threads} == {r["threads"] for r in rows}
     assert threads == 1  # the Python API keeps 1 unless told None (the device default)
@@ -280,7 +280,7 @@ def test_zoo_plan_sizes_follow_programs():
     assert program_session.program_counts(120) == (120, 40, 40)
     assert program_session.program_counts(6) == (6, 10, 10)
     assert program_session.program_counts(45) == (45, 15, 15)
-    assert [program_session.probe_count(n) for n in (0, 3, 40, 120)] == [0, 0, 0, 0]  # probes are off
+    assert [program_session.operator_count(n) for n in (0, 3, 40, 120)] == [0, 3, 40, 120]
 
 
 def test_jcw_profile_measures_programs_at_the_runtime_default_threads(tmp_path, tiny_plan, capsys):

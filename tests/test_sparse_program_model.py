@@ -188,12 +188,14 @@ def test_a_tampered_sparse_program_model_is_refused(layer_model, tmp_path):  # n
     path.write_text(json.dumps({**state, "coef": {**state["coef"], "sparse_conv_ms": 9.0}}))
     with pytest.raises(PredictorError, match="does not match the hash"):
         predictor.load(tmp_path / "p")
-    path.write_text(json.dumps({**state, "terms": state["terms"][1:]}))
-    card = json.loads((tmp_path / "p" / "card.json").read_text())
-    card["files"][path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (tmp_path / "p" / "card.json").write_text(json.dumps(card))
-    with pytest.raises(PredictorError, match="sparse program model .* is malformed"):
-        predictor.load(tmp_path / "p")
+    for edit, words in (({"terms": state["terms"][1:]}, "fitted by another version of jcw"),
+                        ({"kind": "forest"}, "is malformed")):
+        path.write_text(json.dumps({**state, **edit}))
+        card = json.loads((tmp_path / "p" / "card.json").read_text())
+        card["files"][path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        (tmp_path / "p" / "card.json").write_text(json.dumps(card))
+        with pytest.raises(PredictorError, match=f"sparse program model .* {words}"):
+            predictor.load(tmp_path / "p")
 
 
 # ---- `jcw train` and `jcw predict` on a profile with both runtimes ---------------------------------

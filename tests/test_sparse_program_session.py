@@ -31,7 +31,7 @@ def tiny(index, density):
 def tiny_plans(monkeypatch):
     """One ExecuTorch program (tiny0 at density 0.5) and sparse ones, tiny0 among them: the same spec on both
     runtimes. The zoo's networks take seconds each to export; the phase is the same with tiny ones."""
-    def executorch_plan(n_train, n_holdout, n_unseen, seed=0, resolutions=None, n_probe=0):
+    def executorch_plan(n_train, n_holdout, n_unseen, seed=0, resolutions=None, n_operator=0):
         return [(tiny(0, 0.5), "train")] if n_train else []
 
     def sparse_plan(n_train, n_holdout, seed=0, resolutions=None):
@@ -42,7 +42,7 @@ def tiny_plans(monkeypatch):
     monkeypatch.setattr(sparse_programs, "sparse_plan", sparse_plan)
     monkeypatch.setattr(sparse_programs, "sparse_counts", lambda n: (n, 1) if n else (0, 0))
     monkeypatch.setattr(program_session, "program_counts", lambda n: (n, 0, 0) if n else (0, 0, 0))
-    monkeypatch.setattr(program_session, "probe_count", lambda n: 0)
+    monkeypatch.setattr(program_session, "operator_count", lambda n: 0)
 
 
 class EngineDevice(LocalDevice):
