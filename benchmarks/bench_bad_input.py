@@ -69,7 +69,7 @@ def systematic_failure(world: World) -> tuple[str, Outcome]:
 
 
 def concurrent_profiles(world: World) -> tuple[str, Outcome]:
-    from jcw.profiler.store import lock_holder
+    from jcw.profiler.profile_lock import lock_holder
     out = world.root / "raced"
     argv = ["profile", "--device", "local", "--out", str(out), "--budget", "400", "--programs", "0", *FAST]
     first = subprocess.Popen([sys.executable, "-m", "jcw", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,

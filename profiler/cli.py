@@ -30,7 +30,8 @@ from jcw.profiler.cliargs import (
     threads_arg,
 )
 from jcw.profiler.layerspec import read_jsonl
-from jcw.profiler.store import ProfileStore, StoreError, profile_lock
+from jcw.profiler.profile_lock import profile_lock
+from jcw.profiler.store import ProfileStore, StoreError
 from jcw.profiler.transfer_prior import PriorCardError, check_prior, check_runner
 
 EXIT_USER_ERROR = 2

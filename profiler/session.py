@@ -22,10 +22,11 @@ from jcw.profiler import acquisition, labels, plans, program_session
 from jcw.profiler.batches import CRASHES_BEFORE_ERROR, SystematicFailure, common_error, run_lines  # noqa: F401  (re-exported)
 from jcw.profiler.cliargs import MAX_THREADS
 from jcw.profiler.layerspec import LayerSpec
+from jcw.profiler.profile_lock import profile_lock
 from jcw.profiler.program_measure import measure_programs  # noqa: F401  (re-exported)
 from jcw.profiler.program_session import PteError  # noqa: F401  (re-exported)
 from jcw.profiler.sparse_programs import runtimes_to_measure
-from jcw.profiler.store import DB_NAME, ROUND_STATISTIC, ProfileStore, StoreError, profile_lock
+from jcw.profiler.store import DB_NAME, ROUND_STATISTIC, ProfileStore, StoreError
 
 # Repeatability methodology: every configuration is timed in `rounds` full passes over the plan,
 # reshuffled per round, so its rounds are minutes apart and meet different moments of load or heat;

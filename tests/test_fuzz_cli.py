@@ -169,7 +169,7 @@ def build_world(root: Path) -> World:
     world = World(root=root, profile=profile, big_profile=big, predictor=predictor, run=run, layers=layers,
                   locked=locked, unwritable=root / "unwritable")
     world.holder = subprocess.Popen(  # another "jcw profile" holding the lock of `locked`
-        [sys.executable, "-c", "import sys, time\nfrom jcw.profiler.store import profile_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom jcw.profiler.profile_lock import profile_lock\n"
                                "with profile_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(3600)\n",
          str(locked)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert world.holder.stdout.readline().strip() == "held"

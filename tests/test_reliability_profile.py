@@ -19,7 +19,8 @@ from jcw.__main__ import EXIT_DEVICE
 from jcw.android_harness.local import LocalDevice
 from jcw.profiler import session
 from jcw.profiler.batches import SystematicFailure, common_error, error_kind, same_failure
-from jcw.profiler.store import LOCK_NAME, ProfileStore, lock_holder
+from jcw.profiler.profile_lock import LOCK_NAME, lock_holder
+from jcw.profiler.store import ProfileStore
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--warmup", "0", "--min-reps", "1", "--min-time-ms", "0", "--check-samples", "4"]

@@ -14,17 +14,15 @@ from pathlib import Path
 import pytest
 
 from jcw.profiler.layerspec import LayerSpec
+from jcw.profiler.profile_lock import LOCK_NAME, lock_holder, profile_lock
 from jcw.profiler.store import (
     DB_NAME,
-    LOCK_NAME,
     ProfileLocked,
     ProfileStore,
     StoreDamaged,
     StoreError,
     StoreNotWritable,
     config_id,
-    lock_holder,
-    profile_lock,
 )
 from test_fuzz_cli import deny_writes, flip_middle
 
@@ -189,7 +187,8 @@ def test_the_lock_is_reentrant_and_tidy(tmp_path):
 
 def test_a_second_holder_is_refused_and_a_killed_one_leaves_no_stale_lock(tmp_path):
     target = tmp_path / "p"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom jcw.profiler.store import profile_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time\nfrom jcw.profiler.profile_lock import profile_lock\n"
                                "with profile_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n",
                                str(target)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
