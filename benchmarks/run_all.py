@@ -75,6 +75,8 @@ def main() -> int:
     if want("whole"):
         step("bench_whole_program", [PY, "benchmarks/bench_whole_program.py", "--profile", str(profile),
                                      "--predictor", str(predictor), *(["--skip-resnet"] if args.quick else [])])
+        step("bench_program_budget", [PY, "benchmarks/bench_program_budget.py", "--profile", str(profile),
+                                      "--predictor", str(predictor)])
         step("bench_same_kernel", [PY, "benchmarks/bench_same_kernel.py", "--threads", "1",
                                    *(["--shapes", "4"] if args.quick else [])])
     if want("bad-input"):
