@@ -12,6 +12,10 @@
    `jcw measure` call over all programs, then one over all network files, the order flipped every round),
    so drift on a shared machine hits both sides; each figure is `latency_ms` = `us_min` of the fastest
    round, on both sides.
+   With `--segments` every .jcwnet is also timed with `jcw measure --sparse-path segments`: the engine's
+   default runs a network that qualifies (a MobileNet-style cluster with more than 2/3 zeros in its 1x1s)
+   inside XNNPACK's own sparse inference where that XNNPACK rewrites it (arm64; never x86 with AVX), and
+   the extra columns say which path ran and what the engine's own NCHW segments take for the same file.
 2. The best joint-searched candidate at two budgets: `--runs DIR...` (`jcw search --runtime sparse`
    runs) are exported with `jcw export --run DIR --pick B --runtime sparse --compare-unpruned` and their
    .pte, .jcwnet and unpruned .pte measured as in 1 at `--budgets` (default: the front's 25th and 75th
@@ -40,6 +44,8 @@ resolution-agnostic; every row says the input size).
 Reproduce:
     .venv/bin/python benchmarks/bench_sparse_engine.py                                  # local, 224 px
     .venv/bin/python benchmarks/bench_sparse_engine.py --device emulated --resolution 96 --rounds 2
+    .venv/bin/python benchmarks/bench_sparse_engine.py --device emulated --resolution 96 --rounds 2 --segments \
+        --models mobilenet_v1,mobilenet_v2 --no-bad-input       # XNNPACK's sparse inference vs segments
     .venv/bin/python benchmarks/bench_sparse_engine.py --runs RUN1 [RUN2] --budgets B1,B2   # + section 2
     tiny: --models mobilenet_v1 --densities 0.1 --resolution 64 --rounds 1
 """
@@ -174,9 +180,12 @@ def export_runs(runs, budgets, device: str, work: Path) -> list[dict]:
 
 
 # ---- measuring ----------------------------------------------------------------------------------
-def measure(device: str, kind: str, paths: list[str], threads: int, extra: list[str]) -> dict[str, dict]:
+def measure(device: str, kind: str, paths: list[str], threads: int, extra: list[str],
+            sparse_path: str = "auto") -> dict[str, dict]:
     """One `jcw measure --pte|--net` call over `paths`, one round: path -> result (or {"error": ...})."""
     argv = ["measure", "--device", device, "--threads", threads, "--rounds", 1, "--json", *extra]
+    if kind == "net":
+        argv += ["--sparse-path", sparse_path]
     for path in paths:
         argv += [f"--{kind}", path]
     proc = jcw(*argv)
@@ -190,18 +199,21 @@ def measure(device: str, kind: str, paths: list[str], threads: int, extra: list[
     return results
 
 
-def measure_all(rows, device: str, threads: int, rounds: int, extra: list[str]) -> None:
-    """Fill rows' pte_ms / net_ms: .pte and .jcwnet calls alternate, order flipped every round; min over rounds."""
+def measure_all(rows, device: str, threads: int, rounds: int, extra: list[str], segments: bool = False) -> None:
+    """Fill rows' pte_ms / net_ms (and seg_ms: the engine forced onto its own NCHW segments, with `segments`):
+    .pte and .jcwnet calls alternate, order flipped every round; min over rounds."""
     ptes = sorted({r["pte"] for r in rows if r.get("pte")})
     nets = sorted({r["net"] for r in rows if r.get("net")})
     best: dict[tuple[str, str], dict] = {}
     for round_ in range(rounds):
-        order = [("pte", ptes), ("net", nets)]
+        order = [("pte", ptes), ("net", nets)] + ([("seg", nets)] if segments else [])
         for kind, paths in (order if round_ % 2 == 0 else order[::-1]):
             if not paths:
                 continue
             started = time.monotonic()
-            for path, result in measure(device, kind, paths, threads, extra).items():
+            measured = measure(device, "net" if kind == "seg" else kind, paths, threads, extra,
+                               "segments" if kind == "seg" else "auto")
+            for path, result in measured.items():
                 held = best.get((kind, path))
                 if "error" in result:
                     best.setdefault((kind, path), result)
@@ -210,14 +222,15 @@ def measure_all(rows, device: str, threads: int, rounds: int, extra: list[str]) 
             print(f"  round {round_ + 1}/{rounds}: {len(paths)} {kind} file(s) on {device} "
                   f"({time.monotonic() - started:.0f} s)", flush=True)
     for row in rows:
-        for kind in ("pte", "net"):
-            result = best.get((kind, row.get(kind)), {})
+        for kind in ("pte", "net", "seg"):
+            result = best.get((kind, row.get("net" if kind == "seg" else kind)), {})
             row[f"{kind}_ms"] = result.get("latency_ms")
             row[f"{kind}_error"] = result.get("error")
             if kind == "net" and result:
                 row.update(sparse=len(result.get("sparse_layers") or []), layers=result.get("layers"),
                            conversions=result.get("conversions"), net_err=result.get("max_abs_error"),
-                           threads=result.get("threads"), xnnpack_sparse=result.get("xnnpack_sparse"))
+                           threads=result.get("threads"), xnnpack_sparse=result.get("xnnpack_sparse"),
+                           path=result.get("sparse_path"))
             elif kind == "pte" and result:
                 row.setdefault("threads", result.get("threads"))
 
@@ -232,10 +245,12 @@ def ratio(a, b) -> str:
 
 def print_table(rows, title: str) -> None:
     by_key = {r["key"]: r for r in rows}
+    segments = any(r.get("seg_ms") is not None for r in rows)
     print(f"\n{title}")
     print("| network | density | .pte ms | .jcwnet ms | speed-up (pte/net) | anchor .pte / net | .pte / anchor .pte "
-          "| sparse layers | conversions | max_abs_error engine | max_abs_error .pte | signal |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| sparse layers | conversions | max_abs_error engine | max_abs_error .pte | signal |"
+          + (" sparse path | segments ms | segments / net |" if segments else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if segments else ""))
     for row in rows:
         if row["section"] == "anchor":
             continue
@@ -249,7 +264,9 @@ def print_table(rows, title: str) -> None:
               f"| {ratio(anchor.get('pte_ms'), row.get('net_ms'))} | {ratio(row.get('pte_ms'), anchor.get('pte_ms'))} "
               f"| {fmt(row.get('sparse'), 'd')}/{fmt(row.get('layers'), 'd')} | {fmt(row.get('conversions'), 'd')} "
               f"| {fmt(row.get('net_err'), '.2e')} | {fmt(row.get('pte_err'), '.2e')} "
-              f"| {fmt(row.get('signal'), '.3g')} |")
+              f"| {fmt(row.get('signal'), '.3g')} |"
+              + (f" {row.get('path') or '—'} | {fmt(row.get('seg_ms'), '.4g')} "
+                 f"| {ratio(row.get('seg_ms'), row.get('net_ms'))} |" if segments else ""))
 
 
 # ---- bad input ------------------------------------------------------------------------------------
@@ -366,6 +383,9 @@ def main() -> int:
     parser.add_argument("--zoo-weights", action="store_true", help="no BatchNorm calibration (see 3. above)")
     parser.add_argument("--runs", nargs="*", default=[], help="`jcw search --runtime sparse` run directories")
     parser.add_argument("--budgets", default="", help="ms, comma-separated (default: front percentiles 25, 75)")
+    parser.add_argument("--segments", action="store_true",
+                        help="also time every .jcwnet with `--sparse-path segments` (the engine's own NCHW segments) "
+                             "beside the default path, which is XNNPACK's own sparse inference where it rewrites")
     parser.add_argument("--no-bad-input", action="store_true")
     parser.add_argument("--keep", type=Path, help="keep the exported files in this directory")
     args = parser.parse_args()
@@ -391,7 +411,7 @@ def main() -> int:
         rows = export_rows(models, densities, args.resolution, not args.zoo_weights, work)
         run_rows = export_runs(args.runs, budgets, address, work) if args.runs else []
         print("\n== measuring", flush=True)
-        measure_all(rows + run_rows, address, args.threads, args.rounds, extra)
+        measure_all(rows + run_rows, address, args.threads, args.rounds, extra, args.segments)
         sparse_build = next((r.get("xnnpack_sparse") for r in rows if r.get("xnnpack_sparse")), None)
         print_table(rows, f"== 1. speed-up of the sparse engine over the dense .pte, uniform width 1.0 "
                           f"({described}, {args.resolution} px, {rows[0].get('threads') if rows else '?'} thread(s); "

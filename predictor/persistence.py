@@ -173,6 +173,13 @@ class Predictor:
         return FALLBACK if self.program_model is None else f"program model ({self.program_model.kind_})"
 
     @property
+    def xnnpack_sparse_inference(self) -> bool:
+        """Whether the device's XNNPACK rewrites qualifying networks to NCHW (its program runner's header): the
+        engine then runs them inside XNNPACK's own sparse inference (profiler.engine_plan)."""
+        runner = self.card.get("program_runner")
+        return bool(runner.get("xnnpack_sparse_inference")) if isinstance(runner, dict) else False
+
+    @property
     def sparse_program_note(self) -> str:
         """How whole programs are predicted on the sparse engine: its program model's kind, or the fallback."""
         model = self.sparse_program_model
@@ -234,7 +241,8 @@ class Predictor:
         of the layer predictor covers all layers of all specs.
         """
         if runtime == sparse_runtime.RUNTIME:
-            return sparse_runtime.predict_specs(self.model, self.sparse_program_model, specs)
+            return sparse_runtime.predict_specs(self.model, self.sparse_program_model, specs,
+                                                self.xnnpack_sparse_inference)
         if runtime != RUNTIME:
             raise PredictorError(f"runtime must be {RUNTIME} or {sparse_runtime.RUNTIME}, got {runtime!r}"[:200])
         parts = spec_parts(specs)

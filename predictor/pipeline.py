@@ -247,7 +247,9 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
         program_curve = efficiency.program_efficiency(programs["data"], seed=seed, progress=say)
     if programs is None and data["programs"]:
         say("too few measured training programs for a program model")
-    sparse = program_eval.evaluate_programs(ours, data["sparse_programs"], seed=seed, say=say, runtime="sparse")
+    runner = data["program_runner"] if isinstance(data["program_runner"], dict) else {}
+    sparse = program_eval.evaluate_programs(ours, data["sparse_programs"], seed=seed, say=say, runtime="sparse",
+                                            xnnpack_sparse_inference=bool(runner.get("xnnpack_sparse_inference")))
     summary = {name: {k: s["models"][OURS][k] for k in ("n", "rmspe", "mape", "within5", "within10", "within15")}
                | {"noise_floor_within10": s["noise_floor"]["within10"],
                   "noise_floor_rmspe": s["noise_floor"]["rmspe"],

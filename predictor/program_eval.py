@@ -52,11 +52,12 @@ def _measured(rows: Sequence[Row]) -> dict[str, Any]:
             "rounds": [list(r.get("round_latencies") or ()) for r in rows]}
 
 
-def sparse_program_data(layer_model: Any, rows: Sequence[Row]) -> dict[str, Any]:
+def sparse_program_data(layer_model: Any, rows: Sequence[Row], xnnpack_sparse_inference: bool = False
+                        ) -> dict[str, Any]:
     """program_data for the sparse engine's programs: its design (predictor.sparse_runtime) and, as
     references, the old anchor (faster kernel per layer) and the engine's layers summed."""
     from jcw.predictor import sparse_runtime
-    parts = sparse_runtime.spec_parts([r["spec"] for r in rows])
+    parts = sparse_runtime.spec_parts([r["spec"] for r in rows], xnnpack_sparse_inference)
     engine = sparse_runtime.engine_columns(layer_model, parts)
     return {"x": sparse_runtime.sparse_design(engine, parts["ops"], parts["n_nodes"], parts["n_conv"]),
             "baseline_ms": engine["best_sum_ms"],
@@ -84,9 +85,11 @@ def scored(model: ProgramModel, data: Mapping[str, Any], mask: np.ndarray) -> di
 
 def evaluate_programs(layer_model: Any, rows: Sequence[Row], *, seed: int = 0, kind: str = "auto",
                       say: Callable[[str], None] = lambda message: None,
-                      runtime: str = "executorch") -> dict[str, Any] | None:
+                      runtime: str = "executorch", xnnpack_sparse_inference: bool = False
+                      ) -> dict[str, Any] | None:
     """Fit the `runtime`'s program model ("executorch" or "sparse") on "train" programs, score "holdout" and
-    "unseen" (and "train" itself, in sample).
+    "unseen" (and "train" itself, in sample). `xnnpack_sparse_inference`: the device's XNNPACK rewrites
+    qualifying networks (sparse runtime only; profiler.engine_plan).
 
     None when the profile has fewer than MIN_TRAIN_PROGRAMS measured training programs.
     """
@@ -98,7 +101,8 @@ def evaluate_programs(layer_model: Any, rows: Sequence[Row], *, seed: int = 0, k
     if len(train_rows) < MIN_TRAIN_PROGRAMS:
         return None
     say("fitting the whole-program model" + (" of the sparse engine" if runtime == SPARSE else ""))
-    data = (sparse_program_data if runtime == SPARSE else program_data)(layer_model, rows)
+    data = sparse_program_data(layer_model, rows, xnnpack_sparse_inference) if runtime == SPARSE \
+        else program_data(layer_model, rows)
     train = data["sample"] == "train"
     model = (SparseProgramModel if runtime == SPARSE else ProgramModel)(kind, random_state=seed).fit(
         data["x"][train], data["measured_ms"][train], [f for f, t in zip(data["family"], train) if t])

@@ -41,10 +41,12 @@ class SparseProgramModel(ProgramModel):
     LAYOUT_TERMS = ENGINE_TERMS[3:]
 
 
-def spec_parts(specs: Any) -> dict[str, Any]:
+def spec_parts(specs: Any, xnnpack_sparse_inference: bool = False) -> dict[str, Any]:
     """jcw.predictor.programs.spec_parts plus the engine's plan of each spec: per layer whether it runs sparse
     ("runs_sparse") or as an NCHW depthwise ("nchw_depthwise"), per program "conversions" and
-    "conversion_elems". PredictorError naming the program for one the engine cannot run."""
+    "conversion_elems" — inside XNNPACK's own sparse inference where the device's XNNPACK rewrites
+    (`xnnpack_sparse_inference`, the program runner's header) and the network qualifies. PredictorError
+    naming the program for one the engine cannot run."""
     from jcw.profiler import engine_plan
     from jcw.profiler.programs import conv_layers
 
@@ -53,7 +55,7 @@ def spec_parts(specs: Any) -> dict[str, Any]:
     counts, moved = np.zeros(parts["n"]), np.zeros(parts["n"])
     for index, spec in enumerate(parts["specs"]):
         try:
-            plan = engine_plan.spec_plan(spec)
+            plan = engine_plan.spec_plan(spec, xnnpack_sparse_inference)
         except engine_plan.EnginePlanError as exc:
             raise PredictorError(f"program {index}: {exc}") from None
         counts[index], moved[index] = plan["conversions"], plan["conversion_elems"]
@@ -127,12 +129,13 @@ def predict_parts(model: SparseProgramModel | None, linear_dense_ms: Any, engine
     return x[:, :3].sum(axis=1) + linear_dense_ms(ops, len(x))
 
 
-def predict_specs(layer_model: Any, model: SparseProgramModel | None, specs: Any) -> dict[str, np.ndarray]:
+def predict_specs(layer_model: Any, model: SparseProgramModel | None, specs: Any,
+                  xnnpack_sparse_inference: bool = False) -> dict[str, np.ndarray]:
     """Whole-program latency of program specs on the sparse engine: latency_ms, conv_ms (its conv layers'
     share), other_ms (the rest: conversions, other operators, linear layers, fixed costs), layers_ms (every
     layer as the engine runs it, summed: the answer without a program model), sparse_layers (how many run
-    sparse) and conversions (per run)."""
-    parts = spec_parts(specs)
+    sparse) and conversions (per run). `xnnpack_sparse_inference`: as for spec_parts."""
+    parts = spec_parts(specs, xnnpack_sparse_inference)
     engine = engine_columns(layer_model, parts)
     x = sparse_design(engine, parts["ops"], parts["n_nodes"], parts["n_conv"])
     count = per_program(parts["runs_sparse"].astype(float), parts["layer_program"], parts["n"])

@@ -186,10 +186,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "--weights cold` does); the table's title and every JSON line say which")
     meas.add_argument("--rounds", type=_rounds, default=1,
                       help="--pte/--net: timing rounds per file; latency_ms is the fastest (default 1)")
+    meas.add_argument("--sparse-path", choices=program_measure.SPARSE_PATHS, default="auto",
+                      help="--net: run the sparse layers with XNNPACK's own sparse inference where the network "
+                           "qualifies and XNNPACK rewrites it on that CPU, else as NCHW SpMM segments (auto, "
+                           "default); only the former (xnnpack: a network it does not apply to is refused with "
+                           "the reason); or only the latter (segments)")
     meas.add_argument("--json", action="store_true",
                       help="print JSON lines instead of a table (--layers: runner result lines; --pte: one object "
                            "per program with latency_ms, us_min, us_median, reps, threads, runtime, device, pte; "
-                           "--net: the same with net instead of pte, plus sparse_layers, conversions, max_abs_error)")
+                           "--net: the same with net instead of pte, plus sparse_layers, conversions, max_abs_error, "
+                           "sparse_path and not_xnnpack)")
     meas.set_defaults(handler=cmd_measure)
 
 
@@ -511,13 +517,16 @@ def _measure_programs(args: argparse.Namespace) -> int:
     """--pte and --net: the same runner path, rounds and statistics; --net adds the sparse engine's fields."""
     key = "net" if args.net else "pte"
     paths = args.net or args.pte
+    if key == "pte" and args.sparse_path != "auto":
+        return _fail("measure", "--sparse-path applies to --net (the sparse engine), not to --pte.")
     try:
         for path in paths:  # before connecting to anything
             program_measure.PROGRAM_FILES[key](path)
         runner_argv = _runner_argv(args.runner_arg)
         with session.open_device(args.device) as device, _LazyBar("measuring") as progress:
             results = session.measure_programs(device, paths, threads=args.threads, rounds=args.rounds,
-                                               runner_args=runner_argv, progress=progress, key=key)
+                                               runner_args=runner_argv, progress=progress, key=key,
+                                               sparse_path=args.sparse_path)
     except session.PteError as exc:
         return _fail("measure", f"{str(exc).rstrip('.')}.")
     except _BadRunnerArg as exc:
@@ -538,12 +547,15 @@ def _measure_programs(args: argparse.Namespace) -> int:
     if key == "net":  # the engine's own facts, in a second table so both fit a terminal
         Console().print(table)
         table = Table(title="what the sparse engine ran")
-        for column in ("program", "sparse layers", "layout conversions", "max abs error vs torch"):
+        for column in ("program", "sparse layers (path)", "layout conversions", "max abs error vs torch"):
             table.add_column(column, justify="left" if column == "program" else "right", no_wrap=True)
         for r in results:
             sparse, layers = r.get("sparse_layers"), r.get("layers")
-            error = r.get("max_abs_error")
-            table.add_row(Path(r[key]).name, f"{len(sparse)}/{layers}" if isinstance(sparse, list) else "",
+            error, path = r.get("max_abs_error"), f" ({r['sparse_path']})" if r.get("sparse_path") else ""
+            table.add_row(Path(r[key]).name, f"{len(sparse)}/{layers}{path}" if isinstance(sparse, list) else "",
                           str(r.get("conversions", "")), f"{error:.2e}" if isinstance(error, (int, float)) else "")
+        if any(r.get("not_xnnpack") for r in results):
+            table.caption = "; ".join(f"{Path(r[key]).name}: segments, because {r['not_xnnpack']}"
+                                      for r in results if r.get("not_xnnpack"))
     Console().print(table)
     return 0

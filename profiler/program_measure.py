@@ -35,12 +35,18 @@ def check_net(path: str | os.PathLike[str]) -> Path:
 #: Plan-line key of each kind of whole-network file, and the check it passes before anything connects.
 PROGRAM_FILES: dict[str, Callable[[str | os.PathLike[str]], Path]] = {"pte": check_pte, "net": check_net}
 #: Result fields the network engine adds for "net" lines (android_harness/native/NETFILE.md).
-NET_FIELDS = ("sparse_layers", "layers", "conversions", "max_abs_error", "xnnpack", "xnnpack_sparse")
+NET_FIELDS = ("sparse_layers", "layers", "conversions", "max_abs_error", "xnnpack", "xnnpack_sparse", "sparse_path",
+              "not_xnnpack")
+#: How the engine runs sparse layers (NETFILE.md): XNNPACK's own sparse inference where the network qualifies
+#: and XNNPACK rewrites it on that CPU, else NCHW SpMM segments (auto); only the first (xnnpack); only the
+#: segments (segments).
+SPARSE_PATHS = ("auto", "xnnpack", "segments")
 
 
 def measure_programs(device_or_address: Device | str, pte_paths: Iterable[str | os.PathLike[str]],
                      threads: int | None = None, rounds: int = 1, runner_args: Iterable[str] = (),
-                     progress: Progress | None = None, key: str = "pte") -> list[dict[str, Any]]:
+                     progress: Progress | None = None, key: str = "pte", sparse_path: str = "auto"
+                     ) -> list[dict[str, Any]]:
     """Time each .pte (key "pte") or jcw network file (key "net", the sparse engine) on a device in
     `rounds` passes; one dict per file, in order.
 
@@ -50,7 +56,8 @@ def measure_programs(device_or_address: Device | str, pte_paths: Iterable[str | 
     of each round's median), "reps" (all rounds), "rounds", "round_us_min", and the runner's
     "load_us", "input_shape", "output_shape". PteError (one sentence) for a file that is missing,
     not a .pte, truncated, or refused by the runner (e.g. an int input or several inputs). A network
-    file's dict names it under "net" and adds the engine's NET_FIELDS ("runtime" is then "sparse").
+    file's dict names it under "net" and adds the engine's NET_FIELDS ("runtime" is then "sparse");
+    `sparse_path` (one of SPARSE_PATHS) says how the engine runs its sparse layers.
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
@@ -59,15 +66,18 @@ def measure_programs(device_or_address: Device | str, pte_paths: Iterable[str | 
         raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} or None, got {threads!r}")
     if key not in PROGRAM_FILES:
         raise ValueError(f"key must be one of {', '.join(PROGRAM_FILES)}, got {key!r}")
+    if sparse_path not in SPARSE_PATHS:
+        raise ValueError(f"sparse_path must be one of {', '.join(SPARSE_PATHS)}, got {sparse_path!r}")
     given = [str(p) for p in pte_paths]
     paths = [PROGRAM_FILES[key](p) for p in given]
     if isinstance(device_or_address, str):
         with _open(device_or_address) as device:
-            return measure_programs(device, given, threads, rounds, runner_args, progress, key)
+            return measure_programs(device, given, threads, rounds, runner_args, progress, key, sparse_path)
     device = device_or_address
     if not hasattr(device, "run_programs"):
         raise DeviceError(f"{device.address} cannot run whole programs (no .pte runner)")
-    lines = [{"id": f"{r}:{i}", key: str(path.resolve()), "threads": threads or 0}
+    path_field = {"sparse_path": sparse_path} if key == "net" and sparse_path != "auto" else {}
+    lines = [{"id": f"{r}:{i}", key: str(path.resolve()), "threads": threads or 0, **path_field}
              for r in range(rounds) for i, path in enumerate(paths)]
     by_file: list[list[dict[str, Any]]] = [[] for _ in paths]
     for done, result in enumerate(run_lines(device, lines, runner_args, run=device.run_programs), start=1):

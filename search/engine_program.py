@@ -42,11 +42,16 @@ class EngineProgram:
             if "_layer" in node:
                 self.layer_nodes.append((node["_layer"], engine_node))
         self.is_conv = np.array([not layer.is_linear for layer in template.graph.layers])
+        input_channels = int(template.value_channels(full[None, :])[0, 0])
+        self.cluster = engine_plan.xnnpack_cluster(self.nodes, input_channels)
 
-    def plan(self, channels: np.ndarray, densities: np.ndarray) -> dict[str, Any]:
+    def plan(self, channels: np.ndarray, densities: np.ndarray, xnnpack_sparse_inference: bool = False
+             ) -> dict[str, Any]:
         """For n genomes ((n, groups) kept channels, (n, layers) densities): "runs_sparse" and "nchw_depthwise"
-        ((n, layers) bool, per weighted layer in the search's order) and "layout" (engine_plan.layout_plan's
-        conversions, conversion_elems and nchw_depthwise)."""
+        ((n, layers) bool, per weighted layer in the search's order), "layout" (engine_plan.layout_plan's
+        conversions, conversion_elems and nchw_depthwise) and "xnnpack" ((n,) whether the engine runs the
+        network inside XNNPACK's own sparse inference: only where the device's XNNPACK rewrites,
+        `xnnpack_sparse_inference`)."""
         values = self.template.value_channels(channels)                  # (n, values)
         hw = self.template.value_hw
         elements = (values * hw).astype(np.float64)
@@ -62,8 +67,26 @@ class EngineProgram:
                 sparse[node["name"]] = runs_sparse[:, layer]
         layout = engine_plan.layout_plan(self.nodes, dict(zip(names, elements.T)), dict(zip(names, free.T)),
                                          sparse, n)
+        rewritten = np.zeros(n, dtype=bool)
+        if xnnpack_sparse_inference and self.cluster is not None:
+            rewritten = self._rewritten(values, densities) & runs_sparse.any(axis=1)
+            engine_plan.apply_xnnpack(layout, sparse, self.cluster, rewritten, elements[:, 0])
+            for layer, node in self.layer_nodes:
+                if node["name"] in self.cluster["pointwise"]:
+                    runs_sparse[:, layer] = sparse[node["name"]]
         nchw = np.zeros((n, self.n_layers), dtype=bool)
         for layer, node in self.layer_nodes:
             if node["name"] in layout["nchw_depthwise"]:
                 nchw[:, layer] = layout["nchw_depthwise"][node["name"]]
-        return {"runs_sparse": runs_sparse, "nchw_depthwise": nchw, "layout": layout}
+        return {"runs_sparse": runs_sparse, "nchw_depthwise": nchw, "layout": layout, "xnnpack": rewritten}
+
+    def _rewritten(self, values: np.ndarray, densities: np.ndarray) -> np.ndarray:
+        """(n,) whether the cluster's 1x1 weights are zero enough for XNNPACK to rewrite it."""
+        column = {name: i for i, name in enumerate(self.template.value_names)}
+        layer_of = {node["name"]: layer for layer, node in self.layer_nodes}
+        by_name = {node["name"]: node for node in self.nodes}
+        pointwise = self.cluster["pointwise"]
+        weights = np.column_stack([values[:, column[name]] * values[:, column[by_name[name]["inputs"][0]]]
+                                   for name in pointwise]) if pointwise else np.zeros((len(values), 0))
+        kept = np.column_stack([densities[:, layer_of[name]] for name in pointwise]) if pointwise else weights
+        return engine_plan.xnnpack_rewrites(weights, kept)

@@ -133,7 +133,8 @@ class LatencyModel:
             raise SearchError(self.engine_error)
         template, n, shape = self.space.program, X.shape[0], (X.shape[0], self.space.n_layers)
         channels = self.space.channels(X)
-        plan = template.engine.plan(channels, self.space.densities(X))
+        plan = template.engine.plan(channels, self.space.densities(X),
+                                    bool(getattr(self.predictor, "xnnpack_sparse_inference", False)))
         predicted = self.predictor.predict(self.space.columns(X))
         self.calls += 1
         self.rows += n * self.space.n_layers

@@ -409,7 +409,10 @@ def test_arm64_bundle_runs_a_network_under_qemu_to_torchs_output(tmp_path):
     torch.manual_seed(6)
     net = NchwChain()
     saved = save(net, tmp_path / "chain.jcwnet", shape=(1, 3, 8, 8))
-    lines = [{"id": "chain", "net": saved["path"], "threads": 1}, {"id": "magic", "net": str(tmp_path / "x.jcwnet")}]
+    # segments: this chain also qualifies for XNNPACK's own sparse inference (tests/test_xnnpack_cluster.py),
+    # which the engine would take by default on arm64; here the engine's NCHW segments are what is tested
+    lines = [{"id": "chain", "net": saved["path"], "threads": 1, "sparse_path": "segments"},
+             {"id": "magic", "net": str(tmp_path / "x.jcwnet")}]
     (tmp_path / "x.jcwnet").write_bytes(b"not a network file at all")
     done = subprocess.run(["sh", str(bundle / runner.PTEBENCH_LAUNCHER), "--warmup", "0", "--min-reps", "2",
                            "--min-time-ms", "0", "--dump", str(tmp_path)],

@@ -102,12 +102,38 @@ bool nchw_depthwise_shape(const net_node& n) {
   return n.groups > 1 && (n.k == 3 || n.k == 5) && (n.stride == 1 || n.stride == 2) && n.pad == n.k / 2;
 }
 
+bool pool_failed(size_t threads, std::string* err) {
+  *err = "could not create a thread pool of " + std::to_string(threads) + " threads";
+  return false;
+}
+
+/* XNNPACK's own sparse inference for the nodes before *first, where the network qualifies and XNNPACK
+ * rewrites it here; otherwise nothing is set up and e.not_xnnpack says why. False only on a failure. */
+bool run_cluster(net_context& ctx, const net_file& net, planner& plan, net_engine& e, size_t* first, std::string* err) {
+  net_cluster cluster;
+  xnn_runtime_t runtime = nullptr;
+  if (!net_cluster_find(net, &cluster, &e.not_xnnpack)) return true;
+  if (!net_cluster_build(ctx, net, cluster, &runtime, &e.not_xnnpack, err)) return false;
+  if (runtime == nullptr) return true;
+  /* XNNPACK's stem reads NHWC: the input's one conversion, then the runtime writes the pooled [1, C]. */
+  const float* in = plan.need(net.input_name, net_layout::nhwc, err);
+  const net_node& pool = net.nodes[cluster.end - 1];
+  float* out = in ? plan.define(pool.output, net.shapes.at(pool.output), err) : nullptr;
+  if (out == nullptr || !net_cluster_setup(ctx, runtime, in, out, err)) return false;
+  plan.settle(pool.output, net_layout::nchw);
+  e.sparse_layers = cluster.spmm_layers;
+  e.sparse_path = "xnnpack";
+  e.xnnpack_sparse = ctx.wheel.name;
+  *first = cluster.end;
+  return true;
+}
+
 }  // namespace
 
 net_engine::net_engine() = default;
 net_engine::~net_engine() = default;
 
-bool net_engine::load(const net_file& net, size_t threads, double max_bytes, std::string* err) {
+bool net_engine::load(const net_file& net, size_t threads, double max_bytes, net_sparse_path path, std::string* err) {
   ctx_.reset(new net_context);
   net_context& ctx = *ctx_;
   ctx.max_bytes = max_bytes - (double) net.file_bytes;
@@ -116,20 +142,29 @@ bool net_engine::load(const net_file& net, size_t threads, double max_bytes, std
     return false;
   }
   xnnpack = ctx.wheel.name;
-  if (std::any_of(net.nodes.begin(), net.nodes.end(), [](const net_node& n) { return n.sparse; })) open_nchw_build(ctx);
-  if (build_pool(&ctx.wheel, (int64_t) threads, &ctx.wheel_pool) != 0 ||
-      (ctx.nchw == &ctx.debian && build_pool(&ctx.debian, (int64_t) threads, &ctx.nchw_pool) != 0)) {
-    *err = "could not create a thread pool of " + std::to_string(threads) + " threads";
-    return false;
-  }
-  if (ctx.nchw == &ctx.wheel) ctx.nchw_pool = ctx.wheel_pool;
+  const bool any_sparse = std::any_of(net.nodes.begin(), net.nodes.end(), [](const net_node& n) { return n.sparse; });
+  if (build_pool(&ctx.wheel, (int64_t) threads, &ctx.wheel_pool) != 0) return pool_failed(threads, err);
 
   planner plan(ctx, &conversions);
   /* The input arrives NCHW, as torch and the check tensor lay it out. */
   input_count_ = count_of(net.shapes.at(net.input_name));
   if ((input_ = plan.define(net.input_name, net.shapes.at(net.input_name), err)) == nullptr) return false;
   plan.settle(net.input_name, net_layout::nchw);
-  for (const net_node& n : net.nodes) {
+  size_t first = 0;  /* nodes before it run inside XNNPACK's sparse-inference runtime */
+  if (any_sparse && path != net_sparse_path::segments && !run_cluster(ctx, net, plan, *this, &first, err)) return false;
+  if (any_sparse && path == net_sparse_path::xnnpack && first == 0) {
+    *err = "the network cannot run with XNNPACK's sparse inference here: " + not_xnnpack;
+    return false;
+  }
+  if (any_sparse && first == 0) {
+    sparse_path = "segments";
+    open_nchw_build(ctx);
+    if (ctx.nchw == &ctx.debian && build_pool(&ctx.debian, (int64_t) threads, &ctx.nchw_pool) != 0)
+      return pool_failed(threads, err);
+    if (ctx.nchw == &ctx.wheel) ctx.nchw_pool = ctx.wheel_pool;
+  }
+  for (size_t index = first; index < net.nodes.size(); index++) {
+    const net_node& n = net.nodes[index];
     value_state& in = plan.value(n.inputs[0]);
     const std::vector<int64_t>& out_shape = net.shapes.at(n.output);
     const net_dims d = dims_of(in.shape, out_shape);
@@ -181,6 +216,7 @@ bool net_engine::load(const net_file& net, size_t threads, double max_bytes, std
   output_ = plan.need(net.output, net_layout::nchw, err);
   if (output_ == nullptr) return false;
   if (ctx.nchw_used) xnnpack_sparse = ctx.nchw->name;
+  if (sparse_path != "segments") not_xnnpack.clear();
   return true;
 }
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "net_cluster.h"
 #include "net_file.h"
 
 struct net_context;
@@ -22,8 +23,9 @@ class net_engine {
   net_engine& operator=(const net_engine&) = delete;
 
   /* Opens the builds, plans layouts, allocates every value (at most max_bytes) and creates, packs and
-   * sets up every operator for `threads` threads. False with one sentence in err. */
-  bool load(const net_file& net, size_t threads, double max_bytes, std::string* err);
+   * sets up every operator for `threads` threads; sparse layers run as `path` says (net_cluster.h).
+   * False with one sentence in err. */
+  bool load(const net_file& net, size_t threads, double max_bytes, net_sparse_path path, std::string* err);
   /* One whole inference: copies `input` (NCHW, the network's input shape) in, runs every step. */
   bool run(const float* input, std::string* err);
   const float* output() const { return output_; }  /* NCHW, as torch lays it out */
@@ -32,6 +34,8 @@ class net_engine {
   std::vector<std::string> sparse_layers;  /* convolutions run with the sparse kernel, in node order */
   int conversions = 0;                     /* NHWC <-> NCHW conversions per run */
   std::string xnnpack, xnnpack_sparse;     /* builds of the NHWC and of the NCHW operators ("" if none ran) */
+  std::string sparse_path;                 /* "xnnpack" (its own sparse inference), "segments", "" (none sparse) */
+  std::string not_xnnpack;                 /* why a network with sparse layers runs them as segments */
 
  private:
   std::unique_ptr<net_context> ctx_;

@@ -13,11 +13,6 @@ namespace {
 /* XNNPACK may read up to XNN_EXTRA_BYTES (16) past an input; a buffer gets more than that. */
 const size_t kSlackBytes = 64;
 
-void clamp_of(net_activation a, float* lo, float* hi) {
-  *lo = a == net_activation::none ? -INFINITY : 0.0f;
-  *hi = a == net_activation::relu6 ? 6.0f : INFINITY;
-}
-
 bool status_ok(enum xnn_status st, const xnn_build* build, const net_node& n, const char* what, std::string* err) {
   if (st == xnn_status_success) return true;
   *err = "XNNPACK (" + std::string(build->name) + ") could not " + what + " of layer " + n.name + ": " + build_status_name(st);
@@ -35,9 +30,15 @@ net_step& wheel_step(net_context& ctx, xnn_operator_t op) {
 
 }  // namespace
 
+void net_clamp(net_activation a, float* lo, float* hi) {
+  *lo = a == net_activation::none ? -INFINITY : 0.0f;
+  *hi = a == net_activation::relu6 ? 6.0f : INFINITY;
+}
+
 net_context::~net_context() {
   for (net_step& s : steps) {
     if (s.op != nullptr) s.build->delete_op(s.op);
+    if (s.runtime != nullptr) xnn_delete_runtime(s.runtime);
     free(s.workspace);
   }
   for (void* b : buffers) free(b);
@@ -66,7 +67,7 @@ bool net_conv_nhwc(net_context& ctx, const net_node& n, const net_dims& d, const
   const conv_shape shape = {(uint32_t) n.pad, (uint32_t) n.k, (uint32_t) n.stride, (uint32_t) n.groups, cin_g,
                             (size_t) (n.cout / n.groups), d.c, d.out_c};
   float lo, hi;
-  clamp_of(n.activation, &lo, &hi);
+  net_clamp(n.activation, &lo, &hi);
   xnn_operator_t op = nullptr;
   enum xnn_status st = build_create_fused(&ctx.wheel, 0, &shape, ohwi.data(), n.bias ? n.bias->data : nullptr, lo, hi, &op);
   if (!status_ok(st, &ctx.wheel, n, "create the NHWC convolution", err)) return false;
@@ -106,7 +107,7 @@ bool net_conv_sparse(net_context& ctx, const net_node& n, const net_dims& d, con
   }
   const conv_shape shape = {0, 1, 1, 1, rows, d.out_c, rows, d.out_c};
   float lo, hi;
-  clamp_of(n.activation, &lo, &hi);
+  net_clamp(n.activation, &lo, &hi);
   enum xnn_status st = build_create_fused(ctx.nchw, 1, &shape, n.weight->data, n.bias ? n.bias->data : nullptr, lo, hi, &s.op);
   if (!status_ok(st, ctx.nchw, n, "create the sparse (SpMM) convolution", err)) return false;
   ctx.steps.push_back(s);
@@ -119,7 +120,7 @@ bool net_conv_sparse(net_context& ctx, const net_node& n, const net_dims& d, con
 enum xnn_status net_dwconv_nchw(net_context& ctx, const net_node& n, const net_dims& d, const float* in, float* out) {
   const conv_shape shape = {(uint32_t) n.pad, (uint32_t) n.k, (uint32_t) n.stride, (uint32_t) n.groups, 1, 1, d.c, d.out_c};
   float lo, hi;
-  clamp_of(n.activation, &lo, &hi);
+  net_clamp(n.activation, &lo, &hi);
   net_step s;
   s.build = ctx.nchw;
   s.pool = ctx.nchw_pool;
@@ -147,7 +148,7 @@ bool net_add(net_context& ctx, const net_node& n, size_t count, const float* a, 
   if (n.activation == net_activation::none) return true;
   /* The subgraph has no fused activation for binary operators: it inserts a clamp node after them. */
   union xnn_unary_params params;
-  clamp_of(n.activation, &params.clamp.min, &params.clamp.max);
+  net_clamp(n.activation, &params.clamp.min, &params.clamp.max);
   st = xnn_create_unary_elementwise_nc(xnn_unary_clamp, xnn_datatype_fp32, xnn_datatype_fp32, &params, nullptr, nullptr, nullptr, 0, &op);
   if (!status_ok(st, &ctx.wheel, n, "create the clamp after the add", err)) return false;
   wheel_step(ctx, op);
@@ -213,7 +214,7 @@ bool net_convert(net_context& ctx, net_layout to, size_t c, size_t hw, const flo
 
 bool net_run_step(const net_step& s, std::string* err) {
   if (s.im2col) im2col(&s.geometry, s.source, s.columns, s.build->parallelize_1d, s.pool);
-  const enum xnn_status st = s.build->run(s.op, s.pool);
+  const enum xnn_status st = s.runtime != nullptr ? xnn_invoke_runtime(s.runtime) : s.build->run(s.op, s.pool);
   if (st == xnn_status_success) return true;
   *err = "XNNPACK (" + std::string(s.build->name) + ") failed to run an operator: " + build_status_name(st);
   return false;

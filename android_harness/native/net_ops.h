@@ -19,6 +19,7 @@ struct net_step {
   const xnn_build* build = nullptr;  /* whose run/delete functions and pool this step uses */
   pthreadpool_t pool = nullptr;
   xnn_operator_t op = nullptr;
+  xnn_runtime_t runtime = nullptr;   /* instead of op: a whole XNNPACK runtime (net_cluster.h), invoked */
   void* workspace = nullptr;
   bool im2col = false;               /* columns = im2col(source) first (sparse convolution, k > 1 or strided/padded) */
   plan_line geometry{};              /* im2col's input and kernel geometry */
@@ -41,6 +42,9 @@ struct net_context {
   /* Zeroed, 64-byte aligned, with slack XNNPACK may read past the end; nullptr (and err) past max_bytes. */
   float* floats(size_t count, std::string* err);
 };
+
+/* The output clamp of an activation (-inf..inf when none). */
+void net_clamp(net_activation a, float* lo, float* hi);
 
 /* Image geometry of a node: input channels/height/width and output height/width. */
 struct net_dims {

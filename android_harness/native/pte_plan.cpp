@@ -105,6 +105,8 @@ std::string pte_result_json(const pte_line& line, const pte_result& r) {
     s += pte_say("], \"layers\": %d, \"conversions\": %d, \"max_abs_error\": %.6g", r.layers, r.conversions, r.max_abs_error);
     s += ", \"xnnpack\": " + pte_json_str(r.xnnpack) + ", \"xnnpack_sparse\": " +
          (r.xnnpack_sparse.empty() ? std::string("null") : pte_json_str(r.xnnpack_sparse));
+    s += ", \"sparse_path\": " + (r.sparse_path.empty() ? std::string("null") : pte_json_str(r.sparse_path));
+    s += ", \"not_xnnpack\": " + (r.not_xnnpack.empty() ? std::string("null") : pte_json_str(r.not_xnnpack));
     return s + "}\n";
   }
   s += ", \"backends\": [";
@@ -156,6 +158,16 @@ bool pte_parse_line(const char* text, pte_line* line, std::string* err) {
   if (f != nullptr && f->kind != JSON_NULL) {
     if (f->kind != JSON_BOOL) { *err = "field \"profile_ops\" must be true or false"; return false; }
     line->profile_ops = f->num != 0;
+  }
+  f = json_get(&obj, "sparse_path");
+  if (f != nullptr && f->kind != JSON_NULL) {
+    const std::string v = f->kind == JSON_STRING ? f->str : "";
+    if (v != "auto" && v != "xnnpack" && v != "segments") {
+      *err = "field \"sparse_path\" must be \"auto\", \"xnnpack\" or \"segments\"";
+      return false;
+    }
+    if (line->net.empty()) { *err = "\"sparse_path\" applies to \"net\" lines"; return false; }
+    line->sparse_path = v;
   }
   if (!line->net.empty() && (!line->input_file.empty() || line->profile_ops)) {
     *err = "\"input_file\" and \"profile_ops\" apply to \"pte\" lines; a \"net\" line runs on its file's check input";

@@ -16,6 +16,7 @@ struct pte_options {
 
 struct pte_line {
   std::string id, pte, net, input_file;  /* exactly one of pte (ExecuTorch program) and net (jcw network file) */
+  std::string sparse_path = "auto";      /* net lines: "auto", "xnnpack" or "segments" (net_cluster.h) */
   bool has_id = false, profile_ops = false;
   long threads = 0;
 };
@@ -33,6 +34,7 @@ struct pte_result {
   int layers = 0, conversions = 0;
   double max_abs_error = 0;
   std::string xnnpack, xnnpack_sparse;  /* xnnpack_sparse "" when no NCHW operator ran (null) */
+  std::string sparse_path, not_xnnpack;  /* "xnnpack" / "segments" / "" (null); why not XNNPACK's path ("": null) */
 };
 
 /* The timing loop's bookkeeping, shared by both runtimes: warm-up runs (cut short after --warmup-ms, at
@@ -58,8 +60,9 @@ bool pte_set_affinity(const char* hex_mask);
 std::string pte_cpu_name();
 std::string pte_json_str(const std::string& text);
 
-/* One plan line: {"id": str, "pte" or "net": str, "threads": int 0..256, "input_file": str, "profile_ops": bool}
- * (input_file and profile_ops: pte lines only). */
+/* One plan line: {"id": str, "pte" or "net": str, "threads": int 0..256, "input_file": str, "profile_ops": bool,
+ * "sparse_path": "auto" | "xnnpack" | "segments"} (input_file and profile_ops: pte lines only; sparse_path:
+ * net lines only). */
 bool pte_parse_line(const char* text, pte_line* line, std::string* err);
 std::string pte_error_json(const pte_line& line, const std::string& message);
 std::string pte_result_json(const pte_line& line, const pte_result& r);

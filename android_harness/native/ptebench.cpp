@@ -63,7 +63,9 @@ static const char usage[] =
   "Times whole forward() calls of ExecuTorch programs, one JSON result per plan line\n"
   "{\"id\", \"pte\": path, \"threads\": N (0 = ExecuTorch's default), [\"input_file\": raw f32], [\"profile_ops\": true]},\n"
   "and whole runs of jcw network files on the sparse network engine (runtime \"sparse\", NETFILE.md)\n"
-  "{\"id\", \"net\": path, \"threads\": N}: checked against the file's reference output, then timed on its input.\n"
+  "{\"id\", \"net\": path, \"threads\": N, [\"sparse_path\": \"auto\" | \"xnnpack\" | \"segments\"]}: checked against the\n"
+  "file's reference output, then timed on its input; sparse layers run with XNNPACK's own sparse inference where\n"
+  "the network qualifies and XNNPACK rewrites it on this CPU (auto, the default), else as NCHW SpMM segments.\n"
   "  --plan FILE          read the plan from FILE instead of stdin\n"
   "  --info               print the header line {\"runner\": {...}} and exit\n"
   "  --warmup N           untimed runs before timing (default 2) ...\n"
@@ -88,11 +90,12 @@ static void write_header(const pte_options& o, size_t default_threads) {
   printf("{\"runner\": {\"name\": \"ptebench\", \"version\": \"%s\", \"executorch\": \"%s\", \"default_threads\": %zu, "
          "\"xnnpack_registered\": %s, \"cpu\": %s, \"arch\": \"%s\", \"cores\": %ld, \"timing\": {\"warmup\": %d, "
          "\"warmup_ms\": %g, \"min_reps\": %d, \"min_time_ms\": %g, \"max_reps\": %d, \"max_time_ms\": %g, "
-         "\"clock\": \"CLOCK_MONOTONIC\", \"timed\": \"Module::execute(forward)\"}, \"timeout_s\": %g, \"net_format_version\": 1}}\n",
+         "\"clock\": \"CLOCK_MONOTONIC\", \"timed\": \"Module::execute(forward)\"}, \"timeout_s\": %g, \"net_format_version\": 1, "
+         "\"xnnpack_sparse_inference\": %s}}\n",
          PTEBENCH_VERSION, EXECUTORCH_VERSION, default_threads,
          executorch::runtime::get_backend_class("XnnpackBackend") ? "true" : "false", pte_json_str(pte_cpu_name()).c_str(), ARCH,
          sysconf(_SC_NPROCESSORS_ONLN), o.warmup, o.warmup_ms, o.min_reps, o.min_time_ms, o.max_reps, o.max_time_ms,
-         o.timeout_s);
+         o.timeout_s, net_cluster_probe() ? "true" : "false");
   fflush(stdout);
 }
 
@@ -251,13 +254,18 @@ static bool run_net_line(const pte_line& line, const pte_options& o, size_t defa
   net_file net;
   net_engine engine;
   if (!net_read(line.net, o.max_mb * 1048576.0, &net, err)) return false;
-  if (!engine.load(net, r->threads, o.max_mb * 1048576.0, err)) return false;
+  const net_sparse_path path = line.sparse_path == "xnnpack"    ? net_sparse_path::xnnpack
+                               : line.sparse_path == "segments" ? net_sparse_path::segments
+                                                                : net_sparse_path::auto_;
+  if (!engine.load(net, r->threads, o.max_mb * 1048576.0, path, err)) return false;
   r->load_us = pte_now_us() - line_t0;
   r->layers = (int) net.nodes.size();
   r->sparse_layers = engine.sparse_layers;
   r->conversions = engine.conversions;
   r->xnnpack = engine.xnnpack;
   r->xnnpack_sparse = engine.xnnpack_sparse;
+  r->sparse_path = engine.sparse_path;
+  r->not_xnnpack = engine.not_xnnpack;
   for (int64_t d : net.shapes.at(net.input_name)) r->input_shape.push_back((int) d);
   for (int64_t d : net.shapes.at(net.output)) r->output_shape.push_back((int) d);
 

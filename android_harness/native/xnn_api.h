@@ -178,6 +178,70 @@ enum xnn_status xnn_reshape_transpose_nd_x32(xnn_operator_t transpose_op, size_t
                                              const size_t* output_perm, pthreadpool_t threadpool);
 enum xnn_status xnn_setup_transpose_nd_x32(xnn_operator_t transpose_op, const void* input, void* output);
 
+/* ---- the subgraph API, for XNNPACK's own sparse inference (net_cluster.cpp), same revision ---- */
+/* A subgraph created with XNN_FLAG_HINT_SPARSE_INFERENCE is rewritten to NCHW where a cluster qualifies
+ * (src/subgraph.c, xnn_subgraph_rewrite_for_nchw) and the hardware has the CHW kernels; with
+ * XNN_FLAG_BASIC_PROFILING its runtime names the operators it created. */
+typedef struct xnn_subgraph* xnn_subgraph_t;
+typedef struct xnn_runtime* xnn_runtime_t;
+#define XNN_FLAG_HINT_SPARSE_INFERENCE 0x00000001
+#define XNN_FLAG_BASIC_PROFILING 0x00000008
+#define XNN_FLAG_KEEP_DIMS 0x00000040
+#define XNN_VALUE_FLAG_EXTERNAL_INPUT 0x00000001
+#define XNN_VALUE_FLAG_EXTERNAL_OUTPUT 0x00000002
+#define XNN_INVALID_VALUE_ID UINT32_MAX
+struct xnn_binary_params {
+  double output_min;
+  double output_max;
+};
+struct xnn_external_value {
+  uint32_t id;
+  void* data;
+};
+enum xnn_profile_info {
+  xnn_profile_info_num_operators = 0,
+  xnn_profile_info_operator_name = 1,
+  xnn_profile_info_operator_timing = 2,
+};
+
+enum xnn_status xnn_create_subgraph(uint32_t external_value_ids, uint32_t flags, xnn_subgraph_t* subgraph_out);
+enum xnn_status xnn_delete_subgraph(xnn_subgraph_t subgraph);
+enum xnn_status xnn_define_tensor_value(xnn_subgraph_t subgraph, enum xnn_datatype datatype, size_t num_dims,
+                                        const size_t* dims, const void* data, uint32_t external_id, uint32_t flags,
+                                        uint32_t* id_out);
+/* Input NHWC, filter OHWI [groups * group_output_channels, kh, kw, group_input_channels]. */
+enum xnn_status xnn_define_convolution_2d(
+    xnn_subgraph_t subgraph, uint32_t input_padding_top, uint32_t input_padding_right, uint32_t input_padding_bottom,
+    uint32_t input_padding_left, uint32_t kernel_height, uint32_t kernel_width, uint32_t subsampling_height,
+    uint32_t subsampling_width, uint32_t dilation_height, uint32_t dilation_width, uint32_t groups,
+    size_t group_input_channels, size_t group_output_channels, float output_min, float output_max, uint32_t input_id,
+    uint32_t filter_id, uint32_t bias_id, uint32_t output_id, uint32_t flags);
+/* Filter [1, kh, kw, input_channels * depth_multiplier]. */
+enum xnn_status xnn_define_depthwise_convolution_2d(
+    xnn_subgraph_t subgraph, uint32_t input_padding_top, uint32_t input_padding_right, uint32_t input_padding_bottom,
+    uint32_t input_padding_left, uint32_t kernel_height, uint32_t kernel_width, uint32_t subsampling_height,
+    uint32_t subsampling_width, uint32_t dilation_height, uint32_t dilation_width, uint32_t depth_multiplier,
+    size_t input_channels, float output_min, float output_max, uint32_t input_id, uint32_t filter_id, uint32_t bias_id,
+    uint32_t output_id, uint32_t flags);
+enum xnn_status xnn_define_binary(xnn_subgraph_t subgraph, enum xnn_binary_operator type,
+                                  const struct xnn_binary_params* params, uint32_t input1_id, uint32_t input2_id,
+                                  uint32_t output_id, uint32_t flags);
+/* Mean over the second- and third-innermost dimensions (H and W of NHWC); deprecated in favour of
+ * static_mean, which it now defines, and as ExecuTorch's delegate still calls it. */
+enum xnn_status xnn_define_global_average_pooling_2d(xnn_subgraph_t subgraph, float output_min, float output_max,
+                                                     uint32_t input_id, uint32_t output_id, uint32_t flags);
+enum xnn_status xnn_create_runtime_v3(xnn_subgraph_t subgraph, xnn_weights_cache_t weights_cache,
+                                      pthreadpool_t threadpool, uint32_t flags, xnn_runtime_t* runtime_out);
+enum xnn_status xnn_reshape_runtime(xnn_runtime_t runtime);
+enum xnn_status xnn_setup_runtime_v2(xnn_runtime_t runtime, size_t num_external_values,
+                                     const struct xnn_external_value* external_values);
+enum xnn_status xnn_invoke_runtime(xnn_runtime_t runtime);
+enum xnn_status xnn_delete_runtime(xnn_runtime_t runtime);
+/* Names: NUL-separated, one per operator, in execution order. */
+enum xnn_status xnn_get_runtime_profiling_info(xnn_runtime_t runtime, enum xnn_profile_info param_name,
+                                               size_t param_value_size, void* param_value,
+                                               size_t* param_value_size_ret);
+
 #ifdef __cplusplus
 }
 #endif
