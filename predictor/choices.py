@@ -7,9 +7,10 @@ from __future__ import annotations
 
 MODEL_KINDS = ("hybrid", "gbm", "rf", "linear")
 #: scale: the prior's latency times a per-operator factor that may change with the layer's size (a robust
-#: line in log space per (op, impl), shrunk toward the pooled one); residual: scale, then small trees on
-#: what is left, weighted by how much they help on shapes held out of their fit; feature: the new device's
-#: own physical model and trees, with the prior's log-latency as one more feature.
+#: line in log space per (op, impl), shrunk toward the pooled one); residual: scale, then small trees per
+#: (op, impl) on what is left, split on the layer's shape (kernel, stride, channels and their remainder past
+#: SIMD tiles, output pixels), weighted by how much they help on shapes held out of their fit; feature: the
+#: new device's own physical model and trees, with the prior's log-latency as one more feature.
 TRANSFER_STRATEGIES = ("scale", "residual", "feature")
 #: Chosen on the transfer curve (benchmarks/RESULTS.md, benchmarks/bench_transfer.py).
 DEFAULT_TRANSFER_STRATEGY = "residual"

@@ -61,9 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "profile's measured layers is used); best with a profile from `jcw profile --prior`")
     train.add_argument("--strategy", choices=TRANSFER_STRATEGIES, default=DEFAULT_TRANSFER_STRATEGY,
                        help="with --prior: scale (per-operator rescaling of the prior), residual (rescaling plus "
-                            "small trees on what is left) or feature (the new device's own model with the prior's "
-                            f"prediction as a feature); default {DEFAULT_TRANSFER_STRATEGY}, chosen on the transfer "
-                            "curve (benchmarks/RESULTS.md)")
+                            "small trees per operator on what is left) or feature (the new device's own model with "
+                            f"the prior's prediction as a feature); default {DEFAULT_TRANSFER_STRATEGY}, chosen on "
+                            "the transfer curve (benchmarks/RESULTS.md)")
     train.add_argument("--curve", action="store_true",
                        help="also compute the sample-efficiency curves: layers (random vs adaptive; takes minutes) "
                             "and training programs (10-120, several draws each)")
@@ -169,6 +169,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary.add_row("prior", f"{prior['path']} (sha256 {prior['sha256'][:16]}…, {prior['device_address']}, "
                                  f"threads {prior['threads']}), strategy {prior['strategy']}")
     else:
+        declined = result.get("prior_declined")
+        if declined:
+            summary.add_row("prior (declined)", f"{declined['path']}: {declined['why']}")
         summary.add_row("model (grouped-CV ±10% share)", f"{result['model']} (" + ", ".join(
             f"{k} {_pct(v)}" for k, v in result["cv_scores"].items()) + ")")
     if programs is not None:

@@ -38,6 +38,10 @@ BASELINES: dict[str, BaseEstimator] = {
 #: The comparisons a transfer predictor is scored beside.
 PRIOR_AS_IS = "prior as is"
 NO_PRIOR = "no prior"
+DECLINED = "transfer (declined)"
+#: A prior is declined when, on the new device's own layers held out by shape, a model without it is within
+#: ±10 % on this many points more (mean of PRIOR_CHECK_SPLITS splits): a device too unlike the prior's.
+PRIOR_MARGIN, PRIOR_CHECK_SPLITS = 5.0, 3
 STABLE_SET = "holdout, rounds agree ±5%"
 #: Layers of architectures no plan is drawn from (profile sample "unseen"; profiles before plan version 2 have none).
 UNSEEN_SET = "unseen-architecture holdout"
@@ -204,6 +208,26 @@ def evaluate(training: Sequence[Row], holdout: Sequence[Row], params: Mapping[st
     return {"final": final, "sets": sets, "network": network, "best_impl": best_impl, "unseen_kinds": unseen_kinds}
 
 
+def prior_declined(transferred: BaseEstimator, own: BaseEstimator, training: Sequence[Row], seed: int = 0
+                   ) -> str | None:
+    """Why the prior should not be used (one sentence), or None: the transfer predictor and a model without
+    the prior, each fitted on the new device's training layers but a share held out by shape, scored on
+    that share (PRIOR_CHECK_SPLITS splits; never the real-network holdout)."""
+    shares = {"with": [], "without": []}
+    for split in range(PRIOR_CHECK_SPLITS):
+        fit_rows, test_rows = evaluation.grouped_split(training, 0.2, seed + split)
+        scores = evaluate_models({"with": clone(transferred).fit(fit_rows), "without": clone(own).fit(fit_rows)},
+                                 test_rows)
+        for name, metrics in scores.items():
+            shares[name].append(100.0 * metrics["within10"])
+    with_prior, without = float(np.mean(shares["with"])), float(np.mean(shares["without"]))
+    if without <= with_prior + PRIOR_MARGIN:
+        return None
+    return (f"on the new device's own layers held out by shape, a model without the prior was within ±10 % on "
+            f"{without:.1f} % of them against {with_prior:.1f} % with it, so the prior's device is too unlike "
+            "this one and the predictor is trained without it")
+
+
 def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", threads: int | None = None,
           seed: int = 0, curve: bool = False, curve_budgets: Sequence[int] = efficiency.DEFAULT_BUDGETS,
           priors: Sequence[str | Path] = (), strategy: str = transfer.DEFAULT_STRATEGY,
@@ -223,7 +247,7 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
     training, holdout = data["training"], data["holdout"]
     params = {"model": model, "random_state": seed}
     LatencyPredictor(**params)._validate_params()
-    chosen, lineup, prior_card = None, None, None
+    chosen, lineup, prior_card, declined = None, None, None, None
     if priors:
         say("reading the priors")
         loaded = [prior_predictors.load_prior(p, data["runner"].get("version")) for p in priors]
@@ -232,6 +256,14 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
         transferred._validate_params()
         lineup = {OURS: transferred, PRIOR_AS_IS: PriorAsIs(chosen), NO_PRIOR: LatencyPredictor(**params), **BASELINES}
         prior_card = {"strategy": strategy, "candidates": candidates}
+        say("checking that the prior helps on this device")
+        why = prior_declined(transferred, LatencyPredictor(**params), training, seed)
+        if why is not None:
+            say(why)
+            declined = {**prior_card, **chosen.describe(), "why": why}
+            lineup = {OURS: LatencyPredictor(**params), PRIOR_AS_IS: PriorAsIs(chosen), DECLINED: transferred,
+                      **BASELINES}
+            chosen, prior_card = None, None
 
     evaluated = evaluate(training, holdout, params, seed, say, lineup, unseen=data["unseen"])
     final, sets, network, best_impl = (evaluated[k] for k in ("final", "sets", "network", "best_impl"))
@@ -269,13 +301,15 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
             "training_ranges": ranges.union(ranges.training_ranges(as_columns(rows_to_columns(list(training)))),
                                             chosen.loaded.card.get("training_ranges") if chosen else None),
             "prior": None if chosen is None else {**prior_card, **chosen.describe()},
+            "prior_declined": declined,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     persistence.save(ours, out_dir, card, None if programs is None else programs["model"],
                      None if sparse is None else sparse["model"])
     result = {"card": card, "sets": sets, "network": network, "best_impl": best_impl, "curve": curve_points,
               "programs": programs, "program_curve": program_curve, "sparse_programs": sparse,
               "model": ours.kind_, "cv_scores": ours.cv_scores_, "out_dir": str(out_dir),
-              "counts": data["counts"], "prior": card["prior"], "hint": _transfer_hint(data, priors),
+              "counts": data["counts"], "prior": card["prior"], "prior_declined": declined,
+              "hint": _transfer_hint(data, priors),
               "training_rows": len(training), "holdout_rows": len(holdout), "unseen_rows": len(data["unseen"]),
               "unseen_kinds": evaluated["unseen_kinds"], "seconds": time.monotonic() - started}
     say("writing the report")

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from jcw.predictor import persistence
+from jcw.predictor import persistence, transfer_trees
 from jcw.predictor.errors import PredictorError
 from jcw.predictor.features import FEATURE_NAMES
 from jcw.predictor.models import training_arrays
-from jcw.predictor.transfer import TransferPredictor, _prior_model, fit_scale
+from jcw.predictor.transfer import GROUPS, TransferPredictor, _prior_model, fit_scale
 from jcw.profiler.transfer_prior import PriorCardError, predictor_sha256
 
 PRIOR_DIR = "prior"
@@ -155,7 +155,11 @@ def load_model(directory: Path, card: Mapping[str, Any], files: Mapping[str, str
     if persistence.TREES in files:
         from sklearn.ensemble import HistGradientBoostingRegressor
         trees = persistence._load_trusted(directory / persistence.TREES)
-        if not isinstance(trees, HistGradientBoostingRegressor):
+        # One model (the feature strategy's, or the residual one's as jcw saved it before its trees were
+        # per operator group), or {"op/impl": model} of the residual strategy.
+        per_group = isinstance(trees, dict) and bool(trees) and set(trees) <= set(GROUPS) and all(
+            isinstance(model, HistGradientBoostingRegressor) for model in trees.values())
+        if not (per_group or isinstance(trees, HistGradientBoostingRegressor)):
             raise PredictorError(f"predictor file {directory / persistence.TREES} does not hold the transfer "
                                  "model's gradient-boosted trees")
     try:
@@ -165,7 +169,9 @@ def load_model(directory: Path, card: Mapping[str, Any], files: Mapping[str, str
         raise PredictorError(f"predictor model {directory / persistence.STATE} is malformed ({exc})") from None
     wants_trees = model.strategy == "feature" or (model.strategy == "residual" and model.tree_weight_ > 0)
     if state.get("features") != list(FEATURE_NAMES) or wants_trees != (trees is not None) \
-            or (model.strategy == "feature") != (model.physical_ is not None):
+            or (model.strategy == "feature") != (model.physical_ is not None) \
+            or (isinstance(trees, dict) and (model.strategy != "residual"
+                                             or state.get("residual_design") != list(transfer_trees.DESIGN))):
         raise PredictorError(f"predictor model {directory / persistence.STATE} does not fit this jcw's features "
                              "or files")
     return model

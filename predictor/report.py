@@ -263,6 +263,10 @@ def write(directory: str | Path, result: Mapping[str, Any], predicted: np.ndarra
 def _prior_paragraph(result: Mapping[str, Any]) -> list[str]:
     """For a transfer predictor: which known device it builds on (its hash) and how, before the tables."""
     prior = result.get("prior")
+    declined = result.get("prior_declined")
+    if declined:
+        return [f"**Prior declined:** `{declined['path']}` (sha256 `{declined['sha256']}`): {declined['why']}. The "
+                "tables score the transfer predictor it would have given as \"transfer (declined)\".", ""]
     if not prior:
         return []
     return [f"**Transfer from a known device:** prior `{prior['path']}` (sha256 `{prior['sha256']}`, device "

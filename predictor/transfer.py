@@ -1,7 +1,8 @@
 """Transfer from a known device: a new device's layer-latency predictor from a small profile plus the saved
 predictor of another device (the prior, predictor.priors).
 
-Owns the transfer strategies (`TransferPredictor`) and the per-operator rescaling they share.
+Owns the transfer strategies (`TransferPredictor`) and the per-operator rescaling they share; the residual
+strategy's per-group trees live in predictor.transfer_trees.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import GroupKFold
 
+from jcw.predictor import transfer_trees
 from jcw.predictor.choices import DEFAULT_TRANSFER_STRATEGY, TRANSFER_STRATEGIES
 from jcw.predictor.errors import PredictorError
 from jcw.predictor.features import FEATURE_NAMES, feature_matrix, physical
@@ -36,8 +38,7 @@ def _prior_model(prior: Any) -> Any:
     return prior.loaded.model if hasattr(prior, "loaded") else prior
 
 
-def _group_keys(op: np.ndarray, impl: str | np.ndarray) -> np.ndarray:
-    return np.char.add(np.char.add(np.asarray(op, dtype=str), "/"), np.asarray(impl, dtype=str))
+_group_keys = transfer_trees.group_keys
 
 
 def _robust_line(x: np.ndarray, r: np.ndarray, offset0: float, slope0: float, penalty: float
@@ -99,13 +100,14 @@ class TransferPredictor(LatencyPredictor):
 
     Predictions, `predict` and `predict_dense` behave as LatencyPredictor's. Parameters are validated in
     `fit`: `shrinkage` is how many pseudo-rows pull each operator's line toward the pooled one (and the pooled
-    slope toward a plain rescaling); the tree settings apply to the residual and feature strategies, whose
-    trees are deliberately small: a transfer profile has tens to hundreds of layers.
+    slope toward a plain rescaling); the tree settings apply to the residual strategy's trees (one model per
+    operator group, predictor.transfer_trees) and the feature strategy's, which are deliberately small: a
+    transfer profile has tens to hundreds of layers.
     """
 
     def __init__(self, prior: Any = None, strategy: str = DEFAULT_STRATEGY, *, shrinkage: float = 8.0,
                  n_estimators: int = 40, max_leaf_nodes: int = 8, learning_rate: float = 0.1,
-                 min_samples_leaf: int = 8, random_state: int = 0) -> None:
+                 min_samples_leaf: int = 4, random_state: int = 0) -> None:
         self.prior = prior
         self.strategy = strategy
         self.shrinkage = shrinkage
@@ -146,7 +148,8 @@ class TransferPredictor(LatencyPredictor):
             base = log_prior + self._log_scale(self.scale_, columns, impl, log_prior)
             self.tree_weight_ = self._choose_tree_weight(columns, impl, log_prior, log_latency)
             if self.tree_weight_ > 0:
-                self.estimator_ = self._fit_trees(columns, impl, log_prior, log_latency - base)
+                self.estimator_ = self._fit_group_trees(columns, impl, log_latency - base) or None
+                self.tree_weight_ = self.tree_weight_ if self.estimator_ is not None else 0.0
         elif self.strategy == "feature":
             self.physical_ = PhysicalModel().fit(columns, impl, latency)
             physical_us = self._stacked(columns, impl, lambda cols, name: self.physical_.predict(cols, name))
@@ -186,10 +189,10 @@ class TransferPredictor(LatencyPredictor):
             scale = fit_scale(sub["op"], impl[train], log_prior[train], log_latency[train] - log_prior[train],
                               float(self.shrinkage))
             fold_base = log_prior + self._log_scale(scale, columns, impl, log_prior)
-            model = self._fit_trees(sub, impl[train], log_prior[train], (log_latency - fold_base)[train])
+            model = self._fit_group_trees(sub, impl[train], (log_latency - fold_base)[train])
             base[test] = fold_base[test]
-            trees[test] = self._predict_trees(model, {name: values[test] for name, values in columns.items()},
-                                              impl[test], log_prior[test])
+            trees[test] = transfer_trees.predict(model, {name: values[test] for name, values in columns.items()},
+                                                 impl[test])
         scored = ~np.isnan(base)
         if not scored.any():
             return 0.0
@@ -197,16 +200,11 @@ class TransferPredictor(LatencyPredictor):
                   for w in TREE_WEIGHTS]
         return TREE_WEIGHTS[int(np.argmax(shares))]  # argmax takes the first, i.e. smallest, of equal shares
 
-    def _predict_trees(self, model: Any, columns: Mapping[str, np.ndarray], impl: np.ndarray,
-                       log_prior: np.ndarray) -> np.ndarray:
-        out = np.empty(len(impl))
-        for name in IMPLS:
-            mask = impl == name
-            if mask.any():
-                with _one_thread():
-                    out[mask] = model.predict(self._design({k: v[mask] for k, v in columns.items()}, name,
-                                                           log_prior[mask]))
-        return out
+    def _fit_group_trees(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, target: np.ndarray
+                         ) -> dict[str, Any]:
+        return transfer_trees.fit(columns, impl, target, n_estimators=self.n_estimators,
+                                  learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
+                                  min_samples_leaf=self.min_samples_leaf, random_state=self.random_state)
 
     @staticmethod
     def _stacked(columns: Mapping[str, np.ndarray], impl: np.ndarray, predict: Any) -> np.ndarray:
@@ -219,6 +217,7 @@ class TransferPredictor(LatencyPredictor):
 
     def _fit_trees(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, log_prior: np.ndarray,
                    target: np.ndarray) -> Any:
+        """The feature strategy's pooled trees on every layer feature and the prior's log-latency."""
         from sklearn.ensemble import HistGradientBoostingRegressor  # deferred: start-up
         # A label disturbed by other load can be off by orders of magnitude; clipped at a few robust
         # deviations it still says "slower here" without pulling a whole leaf after it.
@@ -257,7 +256,9 @@ class TransferPredictor(LatencyPredictor):
                 correction = self.estimator_.predict(self._design(columns, impl, log_prior, phys))
             return self.physical_.predict(columns, impl, phys) * np.exp(correction)
         log_out = log_prior + apply_scale(self.scale_, columns["op"], impl, log_prior)
-        if self.estimator_ is not None:  # residual trees, unless cross-validation gave them weight 0
+        if isinstance(self.estimator_, Mapping):  # residual trees, unless cross-validation gave them weight 0
+            log_out = log_out + self.tree_weight_ * transfer_trees.predict(self.estimator_, columns, impl, phys)
+        elif self.estimator_ is not None:  # one pooled model, as saved by jcw before the per-group trees
             with _one_thread():
                 log_out = log_out + self.tree_weight_ * self.estimator_.predict(
                     self._design(columns, impl, log_prior, phys))
@@ -270,7 +271,8 @@ class TransferPredictor(LatencyPredictor):
         params.pop("prior")  # saved beside it (predictor.priors)
         return {"kind": self.kind_, "params": params, "scale": self.scale_, "tree_weight": self.tree_weight_,
                 "physical": None if self.physical_ is None else self.physical_.coef_,
-                "n_training_rows": self.n_training_rows_, "features": list(FEATURE_NAMES)}
+                "n_training_rows": self.n_training_rows_, "features": list(FEATURE_NAMES),
+                "residual_design": list(transfer_trees.DESIGN)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], estimator: Any, prior: Any = None) -> TransferPredictor:

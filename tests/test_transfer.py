@@ -2,6 +2,7 @@
 card naming the prior's hash), refused missing, foreign and tampered priors, the closest of several priors,
 and the transfer plan of `jcw profile --prior`. The new device is the small real profile of
 predictor_profile.py; the known devices are predictors trained on its rows made slower by known factors."""
+import hashlib
 import json
 import shutil
 
@@ -12,11 +13,12 @@ from jcw import predictor
 from jcw.__main__ import main
 from jcw.predictor import LatencyPredictor, PredictorError, evaluation, priors
 from jcw.predictor.features import as_columns, rows_to_columns
-from jcw.predictor.transfer import STRATEGIES, TransferPredictor
+from jcw.predictor.transfer import GROUPS, STRATEGIES, TransferPredictor
 from jcw.profiler import plans
 from jcw.profiler.store import ProfileStore
 from jcw.profiler.transfer_prior import predictor_sha256
 from predictor_profile import FAST, small_profile, small_rows  # noqa: F401  (fixtures)
+from test_program_model import fake_layer_ms, synthetic_layer_rows
 
 #: The known device: dense 1.8x and sparse 1.3x slower than the new one, so the factor depends on the operator.
 FACTORS = {"dense": 1.8, "sparse": 1.3}
@@ -86,6 +88,80 @@ def test_every_strategy_survives_save_and_load(strategy, known_device, small_row
     columns = as_columns(rows_to_columns(holdout))
     np.testing.assert_array_equal(model.predict(columns)["best_ms"], loaded.predict(columns)["best_ms"])
     assert loaded.card["prior"]["sha256"] == priors.prior_sha256(known_device)
+
+
+def _wide_dense_slower(rows, factor=1.3):
+    """A new build whose dense convolutions are `factor` slower from 32 output channels on, the rest as before:
+    a factor that depends on the channels within one operator group, which no per-operator line expresses."""
+    return [{**r, "latency_us": r["latency_us"] * (factor if r["op"] == "conv" and r["impl"] == "dense"
+                                                   and r["cout"] >= 32 else 1.0)} for r in rows]
+
+
+class _ExactPrior:
+    """A known device predicted without error (the law synthetic_layer_rows measures), so only the build
+    difference is left to learn."""
+
+    def predict_impl(self, columns, impl, phys=None):
+        return 1000 * fake_layer_ms(columns) * (1.5 if impl == "sparse" else 1.0)
+
+
+def test_residual_trees_learn_a_channel_dependent_factor_within_each_operator_group():
+    training = _wide_dense_slower(synthetic_layer_rows(n=240, seed=1))
+    held_out = _wide_dense_slower(synthetic_layer_rows(n=120, seed=2))
+    shares = {}
+    for strategy in ("scale", "residual"):
+        model = TransferPredictor(_ExactPrior(), strategy).fit(training)
+        error = evaluation.predict_rows(model, held_out) / evaluation.latencies(held_out) - 1.0
+        shares[strategy] = float(np.mean(np.abs(error) <= 0.10))
+    # One line per operator lands between 1.0 and 1.3 for dense convolutions; the trees split on the channels.
+    assert shares["residual"] >= 0.95 and shares["residual"] > shares["scale"] + 0.15, shares
+    assert model.tree_weight_ > 0 and "conv/dense" in model.estimator_ and set(model.estimator_) <= set(GROUPS)
+
+
+def test_per_group_and_pooled_residual_trees_survive_save_and_load(known_device, small_rows, tmp_path):
+    training, holdout = small_rows
+    prior = priors.load_prior(known_device)
+    columns = as_columns(rows_to_columns(holdout))
+    model = TransferPredictor(prior, "residual").fit(_wide_dense_slower(training))
+    assert isinstance(model.estimator_, dict) and model.tree_weight_ > 0
+    # A residual predictor saved before the trees were per operator group holds one pooled model (the same
+    # design as the feature strategy's): it still loads and predicts as saved.
+    pooled = TransferPredictor(prior, "residual").fit(_wide_dense_slower(training))
+    pooled.estimator_ = TransferPredictor(prior, "feature").fit(training).estimator_
+    for name, fitted in (("per-group", model), ("pooled", pooled)):
+        predictor.save(fitted, tmp_path / name, {"runner": {"version": "0.2.0"}})
+        loaded = predictor.load(tmp_path / name)
+        assert type(loaded.model.estimator_) is type(fitted.estimator_)
+        np.testing.assert_array_equal(fitted.predict(columns)["best_ms"], loaded.predict(columns)["best_ms"])
+    with_trees = pooled.predict_impl(columns, "dense")  # the pooled trees are applied, not skipped
+    pooled.estimator_ = None
+    assert not np.allclose(with_trees, pooled.predict_impl(columns, "dense"))
+    # Per-group trees fitted on another design (a later jcw's shape features) are refused in one sentence.
+    state_path, card_path = tmp_path / "per-group" / "model.json", tmp_path / "per-group" / "card.json"
+    state, card = json.loads(state_path.read_text()), json.loads(card_path.read_text())
+    state_path.write_text(json.dumps({**state, "residual_design": state["residual_design"][:-1]}))
+    card["files"]["model.json"] = hashlib.sha256(state_path.read_bytes()).hexdigest()
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(PredictorError, match="does not fit this jcw's features"):
+        predictor.load(tmp_path / "per-group")
+
+
+def test_a_prior_unlike_the_new_device_is_declined_and_the_card_says_why(small_profile, small_rows, known_device,
+                                                                         tmp_path, capsys):
+    """A prior whose latencies have nothing to do with the new device's (its labels shuffled across layers) is
+    declined on the new device's own layers held out by shape; the 1.3-1.8x slower known device is not."""
+    rows = small_rows[0]
+    shuffled = np.random.default_rng(1).permutation([r["latency_us"] for r in rows])
+    unlike = _save_prior([{**r, "latency_us": float(v)} for r, v in zip(rows, shuffled)], tmp_path / "unlike")
+    out = tmp_path / "predictor"
+    assert main(["train", "--profile", str(small_profile), "--prior", str(unlike), "--out", str(out)]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["prior"] is None and card["model"] != "transfer" and not (out / priors.PRIOR_DIR).exists()
+    assert card["prior_declined"]["sha256"] == priors.prior_sha256(unlike)
+    assert "too unlike this one" in card["prior_declined"]["why"] and "prior (declined)" in capsys.readouterr().out
+    from jcw.predictor.pipeline import prior_declined
+    liked = TransferPredictor(priors.load_prior(known_device))
+    assert prior_declined(liked, LatencyPredictor("hybrid"), rows) is None
 
 
 def test_a_tampered_copy_of_the_prior_inside_a_predictor_is_refused(transferred, tmp_path):

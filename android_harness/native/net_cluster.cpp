@@ -3,6 +3,7 @@
  * network does not qualify, while whether the rewrite happened is read from the runtime XNNPACK made. */
 #include "net_cluster.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include <cmath>
