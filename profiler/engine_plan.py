@@ -118,7 +118,8 @@ def xnnpack_cluster(nodes: Sequence[Mapping[str, Any]], input_channels: int) -> 
     conditions: a 3x3 stride-2 stem (pad 1, groups 1) on the 3-channel input, then only 1x1 stride-1
     convolutions, 3x3/5x5 depthwise ones (groups > 1, as layout_plan tells them) and adds, reading only the
     cluster's values, up to a global pool that only flatten and linear layers follow. {"end": index after the
-    pool, "pointwise": names of its 1x1 convolutions, "depthwise": names of its depthwise ones}, or None."""
+    pool, "stem": its first convolution's name, "pointwise": names of its 1x1 convolutions, "depthwise": names
+    of its depthwise ones}, or None."""
     first = nodes[0] if nodes else None
     if first is None or input_channels != 3 or first["op"] != "conv" or first.get("groups", 1) != 1 \
             or (first["k"], first["stride"], first["pad"]) != (3, 2, 1) or first["inputs"] != ["input"]:
@@ -140,7 +141,7 @@ def xnnpack_cluster(nodes: Sequence[Mapping[str, Any]], input_channels: int) -> 
             depthwise.append(node["name"])
         elif node["op"] != "add":
             return None
-    return {"end": end, "pointwise": pointwise, "depthwise": depthwise} if end else None
+    return {"end": end, "stem": first["name"], "pointwise": pointwise, "depthwise": depthwise} if end else None
 
 
 def xnnpack_rewrites(weights: np.ndarray, densities: np.ndarray) -> np.ndarray:
@@ -154,9 +155,12 @@ def xnnpack_rewrites(weights: np.ndarray, densities: np.ndarray) -> np.ndarray:
 def apply_xnnpack(plan: dict[str, Any], sparse: dict[str, np.ndarray], cluster: Mapping[str, Any],
                   rewritten: np.ndarray, input_elements: np.ndarray) -> None:
     """Where `rewritten` ((n,) bool), the engine runs the cluster inside XNNPACK's runtime instead: every 1x1
-    convolution of it with the SpMM kernel (at its density, 1.0 included), every depthwise one NCHW, and one
-    conversion (the input, for the stem's NHWC read). Updates layout_plan's `plan` and `sparse` in place."""
+    convolution of it with the SpMM kernel (at its density, 1.0 included), the stem dense (XNNPACK's
+    HWC2CHW convolution, whatever its density), every depthwise one NCHW, and one conversion (the input, for
+    the stem's NHWC read). Updates layout_plan's `plan` and `sparse` in place."""
     rewritten = np.asarray(rewritten, dtype=bool)
+    if cluster["stem"] in sparse:
+        sparse[cluster["stem"]] = np.asarray(sparse[cluster["stem"]], dtype=bool) & ~rewritten
     for name in cluster["pointwise"]:
         sparse[name] = np.asarray(sparse.get(name, False), dtype=bool) | rewritten
     for name in cluster["depthwise"]:

@@ -72,7 +72,7 @@ class EngineProgram:
             rewritten = self._rewritten(values, densities) & runs_sparse.any(axis=1)
             engine_plan.apply_xnnpack(layout, sparse, self.cluster, rewritten, elements[:, 0])
             for layer, node in self.layer_nodes:
-                if node["name"] in self.cluster["pointwise"]:
+                if node["name"] in self.cluster["pointwise"] or node["name"] == self.cluster["stem"]:
                     runs_sparse[:, layer] = sparse[node["name"]]
         nchw = np.zeros((n, self.n_layers), dtype=bool)
         for layer, node in self.layer_nodes:

@@ -32,11 +32,13 @@ PTEBENCH = HOST_BINARY.parent / "ptebench"
 FAST = ["--warmup", "0", "--min-reps", "1", "--min-time-ms", "0"]
 
 
-def mobilenet(family: str, density: float, width: float = 0.25, size: int = 32) -> dict:
-    """A zoo MobileNet program with `density` on every 1x1 convolution of its cluster (stem and head dense)."""
+def mobilenet(family: str, density: float, width: float = 0.25, size: int = 32, stem: float = 1.0) -> dict:
+    """A zoo MobileNet program with `density` on every 1x1 convolution of its cluster (head dense, stem at
+    `stem`)."""
     base = program_zoo.zoo_program(family, width, size)
     cluster = engine_plan.xnnpack_cluster(base["nodes"], 3)
-    return sparse_programs.with_densities(base, {name: density for name in cluster["pointwise"]})
+    return sparse_programs.with_densities(base, {cluster["stem"]: stem,
+                                                 **{name: density for name in cluster["pointwise"]}})
 
 
 def run(command: list[str], lines: list[dict], env: dict | None = None) -> tuple[dict, list[dict]]:
@@ -71,14 +73,15 @@ def test_the_rewrite_needs_more_than_two_thirds_zeros_over_all_1x1_weights():
 
 
 def test_the_plan_runs_a_rewritten_cluster_inside_xnnpack_and_the_rest_as_before():
-    low, half = mobilenet("mobilenet_v1", 0.1), mobilenet("mobilenet_v1", 0.5)
+    low, half = mobilenet("mobilenet_v1", 0.1, stem=0.8), mobilenet("mobilenet_v1", 0.5)
     cluster = engine_plan.xnnpack_cluster(low["nodes"], 3)
-    plan = engine_plan.spec_plan(low, xnnpack_sparse_inference=True)
+    plan = engine_plan.spec_plan(low, xnnpack_sparse_inference=True)  # the pruned stem runs dense there
     assert plan["path"] == "xnnpack" and plan["conversions"] == 1
     assert plan["conversion_elems"] == 3 * 32 * 32                # the input, for the stem's NHWC read
     assert plan["sparse"] == set(cluster["pointwise"]) and plan["nchw_depthwise"] == set(cluster["depthwise"])
     segments = engine_plan.spec_plan(low)
-    assert segments["path"] == "segments" and segments["conversions"] == 2
+    assert segments["path"] == "segments" and segments["conversions"] == 0  # sparse stem: NCHW all the way
+    assert segments["sparse"] == {cluster["stem"], *cluster["pointwise"]}
     # below XNNPACK's threshold, or on a device that does not rewrite, the engine runs segments as before
     assert engine_plan.spec_plan(half, True) == {**engine_plan.spec_plan(half), "path": "segments"}
     dense = program_zoo.zoo_program("mobilenet_v1", 0.25, 32)
@@ -153,7 +156,7 @@ def test_the_arm64_engine_runs_qualifying_mobilenets_in_xnnpacks_sparse_inferenc
         pytest.fail(f"{exc} (tests never build the bundle themselves)")
     if shutil.which(runner.QEMU_AARCH64) is None:
         pytest.fail("qemu-aarch64-static is missing; install qemu-user-static (make setup does).")
-    specs = {"v1-low": mobilenet("mobilenet_v1", 0.1), "v2-low": mobilenet("mobilenet_v2", 0.1),
+    specs = {"v1-low": mobilenet("mobilenet_v1", 0.1, stem=0.8), "v2-low": mobilenet("mobilenet_v2", 0.1),
              "v1-half": mobilenet("mobilenet_v1", 0.5)}
     lines = []
     for name, spec in specs.items():
