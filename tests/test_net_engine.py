@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from arm64_bundle import arm64_bundle
 from jcw.android_harness import runner
 from jcw.android_harness.device import DeviceError
 from jcw.profiler.netfile import NetFileError, read_net, write_net
@@ -400,12 +400,7 @@ def test_the_sparse_kernel_pays_off_at_low_density(binary, tmp_path):
 
 @pytest.mark.slow
 def test_arm64_bundle_runs_a_network_under_qemu_to_torchs_output(tmp_path):
-    try:
-        bundle = runner.android_bundle_dir()
-    except DeviceError as exc:
-        pytest.fail(f"{exc} (tests never build the bundle themselves)")
-    if shutil.which(runner.QEMU_AARCH64) is None:
-        pytest.fail("qemu-aarch64-static is missing; install qemu-user-static (make setup does).")
+    bundle = arm64_bundle()
     torch.manual_seed(6)
     net = NchwChain()
     saved = save(net, tmp_path / "chain.jcwnet", shape=(1, 3, 8, 8))

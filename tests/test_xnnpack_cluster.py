@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 import torch
 
+from arm64_bundle import arm64_bundle
 from jcw.android_harness import runner
-from jcw.android_harness.device import DeviceError
 from jcw.android_harness.runner import HOST_BINARY
 from jcw.predictor.persistence import Predictor
 from jcw.profiler import engine_plan, program_net, program_zoo, sparse_programs
@@ -150,12 +149,7 @@ def test_the_host_engine_says_why_it_runs_segments_and_refuses_a_forced_path_it_
 
 @pytest.mark.slow
 def test_the_arm64_engine_runs_qualifying_mobilenets_in_xnnpacks_sparse_inference(tmp_path):
-    try:
-        bundle = runner.android_bundle_dir()
-    except DeviceError as exc:
-        pytest.fail(f"{exc} (tests never build the bundle themselves)")
-    if shutil.which(runner.QEMU_AARCH64) is None:
-        pytest.fail("qemu-aarch64-static is missing; install qemu-user-static (make setup does).")
+    bundle = arm64_bundle()
     specs = {"v1-low": mobilenet("mobilenet_v1", 0.1, stem=0.8), "v2-low": mobilenet("mobilenet_v2", 0.1),
              "v1-half": mobilenet("mobilenet_v1", 0.5)}
     lines = []
