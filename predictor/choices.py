@@ -12,5 +12,9 @@ MODEL_KINDS = ("hybrid", "gbm", "rf", "linear")
 #: SIMD tiles, output pixels), weighted by how much they help on shapes held out of their fit; feature: the
 #: new device's own physical model and trees, with the prior's log-latency as one more feature.
 TRANSFER_STRATEGIES = ("scale", "residual", "feature")
-#: Chosen on the transfer curve (benchmarks/RESULTS.md, benchmarks/bench_transfer.py).
+#: Chosen on the transfer curve (benchmarks/RESULTS.md, benchmarks/bench_transfer.py): what a
+#: TransferPredictor does unless told otherwise, and the first pick among equals of `auto`.
 DEFAULT_TRANSFER_STRATEGY = "residual"
+#: `jcw train --strategy auto` (its default): each strategy, and no prior at all, scored on the new profile's
+#: own layers held out by shape; the best is used (predictor.pipeline.choose_transfer).
+AUTO_STRATEGY = "auto"

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from jcw.predictor.choices import DEFAULT_TRANSFER_STRATEGY, MODEL_KINDS, TRANSFER_STRATEGIES
+from jcw.predictor.choices import AUTO_STRATEGY, MODEL_KINDS, TRANSFER_STRATEGIES
 from jcw.predictor.errors import PredictorError
 from jcw.profiler.cliargs import check_output_dir, int_at_least
 
@@ -59,11 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--prior", action="append", default=[], metavar="PREDICTOR_DIR",
                        help="a known device's predictor to transfer from (repeat for several: the closest by this "
                             "profile's measured layers is used); best with a profile from `jcw profile --prior`")
-    train.add_argument("--strategy", choices=TRANSFER_STRATEGIES, default=DEFAULT_TRANSFER_STRATEGY,
+    train.add_argument("--strategy", choices=(AUTO_STRATEGY, *TRANSFER_STRATEGIES), default=AUTO_STRATEGY,
                        help="with --prior: scale (per-operator rescaling of the prior), residual (rescaling plus "
-                            "small trees per operator on what is left) or feature (the new device's own model with "
-                            f"the prior's prediction as a feature); default {DEFAULT_TRANSFER_STRATEGY}, chosen on "
-                            "the transfer curve (benchmarks/RESULTS.md)")
+                            "small trees per operator on what is left), feature (the new device's own model with "
+                            "the prior's prediction as a feature), or auto (default): each of them, and a model "
+                            "without the prior, scored on this profile's own layers held out by shape, and the best "
+                            "used; a prior that loses to no prior by more than 5 points is declined")
     train.add_argument("--curve", action="store_true",
                        help="also compute the sample-efficiency curves: layers (random vs adaptive; takes minutes) "
                             "and training programs (10-120, several draws each)")
@@ -167,7 +168,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result["prior"]:
         prior = result["prior"]
         summary.add_row("prior", f"{prior['path']} (sha256 {prior['sha256'][:16]}…, {prior['device_address']}, "
-                                 f"threads {prior['threads']}), strategy {prior['strategy']}")
+                                 f"threads {prior['threads']}), strategy {prior['strategy']}"
+                                 + (" (auto: " + ", ".join(f"{name} {share:.1f}%" for name, share in
+                                                           prior["strategy_scores"].items()) + " within ±10% on "
+                                    "held-out shapes)" if prior.get("asked") == AUTO_STRATEGY else ""))
     else:
         declined = result.get("prior_declined")
         if declined:

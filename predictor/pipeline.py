@@ -20,6 +20,8 @@ from sklearn.base import BaseEstimator, clone
 
 from jcw.predictor import baselines, efficiency, evaluation, persistence, program_eval, ranges, transfer
 from jcw.predictor import priors as prior_predictors
+from jcw.predictor.choices import AUTO_STRATEGY
+from jcw.predictor.choices import DEFAULT_TRANSFER_STRATEGY as DEFAULT_STRATEGY
 from jcw.predictor.errors import PredictorError
 from jcw.predictor.features import as_columns, rows_to_columns
 from jcw.predictor.models import LatencyPredictor
@@ -40,8 +42,11 @@ PRIOR_AS_IS = "prior as is"
 NO_PRIOR = "no prior"
 DECLINED = "transfer (declined)"
 #: A prior is declined when, on the new device's own layers held out by shape, a model without it is within
-#: ±10 % on this many points more (mean of PRIOR_CHECK_SPLITS splits): a device too unlike the prior's.
+#: ±10 % on this many points more than the best strategy (mean of PRIOR_CHECK_SPLITS splits): a device too
+#: unlike the prior's.
 PRIOR_MARGIN, PRIOR_CHECK_SPLITS = 5.0, 3
+#: `--strategy auto`'s candidates, in order of preference among equals (the default first).
+TRANSFER_ORDER = (DEFAULT_STRATEGY, *(name for name in transfer.STRATEGIES if name != DEFAULT_STRATEGY))
 STABLE_SET = "holdout, rounds agree ±5%"
 #: Layers of architectures no plan is drawn from (profile sample "unseen"; profiles before plan version 2 have none).
 UNSEEN_SET = "unseen-architecture holdout"
@@ -208,34 +213,41 @@ def evaluate(training: Sequence[Row], holdout: Sequence[Row], params: Mapping[st
     return {"final": final, "sets": sets, "network": network, "best_impl": best_impl, "unseen_kinds": unseen_kinds}
 
 
-def prior_declined(transferred: BaseEstimator, own: BaseEstimator, training: Sequence[Row], seed: int = 0
-                   ) -> str | None:
-    """Why the prior should not be used (one sentence), or None: the transfer predictor and a model without
-    the prior, each fitted on the new device's training layers but a share held out by shape, scored on
-    that share (PRIOR_CHECK_SPLITS splits; never the real-network holdout)."""
-    shares = {"with": [], "without": []}
+def choose_transfer(prior: Any, own: BaseEstimator, training: Sequence[Row], strategies: Sequence[str],
+                    seed: int = 0) -> tuple[str | None, dict[str, float], str | None]:
+    """Which transfer strategy to use on this device: each of `strategies` built on `prior`, and `own` (a model
+    without the prior), fitted on the new device's training layers but a share held out by shape and scored on
+    that share (PRIOR_CHECK_SPLITS splits; never the real-network holdout). Returns (the best strategy, the
+    mean share within ±10 % of every candidate, None), or (None, the shares, why in one sentence) when the
+    model without the prior beats the best strategy by more than PRIOR_MARGIN points. Ties go to the earlier
+    strategy (`strategies` in order of preference)."""
+    candidates = {name: transfer.TransferPredictor(prior, name, random_state=seed) for name in strategies}
+    candidates[NO_PRIOR] = own
+    shares: dict[str, list[float]] = {name: [] for name in candidates}
     for split in range(PRIOR_CHECK_SPLITS):
         fit_rows, test_rows = evaluation.grouped_split(training, 0.2, seed + split)
-        scores = evaluate_models({"with": clone(transferred).fit(fit_rows), "without": clone(own).fit(fit_rows)},
-                                 test_rows)
+        scores = evaluate_models({name: clone(model).fit(fit_rows) for name, model in candidates.items()}, test_rows)
         for name, metrics in scores.items():
             shares[name].append(100.0 * metrics["within10"])
-    with_prior, without = float(np.mean(shares["with"])), float(np.mean(shares["without"]))
-    if without <= with_prior + PRIOR_MARGIN:
-        return None
-    return (f"on the new device's own layers held out by shape, a model without the prior was within ±10 % on "
-            f"{without:.1f} % of them against {with_prior:.1f} % with it, so the prior's device is too unlike "
-            "this one and the predictor is trained without it")
+    means = {name: round(float(np.mean(values)), 1) for name, values in shares.items()}
+    best = max(strategies, key=lambda name: (means[name], -list(strategies).index(name)))
+    if means[NO_PRIOR] <= means[best] + PRIOR_MARGIN:
+        return best, means, None
+    return None, means, (f"on the new device's own layers held out by shape, a model without the prior was within "
+                         f"±10 % on {means[NO_PRIOR]:.1f} % of them against {means[best]:.1f} % with it (best "
+                         f"strategy {best}), so the prior's device is too unlike this one and the predictor is "
+                         "trained without it")
 
 
 def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", threads: int | None = None,
           seed: int = 0, curve: bool = False, curve_budgets: Sequence[int] = efficiency.DEFAULT_BUDGETS,
-          priors: Sequence[str | Path] = (), strategy: str = transfer.DEFAULT_STRATEGY,
+          priors: Sequence[str | Path] = (), strategy: str = AUTO_STRATEGY,
           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit, evaluate (three held-out sets, network level, baselines, optional curve), save, report.
 
     With `priors`, the closest is chosen by the profile's measured layers and ours is a transfer
-    predictor (`strategy`, see predictor.transfer.STRATEGIES) built on it.
+    predictor built on it (`strategy`, see predictor.transfer.STRATEGIES, or "auto": the best of them on the
+    profile's own layers held out by shape), unless no prior does better there (choose_transfer).
     """
     say = progress or (lambda message: None)
     started = time.monotonic()
@@ -252,17 +264,22 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
         say("reading the priors")
         loaded = [prior_predictors.load_prior(p, data["runner"].get("version")) for p in priors]
         chosen, candidates = prior_predictors.choose_prior(loaded, training)
-        transferred = transfer.TransferPredictor(chosen, strategy, random_state=seed)
-        transferred._validate_params()
-        lineup = {OURS: transferred, PRIOR_AS_IS: PriorAsIs(chosen), NO_PRIOR: LatencyPredictor(**params), **BASELINES}
-        prior_card = {"strategy": strategy, "candidates": candidates}
-        say("checking that the prior helps on this device")
-        why = prior_declined(transferred, LatencyPredictor(**params), training, seed)
-        if why is not None:
-            say(why)
-            declined = {**prior_card, **chosen.describe(), "why": why}
-            lineup = {OURS: LatencyPredictor(**params), PRIOR_AS_IS: PriorAsIs(chosen), DECLINED: transferred,
+        transfer.TransferPredictor(chosen, DEFAULT_STRATEGY if strategy == AUTO_STRATEGY else strategy,
+                                   random_state=seed)._validate_params()
+        say("scoring the transfer on this profile's own layers")
+        strategies = TRANSFER_ORDER if strategy == AUTO_STRATEGY else (strategy,)
+        picked, scores, why = choose_transfer(chosen, LatencyPredictor(**params), training, strategies, seed)
+        prior_card = {"strategy": picked, "asked": strategy, "strategy_scores": scores, "candidates": candidates}
+        if picked is not None:
+            transferred = transfer.TransferPredictor(chosen, picked, random_state=seed)
+            lineup = {OURS: transferred, PRIOR_AS_IS: PriorAsIs(chosen), NO_PRIOR: LatencyPredictor(**params),
                       **BASELINES}
+        else:
+            say(why)
+            best = max(strategies, key=lambda name: scores[name])
+            declined = {**prior_card, "strategy": best, **chosen.describe(), "why": why}
+            lineup = {OURS: LatencyPredictor(**params), PRIOR_AS_IS: PriorAsIs(chosen),
+                      DECLINED: transfer.TransferPredictor(chosen, best, random_state=seed), **BASELINES}
             chosen, prior_card = None, None
 
     evaluated = evaluate(training, holdout, params, seed, say, lineup, unseen=data["unseen"])

@@ -270,7 +270,10 @@ def _prior_paragraph(result: Mapping[str, Any]) -> list[str]:
     if not prior:
         return []
     return [f"**Transfer from a known device:** prior `{prior['path']}` (sha256 `{prior['sha256']}`, device "
-            f"{prior.get('device_address')}, threads {prior.get('threads')}), strategy **{prior['strategy']}**, chosen "
+            f"{prior.get('device_address')}, threads {prior.get('threads')}), strategy **{prior['strategy']}**"
+            + (" (picked by `--strategy auto` on this profile's layers held out by shape: "
+               + ", ".join(f"{name} {share:.1f} %" for name, share in prior["strategy_scores"].items())
+               + " within ±10 %)" if prior.get("asked") == "auto" else "") + ", chosen "
             f"among {len(prior['candidates'])} prior(s) by the smallest median error on this profile's measured layers "
             "after per-operator rescaling. The tables score it as \"ours\" beside the prior as it is and a model "
             "trained on this profile alone (\"no prior\").", ""]

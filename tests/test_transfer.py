@@ -154,14 +154,25 @@ def test_a_prior_unlike_the_new_device_is_declined_and_the_card_says_why(small_p
     shuffled = np.random.default_rng(1).permutation([r["latency_us"] for r in rows])
     unlike = _save_prior([{**r, "latency_us": float(v)} for r, v in zip(rows, shuffled)], tmp_path / "unlike")
     out = tmp_path / "predictor"
-    assert main(["train", "--profile", str(small_profile), "--prior", str(unlike), "--out", str(out)]) == 0
+    # residual builds on the prior's predictions (auto could pick feature, whose trees learn to ignore them)
+    assert main(["train", "--profile", str(small_profile), "--prior", str(unlike), "--out", str(out),
+                 "--strategy", "residual"]) == 0
     card = json.loads((out / "card.json").read_text())
     assert card["prior"] is None and card["model"] != "transfer" and not (out / priors.PRIOR_DIR).exists()
     assert card["prior_declined"]["sha256"] == priors.prior_sha256(unlike)
     assert "too unlike this one" in card["prior_declined"]["why"] and "prior (declined)" in capsys.readouterr().out
-    from jcw.predictor.pipeline import prior_declined
-    liked = TransferPredictor(priors.load_prior(known_device))
-    assert prior_declined(liked, LatencyPredictor("hybrid"), rows) is None
+    from jcw.predictor.pipeline import NO_PRIOR, choose_transfer
+    picked, scores, why = choose_transfer(priors.load_prior(known_device), LatencyPredictor("hybrid"), rows,
+                                          STRATEGIES)
+    assert picked in STRATEGIES and why is None and set(scores) == {*STRATEGIES, NO_PRIOR}
+    assert scores[picked] == max(scores[name] for name in STRATEGIES)
+
+
+def test_auto_picks_the_strategy_that_scores_best_on_the_profiles_own_layers(transferred):
+    out, status = transferred  # jcw train --prior with the default --strategy auto
+    card = json.loads((out / "card.json").read_text())["prior"]
+    assert status == 0 and card["asked"] == "auto" and set(card["strategy_scores"]) == {*STRATEGIES, "no prior"}
+    assert card["strategy_scores"][card["strategy"]] == max(card["strategy_scores"][s] for s in STRATEGIES)
 
 
 def test_a_tampered_copy_of_the_prior_inside_a_predictor_is_refused(transferred, tmp_path):
