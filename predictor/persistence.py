@@ -176,8 +176,8 @@ class Predictor:
     def xnnpack_sparse_inference(self) -> bool:
         """Whether the device's XNNPACK rewrites qualifying networks to NCHW (its program runner's header): the
         engine then runs them inside XNNPACK's own sparse inference (profiler.engine_plan)."""
-        runner = self.card.get("program_runner")
-        return bool(runner.get("xnnpack_sparse_inference")) if isinstance(runner, dict) else False
+        from jcw.profiler import engine_plan
+        return engine_plan.xnnpack_sparse_inference(self.card.get("program_runner"))
 
     @property
     def sparse_program_note(self) -> str:

@@ -26,7 +26,7 @@ from jcw.predictor.errors import PredictorError
 from jcw.predictor.features import as_columns, rows_to_columns
 from jcw.predictor.models import LatencyPredictor
 from jcw.predictor.programs import RUNTIME
-from jcw.profiler import labels, plans
+from jcw.profiler import engine_plan, labels, plans
 from jcw.profiler.store import ProfileStore
 
 Row = Mapping[str, Any]
@@ -214,12 +214,12 @@ def evaluate(training: Sequence[Row], holdout: Sequence[Row], params: Mapping[st
 
 
 def choose_transfer(prior: Any, own: BaseEstimator, training: Sequence[Row], strategies: Sequence[str],
-                    seed: int = 0) -> tuple[str | None, dict[str, float], str | None]:
+                    seed: int = 0) -> tuple[str, dict[str, float], str | None]:
     """Which transfer strategy to use on this device: each of `strategies` built on `prior`, and `own` (a model
     without the prior), fitted on the new device's training layers but a share held out by shape and scored on
-    that share (PRIOR_CHECK_SPLITS splits; never the real-network holdout). Returns (the best strategy, the
-    mean share within ±10 % of every candidate, None), or (None, the shares, why in one sentence) when the
-    model without the prior beats the best strategy by more than PRIOR_MARGIN points. Ties go to the earlier
+    that share (PRIOR_CHECK_SPLITS splits; never the real-network holdout). Returns the best strategy, the
+    mean share within ±10 % of every candidate, and None — or why in one sentence the prior is declined, when
+    the model without it beats the best strategy by more than PRIOR_MARGIN points. Ties go to the earlier
     strategy (`strategies` in order of preference)."""
     candidates = {name: transfer.TransferPredictor(prior, name, random_state=seed) for name in strategies}
     candidates[NO_PRIOR] = own
@@ -233,7 +233,7 @@ def choose_transfer(prior: Any, own: BaseEstimator, training: Sequence[Row], str
     best = max(strategies, key=lambda name: (means[name], -list(strategies).index(name)))
     if means[NO_PRIOR] <= means[best] + PRIOR_MARGIN:
         return best, means, None
-    return None, means, (f"on the new device's own layers held out by shape, a model without the prior was within "
+    return best, means, (f"on the new device's own layers held out by shape, a model without the prior was within "
                          f"±10 % on {means[NO_PRIOR]:.1f} % of them against {means[best]:.1f} % with it (best "
                          f"strategy {best}), so the prior's device is too unlike this one and the predictor is "
                          "trained without it")
@@ -268,18 +268,17 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
                                    random_state=seed)._validate_params()
         say("scoring the transfer on this profile's own layers")
         strategies = TRANSFER_ORDER if strategy == AUTO_STRATEGY else (strategy,)
-        picked, scores, why = choose_transfer(chosen, LatencyPredictor(**params), training, strategies, seed)
-        prior_card = {"strategy": picked, "asked": strategy, "strategy_scores": scores, "candidates": candidates}
-        if picked is not None:
-            transferred = transfer.TransferPredictor(chosen, picked, random_state=seed)
+        best, scores, why = choose_transfer(chosen, LatencyPredictor(**params), training, strategies, seed)
+        prior_card = {"strategy": best, "asked": strategy, "strategy_scores": scores, "candidates": candidates}
+        transferred = transfer.TransferPredictor(chosen, best, random_state=seed)
+        if why is None:
             lineup = {OURS: transferred, PRIOR_AS_IS: PriorAsIs(chosen), NO_PRIOR: LatencyPredictor(**params),
                       **BASELINES}
         else:
             say(why)
-            best = max(strategies, key=lambda name: scores[name])
-            declined = {**prior_card, "strategy": best, **chosen.describe(), "why": why}
-            lineup = {OURS: LatencyPredictor(**params), PRIOR_AS_IS: PriorAsIs(chosen),
-                      DECLINED: transfer.TransferPredictor(chosen, best, random_state=seed), **BASELINES}
+            declined = {**prior_card, **chosen.describe(), "why": why}
+            lineup = {OURS: LatencyPredictor(**params), PRIOR_AS_IS: PriorAsIs(chosen), DECLINED: transferred,
+                      **BASELINES}
             chosen, prior_card = None, None
 
     evaluated = evaluate(training, holdout, params, seed, say, lineup, unseen=data["unseen"])
@@ -296,9 +295,9 @@ def train(profile_dir: str | Path, out_dir: str | Path, *, model: str = "auto", 
         program_curve = efficiency.program_efficiency(programs["data"], seed=seed, progress=say)
     if programs is None and data["programs"]:
         say("too few measured training programs for a program model")
-    runner = data["program_runner"] if isinstance(data["program_runner"], dict) else {}
-    sparse = program_eval.evaluate_programs(ours, data["sparse_programs"], seed=seed, say=say, runtime="sparse",
-                                            xnnpack_sparse_inference=bool(runner.get("xnnpack_sparse_inference")))
+    sparse = program_eval.evaluate_programs(
+        ours, data["sparse_programs"], seed=seed, say=say, runtime="sparse",
+        xnnpack_sparse_inference=engine_plan.xnnpack_sparse_inference(data["program_runner"]))
     summary = {name: {k: s["models"][OURS][k] for k in ("n", "rmspe", "mape", "within5", "within10", "within15")}
                | {"noise_floor_within10": s["noise_floor"]["within10"],
                   "noise_floor_rmspe": s["noise_floor"]["rmspe"],

@@ -219,11 +219,7 @@ class TransferPredictor(LatencyPredictor):
                    target: np.ndarray) -> Any:
         """The feature strategy's pooled trees on every layer feature and the prior's log-latency."""
         from sklearn.ensemble import HistGradientBoostingRegressor  # deferred: start-up
-        # A label disturbed by other load can be off by orders of magnitude; clipped at a few robust
-        # deviations it still says "slower here" without pulling a whole leaf after it.
-        centre = float(np.median(target))
-        spread = max(1.4826 * float(np.median(np.abs(target - centre))), 0.02)
-        target = np.clip(target, centre - 3 * spread, centre + 3 * spread)
+        target = transfer_trees.clipped(target)
         x = np.empty((len(impl), len(FEATURE_NAMES) + 1))
         for name in IMPLS:
             mask = impl == name

@@ -34,6 +34,15 @@ def design(columns: Mapping[str, np.ndarray], phys: Mapping[str, np.ndarray] | N
                             *(cout % tile for tile in REMAINDER_TILES)])
 
 
+def clipped(target: np.ndarray) -> np.ndarray:
+    """A log-latency target clipped at 3 robust deviations from its median. A label disturbed by other load
+    can be off by orders of magnitude; clipped, it still says "slower here" without pulling a whole leaf
+    after it."""
+    centre = float(np.median(target))
+    spread = max(1.4826 * float(np.median(np.abs(target - centre))), 0.02)
+    return np.clip(target, centre - 3 * spread, centre + 3 * spread)
+
+
 def fit(columns: Mapping[str, np.ndarray], impl: np.ndarray, target: np.ndarray, *, n_estimators: int,
         learning_rate: float, max_leaf_nodes: int, min_samples_leaf: int, random_state: int) -> dict[str, Any]:
     """{"op/impl": fitted trees} for each group with at least 2 × min_samples_leaf rows; a smaller group
@@ -41,11 +50,7 @@ def fit(columns: Mapping[str, np.ndarray], impl: np.ndarray, target: np.ndarray,
     differences have nothing in common (on pair B of benchmarks/RESULTS.md, a 1.0-1.25× pattern for dense
     convolutions, none for sparse ones)."""
     from sklearn.ensemble import HistGradientBoostingRegressor  # deferred: start-up
-    # A label disturbed by other load can be off by orders of magnitude; clipped at a few robust
-    # deviations it still says "slower here" without pulling a whole leaf after it.
-    centre = float(np.median(target))
-    spread = max(1.4826 * float(np.median(np.abs(target - centre))), 0.02)
-    target = np.clip(target, centre - 3 * spread, centre + 3 * spread)
+    target = clipped(target)
     keys = group_keys(columns["op"], impl)
     x = design(columns)
     trees = {}

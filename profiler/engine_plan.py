@@ -43,6 +43,21 @@ def check_runnable(spec: Mapping[str, Any]) -> None:
                                   f"{c}x{h}x{w} tensor")
 
 
+def _pointwise(node: Mapping[str, Any]) -> bool:
+    return node.get("groups", 1) == 1 and node["k"] == 1 and node["stride"] == 1 and node["pad"] == 0
+
+
+def _depthwise(node: Mapping[str, Any]) -> bool:
+    return node.get("groups", 1) > 1 and node["k"] in (3, 5) and node["stride"] in (1, 2) \
+        and node["pad"] == node["k"] // 2
+
+
+def xnnpack_sparse_inference(program_runner: Any) -> bool:
+    """Whether a device's XNNPACK rewrites qualifying networks to NCHW: the .pte runner's header says so
+    (ptebench 0.3.0 on; an older header, or none, means the engine ran segments there)."""
+    return isinstance(program_runner, Mapping) and bool(program_runner.get("xnnpack_sparse_inference"))
+
+
 def layout_plan(nodes: Sequence[Mapping[str, Any]], elements: Mapping[str, np.ndarray],
                 layout_free: Mapping[str, np.ndarray], sparse: Mapping[str, np.ndarray],
                 n: int) -> dict[str, Any]:
@@ -79,8 +94,7 @@ def layout_plan(nodes: Sequence[Mapping[str, Any]], elements: Mapping[str, np.nd
         if op == "conv":
             is_sparse = np.asarray(sparse.get(node["name"], np.zeros(n, dtype=bool)), dtype=bool)
             depthwise_nchw = np.zeros(n, dtype=bool)
-            if node.get("groups", 1) > 1 and node["k"] in (3, 5) and node["stride"] in (1, 2) \
-                    and node["pad"] == node["k"] // 2:
+            if _depthwise(node):
                 depthwise_nchw = any_sparse & nchw[src] & ~layout_free[src]
                 nchw_depthwise[node["name"]] = depthwise_nchw
             # a depthwise layer that stays NCHW reads its input as it is: no need() for it
@@ -102,15 +116,6 @@ def layout_plan(nodes: Sequence[Mapping[str, Any]], elements: Mapping[str, np.nd
     last = nodes[-1]["name"]
     need(last, np.ones(n, dtype=bool))
     return {"conversions": count, "conversion_elems": moved, "nchw_depthwise": nchw_depthwise}
-
-
-def _pointwise(node: Mapping[str, Any]) -> bool:
-    return node.get("groups", 1) == 1 and node["k"] == 1 and node["stride"] == 1 and node["pad"] == 0
-
-
-def _depthwise(node: Mapping[str, Any]) -> bool:
-    return node.get("groups", 1) > 1 and node["k"] in (3, 5) and node["stride"] in (1, 2) \
-        and node["pad"] == node["k"] // 2
 
 
 def xnnpack_cluster(nodes: Sequence[Mapping[str, Any]], input_channels: int) -> dict[str, Any] | None:

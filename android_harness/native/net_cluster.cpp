@@ -26,8 +26,7 @@ bool is_stem(const net_node& n, const std::string& input) {
 bool is_pointwise(const net_node& n) { return n.groups == 1 && n.k == 1 && n.stride == 1 && n.pad == 0; }
 
 bool is_depthwise(const net_node& n) {
-  return n.groups > 1 && n.groups == n.cin && n.cin == n.cout && (n.k == 3 || n.k == 5) &&
-         (n.stride == 1 || n.stride == 2) && n.pad == n.k / 2;
+  return net_nchw_depthwise_shape(n) && n.groups == n.cin && n.cin == n.cout;
 }
 
 std::string xnn_failed(enum xnn_status st, const std::string& what) {
@@ -121,17 +120,17 @@ class subgraph_builder {
   std::map<std::string, uint32_t> ids_;
 };
 
-/* The runtime's operator names, in execution order. */
-std::vector<std::string> operator_names(xnn_runtime_t runtime) {
+/* How many of a profiling runtime's operators are SpMM convolutions (named e.g. "Convolution (NCHW, F32) SPMM"). */
+size_t spmm_operators(xnn_runtime_t runtime) {
   size_t size = 0;
   xnn_get_runtime_profiling_info(runtime, xnn_profile_info_operator_name, 0, nullptr, &size);
   std::vector<char> text(size + 1, '\0');
-  std::vector<std::string> names;
   if (size == 0 || xnn_get_runtime_profiling_info(runtime, xnn_profile_info_operator_name, size, text.data(), &size) !=
                        xnn_status_success)
-    return names;
-  for (size_t at = 0; at < size; at += strlen(&text[at]) + 1) names.emplace_back(&text[at]);
-  return names;
+    return 0;
+  size_t spmm = 0;
+  for (size_t at = 0; at < size; at += strlen(&text[at]) + 1) spmm += strstr(&text[at], "SPMM") != nullptr;
+  return spmm;
 }
 
 }  // namespace
@@ -206,8 +205,7 @@ bool net_cluster_build(net_context& ctx, const net_file& net, const net_cluster&
     *err = xnn_failed(st, "create the runtime");
     return false;
   }
-  size_t spmm = 0;  /* named e.g. "Convolution (NCHW, F32) SPMM" */
-  for (const std::string& name : operator_names(probe)) spmm += name.find("SPMM") != std::string::npos;
+  const size_t spmm = spmm_operators(probe);
   xnn_delete_runtime(probe);
   if (spmm != cluster.spmm_layers.size()) {
     *why = std::string("XNNPACK (") + ctx.wheel.name + ") " +
@@ -263,9 +261,7 @@ bool net_cluster_probe() {
             xnn_define_global_average_pooling_2d(sg, -INFINITY, INFINITY, pw, out, XNN_FLAG_KEEP_DIMS) == xnn_status_success &&
             xnn_create_runtime_v3(sg, nullptr, nullptr, XNN_FLAG_HINT_SPARSE_INFERENCE | XNN_FLAG_BASIC_PROFILING, &runtime) ==
                 xnn_status_success;
-  size_t spmm = 0;
-  if (ok)
-    for (const std::string& name : operator_names(runtime)) spmm += name.find("SPMM") != std::string::npos;
+  const size_t spmm = ok ? spmm_operators(runtime) : 0;
   if (runtime != nullptr) xnn_delete_runtime(runtime);
   if (sg != nullptr) xnn_delete_subgraph(sg);
   return spmm == 1;

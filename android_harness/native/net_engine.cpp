@@ -97,11 +97,6 @@ net_dims dims_of(const std::vector<int64_t>& in, const std::vector<int64_t>& out
   return {dim(in, 1), dim(in, 2), dim(in, 3), dim(out, 1), dim(out, 2), dim(out, 3)};
 }
 
-/* XNNPACK's NCHW depthwise kernels: 3x3 or 5x5, stride 1 or 2, "same" padding. */
-bool nchw_depthwise_shape(const net_node& n) {
-  return n.groups > 1 && (n.k == 3 || n.k == 5) && (n.stride == 1 || n.stride == 2) && n.pad == n.k / 2;
-}
-
 bool pool_failed(size_t threads, std::string* err) {
   *err = "could not create a thread pool of " + std::to_string(threads) + " threads";
   return false;
@@ -182,7 +177,7 @@ bool net_engine::load(const net_file& net, size_t threads, double max_bytes, net
           break;
         }
         /* A depthwise convolution whose input is already NCHW stays NCHW where the NCHW build runs it. */
-        if (ctx.nchw != nullptr && !in.layout_free && in.home == net_layout::nchw && nchw_depthwise_shape(n) &&
+        if (ctx.nchw != nullptr && !in.layout_free && in.home == net_layout::nchw && net_nchw_depthwise_shape(n) &&
             net_dwconv_nchw(ctx, n, d, in.data[slot(net_layout::nchw)], out) == xnn_status_success) {
           layout = net_layout::nchw;
           break;
@@ -216,7 +211,6 @@ bool net_engine::load(const net_file& net, size_t threads, double max_bytes, net
   output_ = plan.need(net.output, net_layout::nchw, err);
   if (output_ == nullptr) return false;
   if (ctx.nchw_used) xnnpack_sparse = ctx.nchw->name;
-  if (sparse_path != "segments") not_xnnpack.clear();
   return true;
 }
 

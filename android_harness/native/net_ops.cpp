@@ -35,6 +35,10 @@ void net_clamp(net_activation a, float* lo, float* hi) {
   *hi = a == net_activation::relu6 ? 6.0f : INFINITY;
 }
 
+bool net_nchw_depthwise_shape(const net_node& n) {
+  return n.groups > 1 && (n.k == 3 || n.k == 5) && (n.stride == 1 || n.stride == 2) && n.pad == n.k / 2;
+}
+
 net_context::~net_context() {
   for (net_step& s : steps) {
     if (s.op != nullptr) s.build->delete_op(s.op);

@@ -46,6 +46,9 @@ struct net_context {
 /* The output clamp of an activation (-inf..inf when none). */
 void net_clamp(net_activation a, float* lo, float* hi);
 
+/* XNNPACK's NCHW depthwise kernels: 3x3 or 5x5, stride 1 or 2, "same" padding. */
+bool net_nchw_depthwise_shape(const net_node& n);
+
 /* Image geometry of a node: input channels/height/width and output height/width. */
 struct net_dims {
   size_t c, h, w, out_c, out_h, out_w;
