@@ -138,7 +138,7 @@ def throughput_section(model) -> None:
         op = rng.choice(("conv", "dwconv"))
         cin = rng.randint(3, 2048)
         k = rng.choice((1, 3, 5, 7))
-        h = rng.choice(space.sizes)
+        h = space.map_size(rng)
         spec = LayerSpec(op=op, cin=cin, cout=cin if op == "dwconv" else rng.randint(3, 2048), k=k, h=h, w=h,
                          stride=rng.choice((1, 2)), density=rng.choice(space.densities))
         if spec.key() not in seen:

@@ -26,16 +26,43 @@ from jcw.profiler.layerspec import IMPLS, LayerBatch, LayerSpec
 
 #: (op, impl) pairs the runner can measure; dwconv has no sparse kernel.
 GROUPS = (("conv", "dense"), ("conv", "sparse"), ("dwconv", "dense"))
-_PHYSICAL_TERMS = ("work", "io_bytes", "weight_bytes", "im2col_bytes")
+_PHYSICAL_TERMS = ("work", "io_bytes", "weight_bytes", "im2col_bytes", "im2col_rows")
 _MIN_GROUP_ROWS = 6
+#: Ways of splitting the layers among tree models. Each grouping fits the same residual with trees that see
+#: different boundaries (by implementation; by operator; by operator and 1x1 against kxk); the prediction
+#: is their geometric mean, which on layers of unseen architectures was 2-4 points more often within
+#: +-10 % than any one grouping, on three profiles (benchmarks/RESULTS.md, plan version 5).
+TREE_GROUPINGS = ("impl", "op", "op_kernel")
+
+
+def tree_group_keys(grouping: str) -> tuple[str, ...]:
+    """Every tree-model key of one grouping; the "impl" keys are the bare implementation names, as predictors
+    saved before the groupings keyed their two tree models."""
+    if grouping == "impl":
+        return IMPLS
+    ops = ("conv", "dwconv") if grouping == "op" else ("conv1x1", "convkxk", "dwconv")
+    return tuple(f"{grouping}:{op}/{impl}" for op in ops for impl in IMPLS if not (op == "dwconv" and impl != "dense"))
+
+
+def tree_group_masks(grouping: str, columns: Mapping[str, np.ndarray], impl: str) -> dict[str, np.ndarray]:
+    """The layers (all with implementation `impl`) of each tree-model key of one grouping, as boolean masks."""
+    if grouping == "impl":
+        return {impl: np.ones(len(columns["op"]), dtype=bool)}
+    dw = np.asarray(columns["op"]) == "dwconv"
+    if grouping == "op":
+        masks = {"conv": ~dw, "dwconv": dw}
+    else:
+        one = np.asarray(columns["k"]) == 1
+        masks = {"conv1x1": ~dw & one, "convkxk": ~dw & ~one, "dwconv": dw}
+    return {f"{grouping}:{op}/{impl}": mask for op, mask in masks.items() if mask.any()}
 
 
 class PhysicalModel(BaseEstimator):
-    """latency ≈ a·work + b·io_bytes + c·weight_bytes + d·im2col_bytes + e per (op, impl), all ≥ 0.
+    """latency ≈ a·work + b·io_bytes + c·weight_bytes + d·im2col_bytes + e·im2col_rows + f per (op, impl), all ≥ 0.
 
     Fitted by non-negative least squares on relative error, so it is monotone in every size
     quantity and extrapolates sensibly to shapes far from the training data. It has no parameters;
-    `coef_` maps "op/impl" to the five coefficients.
+    `coef_` maps "op/impl" to the six coefficients.
     """
 
     @staticmethod
@@ -104,12 +131,14 @@ class LatencyPredictor(BaseEstimator):
     Parameters are validated in `fit`: `model` is "auto" (pick by grouped cross-validation among
     `candidates`) or one of MODEL_KINDS; the tree settings are shared by the tree models. The
     defaults were chosen on the sample-efficiency curve (benchmarks/RESULTS.md): enough capacity to
-    reach 95 % within ±10 % on unseen real-network layers while predicting > 200,000 layers/s.
+    reach 95 % within ±10 % on unseen real-network layers; with three tree groupings, 40 trees each at
+    rate 0.4 were as accurate as 60 at 0.3 and predict a third faster.
     """
 
-    def __init__(self, model: str = "auto", *, candidates: Sequence[str] = MODEL_KINDS, n_estimators: int = 60,
-                 max_leaf_nodes: int = 24, learning_rate: float = 0.3, min_samples_leaf: int = 4,
-                 loss: str = "squared_error", cv_folds: int = 5, random_state: int = 0) -> None:
+    def __init__(self, model: str = "auto", *, candidates: Sequence[str] = MODEL_KINDS, n_estimators: int = 40,
+                 max_leaf_nodes: int = 24, learning_rate: float = 0.4, min_samples_leaf: int = 4,
+                 loss: str = "squared_error", tree_groupings: Sequence[str] = TREE_GROUPINGS, cv_folds: int = 5,
+                 random_state: int = 0) -> None:
         self.model = model
         self.candidates = candidates
         self.n_estimators = n_estimators
@@ -117,6 +146,7 @@ class LatencyPredictor(BaseEstimator):
         self.learning_rate = learning_rate
         self.min_samples_leaf = min_samples_leaf
         self.loss = loss
+        self.tree_groupings = tree_groupings
         self.cv_folds = cv_folds
         self.random_state = random_state
 
@@ -136,6 +166,11 @@ class LatencyPredictor(BaseEstimator):
         check_param("min_samples_leaf", self.min_samples_leaf, int, 1)
         if self.loss not in ("squared_error", "absolute_error"):
             raise PredictorError(f"parameter 'loss' must be squared_error or absolute_error, got {self.loss!r}")
+        groupings = self.tree_groupings
+        if not isinstance(groupings, (list, tuple)) or not groupings or len(set(groupings)) != len(groupings) \
+                or not set(groupings) <= set(TREE_GROUPINGS):
+            raise PredictorError(f"parameter 'tree_groupings' must name some of {', '.join(TREE_GROUPINGS)} once "
+                                 f"each, got {groupings!r}")
         check_param("cv_folds", self.cv_folds, int, 2, 20)
         check_param("random_state", self.random_state, int, 0)
 
@@ -171,16 +206,24 @@ class LatencyPredictor(BaseEstimator):
         target = np.log(latency)
         if self.kind_ == "hybrid":
             target = target - np.log(self._physical_stacked(columns, impl))
-        # One tree model per implementation: the dense and the sparse kernel scale differently, and
-        # a layer then walks only the trees of the kernel asked about (half the prediction cost).
-        # An implementation with too few rows borrows from all rows (is_sparse is a feature).
+        # One tree model per group of every grouping (TREE_GROUPINGS): the dense and the sparse kernel,
+        # depthwise and 1x1/kxk convolutions scale differently, and a layer walks only its groups' trees.
+        # A group with too few rows borrows its implementation's rows, else all rows (is_sparse is a feature).
         self.estimator_ = {}
         with _one_thread():
-            for name in IMPLS:
-                mask = impl == name
-                if mask.sum() < _MIN_GROUP_ROWS:
-                    mask = np.ones(len(impl), dtype=bool)
-                self.estimator_[name] = self._make_estimator(int(mask.sum())).fit(x[mask], target[mask])
+            for grouping in self.tree_groupings:
+                groups = {}
+                for name in IMPLS:
+                    rows = impl == name
+                    for key, mask in tree_group_masks(grouping, columns, name).items():
+                        groups[key] = rows & mask
+                for key in tree_group_keys(grouping):
+                    mask = groups.get(key, np.zeros(len(impl), dtype=bool))
+                    if mask.sum() < _MIN_GROUP_ROWS:
+                        mask = impl == key.rpartition("/")[2] if "/" in key else impl == key
+                    if mask.sum() < _MIN_GROUP_ROWS:
+                        mask = np.ones(len(impl), dtype=bool)
+                    self.estimator_[key] = self._make_estimator(int(mask.sum())).fit(x[mask], target[mask])
 
     def _make_estimator(self, n_rows: int):
         from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor  # deferred: start-up
@@ -218,8 +261,13 @@ class LatencyPredictor(BaseEstimator):
         phys = physical(columns) if phys is None else phys
         if self.kind_ == "linear":
             return self.physical_.predict(columns, impl, phys)
+        x = feature_matrix(columns, impl, phys)
+        raw = np.zeros(len(x))
         with _one_thread():
-            raw = self.estimator_[impl].predict(feature_matrix(columns, impl, phys))
+            for grouping in self.tree_groupings:
+                for key, mask in tree_group_masks(grouping, columns, impl).items():
+                    raw[mask] += self.estimator_[key].predict(x if mask.all() else x[mask])
+        raw /= len(self.tree_groupings)
         if self.kind_ == "hybrid":
             return self.physical_.predict(columns, impl, phys) * np.exp(raw)
         return np.exp(raw)
@@ -272,11 +320,16 @@ class LatencyPredictor(BaseEstimator):
     @classmethod
     def from_state(cls, state: Mapping[str, Any], estimator: Any) -> LatencyPredictor:
         params = dict(state["params"])
+        params.setdefault("tree_groupings", ("impl",))  # saved before the groupings: one model per implementation
+        params["tree_groupings"] = tuple(params["tree_groupings"])
         model = params.pop("model")
         predictor = cls(model, **params)
         predictor.kind_ = state["kind"]
         predictor.physical_ = PhysicalModel()
-        predictor.physical_.coef_ = {k: [float(v) for v in c] for k, c in state["physical"].items()}
+        # Saved before the im2col-rows term: that term's coefficient is 0, the constant stays last.
+        predictor.physical_.coef_ = {k: [float(v) for v in c][:len(_PHYSICAL_TERMS) - 1] + [0.0] * (
+            len(c) == len(_PHYSICAL_TERMS)) + [float(v) for v in c][len(_PHYSICAL_TERMS) - 1:]
+            for k, c in state["physical"].items()}
         predictor.cv_scores_ = dict(state.get("cv_scores", {}))
         predictor.n_training_rows_ = int(state["n_training_rows"])
         predictor.estimator_ = estimator

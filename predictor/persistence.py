@@ -20,7 +20,7 @@ from jcw.predictor import sparse_runtime
 from jcw.predictor.errors import PredictorError
 from jcw.predictor.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, as_columns
 from jcw.predictor.models import _PHYSICAL_TERMS as PHYSICAL_TERMS
-from jcw.predictor.models import MODEL_KINDS, LatencyPredictor
+from jcw.predictor.models import MODEL_KINDS, TREE_GROUPINGS, LatencyPredictor, tree_group_keys
 from jcw.predictor.programs import RUNTIME, OtherTermsError, ProgramModel, design, per_program, spec_parts
 from jcw.predictor.sparse_runtime import SparseProgramModel
 from jcw.profiler.layerspec import IMPLS
@@ -323,8 +323,10 @@ def load(directory: str | Path, *, runner_version: str | None = None, layers_onl
     coef = model.physical_.coef_
     coef_fits = {"conv/dense", "conv/sparse"} <= set(coef) and all(
         len(c) == len(PHYSICAL_TERMS) + 1 for c in coef.values())
+    groups_fit = estimator is None or set(estimator) == {
+        key for grouping in model.tree_groupings for key in tree_group_keys(grouping)}
     if state.get("features") != list(FEATURE_NAMES) or model.kind_ not in MODEL_KINDS or not coef_fits \
-            or (model.kind_ != "linear") != (estimator is not None):
+            or (model.kind_ != "linear") != (estimator is not None) or not groups_fit:
         raise PredictorError(f"predictor model {directory / STATE} does not fit this jcw's features or files")
     return Predictor(model, card, directory, *_load_program_models(directory, card, files, layers_only))
 
@@ -388,9 +390,11 @@ def _load_trusted(path: Path) -> Any:
 def _load_trees(path: Path) -> Any:
     from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
     estimator = _load_trusted(path)
-    # One tree model per implementation (see LatencyPredictor._fit_kind).
-    if not isinstance(estimator, dict) or sorted(estimator) != sorted(IMPLS) or not all(
+    # One tree model per group of each tree grouping (see LatencyPredictor._fit_kind); from_state checks
+    # that the groups are those of the groupings the state names.
+    known = {key for grouping in TREE_GROUPINGS for key in tree_group_keys(grouping)}
+    if not isinstance(estimator, dict) or not set(IMPLS) <= set(estimator) <= known or not all(
             isinstance(tree, (HistGradientBoostingRegressor, RandomForestRegressor)) for tree in estimator.values()):
         raise PredictorError(f"predictor file {path} does not hold one tree model per implementation "
-                             f"({', '.join(IMPLS)})")
+                             f"({', '.join(IMPLS)}) and per group of its tree groupings")
     return estimator

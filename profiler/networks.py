@@ -9,6 +9,7 @@ its models from the same tables, so the layers the profiler measures are the lay
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,17 @@ def is_fixed_input(layer: dict[str, Any]) -> bool:
 def is_classifier(layer: dict[str, Any]) -> bool:
     """The classifier's outputs cannot be pruned."""
     return layer["name"] == "fc"
+
+
+def at_resolution(layer: dict[str, Any], resolution: int) -> dict[str, Any]:
+    """The layer as it sits in its network fed `resolution` px instead of INPUT_SIZE: every halving of the
+    map on the way to it rounds up as the network's own does; the classifier's 1x1 map stays."""
+    if layer["h"] <= 1:
+        return dict(layer)
+    h = resolution
+    for _ in range(round(math.log2(INPUT_SIZE / layer["h"]))):
+        h = _down(h, 2)
+    return {**layer, "h": h, "w": h}
 
 
 def to_spec(layer: dict[str, Any], **changes: Any) -> LayerSpec:

@@ -1,6 +1,6 @@
 """Sampling plans: which layer configurations a profile measures.
 
-Owns the declared random space, the *prior* plan (real-network layers with widths and densities
+Owns the declared random space, the *prior* plan (real-network layers with widths, densities and input sizes
 perturbed), the *coverage* plan (profiler/coverage.py: layer kinds the prior never reaches), the
 held-out real-network evaluation set, the held-out *unseen* set (layers of architectures no plan is
 drawn from, profiler/unseen_layers.py, whose shapes training never gets), and the candidate pools
@@ -29,7 +29,14 @@ PRIOR_SHARE = 0.6
 COVERAGE_SHARE = 0.25
 #: Version of the sampling: a profile planned by another version is not extended (session.ProfileParams).
 #: 3: fully connected layers among the coverage regions, stems down to 2 outputs, dense 3x3s down to 2 inputs.
-PLAN_VERSION = 3
+#: 5: real-network layers at the input resolutions users deploy (half of them; the rest at 224 px), random
+#: layers on those resolutions' maps (version 4, coverage maps down to 3 px, was tried and not kept).
+PLAN_VERSION = 5
+#: Input sizes users deploy a CNN at; 224 px alone puts every map at 7, 14, 28, 56 or 112 px, and a layer
+#: model trained there misjudges an 8 or 20 px map by 10-20 % (benchmarks/RESULTS.md, plan version 5).
+DEPLOY_RESOLUTIONS = tuple(range(96, 321, 16))
+#: Share of the prior's real-network layers drawn at the networks' own 224 px.
+CANONICAL_SHARE = 0.5
 #: Weight densities: 1.0 plus low values, since the dense/sparse crossover sits low.
 DENSITIES = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: Channel width multipliers, JCW's steps of 0.1.
@@ -50,11 +57,19 @@ class RandomSpace:
     ops: tuple[str, ...] = ("conv", "conv", "conv", "dwconv")
     kernels: tuple[int, ...] = (1, 1, 3, 3, 5, 7)
     strides: tuple[int, ...] = (1, 1, 2)
-    sizes: tuple[int, ...] = (7, 14, 28, 56, 112, 224)
+    resolutions: tuple[int, ...] = DEPLOY_RESOLUTIONS
+    halvings: tuple[int, ...] = (0, 1, 2, 3, 4, 5)  # a layer's map: an input size halved this often
     min_channels: int = 3
     max_channels: int = 2048
     densities: tuple[float, ...] = DENSITIES
     max_macs: int = 240_000_000  # about twice the costliest ResNet-50 layer
+
+    def map_size(self, rng: random.Random) -> int:
+        """A layer's input map: one of the resolutions, halved (rounding up) as often as a network would."""
+        h = rng.choice(self.resolutions)
+        for _ in range(rng.choice(self.halvings)):
+            h = (h + 1) // 2
+        return h
 
 
 DEFAULT_SPACE = RandomSpace()
@@ -72,7 +87,7 @@ def _log_uniform_int(rng: random.Random, low: int, high: int) -> int:
 def _random_layer(rng: random.Random, space: RandomSpace) -> LayerSpec | None:
     op = rng.choice(space.ops)
     k = rng.choice(space.kernels if op == "conv" else (3, 3, 5))
-    h = rng.choice(space.sizes)
+    h = space.map_size(rng)
     cin = _log_uniform_int(rng, space.min_channels, space.max_channels)
     cout = cin if op == "dwconv" else _log_uniform_int(rng, space.min_channels, space.max_channels)
     try:
@@ -87,13 +102,18 @@ def _scaled(channels: int, multiplier: float) -> int:
     return max(1, int(round(channels * multiplier)))
 
 
-def perturb_real_layer(rng: random.Random, layer: dict, densities: tuple[float, ...] = DENSITIES) -> LayerSpec:
+def perturb_real_layer(rng: random.Random, layer: dict, densities: tuple[float, ...] = DENSITIES,
+                       resolutions: tuple[int, ...] = ()) -> LayerSpec:
     """A real layer with its prunable widths scaled by JCW-style multipliers and a density drawn.
 
     Input channels follow the producer's width (its own multiplier); the network input and the
-    classifier's outputs are fixed; a depthwise layer ties input to output.
+    classifier's outputs are fixed; a depthwise layer ties input to output. Given `resolutions`, the
+    network is fed one of them instead of 224 px with probability 1 - CANONICAL_SHARE.
     """
-    cin = layer["cin"] if networks.is_fixed_input(layer) else _scaled(layer["cin"], rng.choice(WIDTH_MULTIPLIERS))
+    fixed_input = networks.is_fixed_input(layer)
+    if resolutions and rng.random() >= CANONICAL_SHARE:
+        layer = networks.at_resolution(layer, rng.choice(resolutions))
+    cin = layer["cin"] if fixed_input else _scaled(layer["cin"], rng.choice(WIDTH_MULTIPLIERS))
     if layer["op"] == "dwconv":
         cout = cin
     elif networks.is_classifier(layer):
@@ -135,9 +155,12 @@ def _stream(rng: random.Random, draw, exclude: set[str], exclude_shapes: frozens
         yield spec
 
 
-def prior_stream(seed: int, exclude: set[str] = frozenset()) -> Iterator[LayerSpec]:
+def prior_stream(seed: int, exclude: set[str] = frozenset(), exclude_shapes: frozenset = frozenset(),
+                 resolutions: tuple[int, ...] = DEPLOY_RESOLUTIONS) -> Iterator[LayerSpec]:
     layers = _unique_real_layers()
-    return _stream(random.Random(f"prior:{seed}"), lambda rng: perturb_real_layer(rng, rng.choice(layers)), exclude)
+    return _stream(random.Random(f"prior:{seed}"),
+                   lambda rng: perturb_real_layer(rng, rng.choice(layers), resolutions=resolutions),
+                   exclude, exclude_shapes)
 
 
 def random_stream(seed: int, space: RandomSpace = DEFAULT_SPACE, exclude: set[str] = frozenset(),
@@ -264,7 +287,7 @@ def make_plan(budget: int = DEFAULT_BUDGET, seed: int = 0, *, prior_share: float
     reserved_keys = {s.key() for s in reserved}
     kept_out = unseen_shapes(seed)
     n_prior = int(round(budget * prior_share))
-    prior = _take(prior_stream(seed, reserved_keys), n_prior)  # in-family shapes: never an unseen one
+    prior = _take(prior_stream(seed, reserved_keys, kept_out, space.resolutions), n_prior)
     taken = reserved_keys | {s.key() for s in prior}
     cover = _take(coverage_stream(seed, space, taken, kept_out), min(budget - len(prior),
                                                                      int(round(budget * coverage_share))))
@@ -285,7 +308,8 @@ def candidate_pool(seed: int, n: int, exclude: set[str], *, prior_share: float =
     kept_out = unseen_shapes(seed if plan_seed is None else plan_seed)
     real = _unique_real_layers()
     prior = _take(_stream(random.Random(f"pool-prior:{seed}"),
-                          lambda rng: perturb_real_layer(rng, rng.choice(real)), excluded), n_prior)
+                          lambda rng: perturb_real_layer(rng, rng.choice(real), resolutions=space.resolutions),
+                          excluded, kept_out), n_prior)
     excluded |= {s.key() for s in prior}
     cover = _take(_stream(random.Random(f"pool-coverage:{seed}"),
                           lambda rng: coverage.coverage_layer(rng, space.densities, space.max_macs), excluded,

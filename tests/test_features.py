@@ -67,7 +67,10 @@ def test_dense_features_do_not_depend_on_density_and_sparse_ones_do():
 def test_one_by_one_sparse_layer_has_no_im2col_and_tile_waste_counts_padding():
     columns = as_columns([LayerSpec(op="conv", cin=16, cout=20, k=1, h=7, w=7, density=0.5)])
     quantities = impl_quantities(physical(columns), "sparse")
-    assert quantities["im2col_bytes"][0] == 0.0
+    assert quantities["im2col_bytes"][0] == 0.0 and quantities["im2col_rows"][0] == 0.0
+    three = impl_quantities(physical(as_columns([LayerSpec(op="conv", cin=26, cout=2, k=3, h=5, w=5, density=0.5)])),
+                            "sparse")
+    assert three["im2col_rows"][0] == 26 * 3 * 3  # one gathered row per (channel, ky, kx)
     row = dict(zip(FEATURE_NAMES, feature_matrix(columns, "sparse")[0]))
     assert row["cout_tile_waste_4"] == 1.0
     assert row["cout_tile_waste_8"] == pytest.approx(24 / 20)

@@ -64,18 +64,30 @@ def test_densities_cover_dense_and_very_sparse():
     assert max(s.macs for s in plan.random) <= plans.DEFAULT_SPACE.max_macs
 
 
-def test_prior_layers_are_perturbed_real_layers():
+def test_prior_layers_are_perturbed_real_layers_at_deployed_input_sizes():
     real = networks.real_layers()
-    shapes = {(layer["op"], layer["k"], layer["stride"], layer["h"]) for layer in real}
+    canonical = {(layer["op"], layer["k"], layer["stride"], layer["h"]) for layer in real}
+    deployed = {(layer["op"], layer["k"], layer["stride"], networks.at_resolution(layer, size)["h"])
+                for layer in real for size in plans.DEPLOY_RESOLUTIONS}
     plan = plans.make_plan(300, seed=5)
-    for spec in plan.prior + plan.holdout:
-        assert (spec.op, spec.k, spec.stride, spec.h) in shapes
+    assert all((s.op, s.k, s.stride, s.h) in canonical for s in plan.holdout)  # the in-family judge stays at 224
+    assert all((s.op, s.k, s.stride, s.h) in canonical | deployed for s in plan.prior)
+    off_canonical = sum((s.op, s.k, s.stride, s.h) not in canonical for s in plan.prior) / len(plan.prior)
+    assert 0.25 <= off_canonical <= 1 - plans.CANONICAL_SHARE + 0.1
     widths = {(layer["op"], layer["k"], layer["stride"], layer["h"]): layer for layer in real}
     fc = [s for s in plan.prior if s.h == 1]
     assert fc and all(s.cout == networks.NUM_CLASSES for s in fc)  # the classifier's outputs stay fixed
-    stems = [s for s in plan.prior if s.h == 224 and s.op == "conv"]
-    assert all(s.cin == 3 for s in stems)  # the network input stays fixed
-    assert any(s.cin < widths[(s.op, s.k, s.stride, s.h)]["cin"] for s in plan.prior if s.h not in (1, 224))
+    stems = [s for s in plan.prior if s.op == "conv" and s.k == 7]
+    assert all(s.cin == 3 for s in stems) and {s.h for s in stems} - {224}  # the input stays 3 channels at any size
+    assert any(s.cin < widths[(s.op, s.k, s.stride, s.h)]["cin"] for s in plan.prior
+               if (s.op, s.k, s.stride, s.h) in widths and s.h not in (1, 224))
+
+
+def test_a_layer_at_another_input_size_rounds_each_halving_up():
+    layers = {layer["name"]: layer for layer in networks.network_layers("resnet18")}
+    assert all(networks.at_resolution(layer, 224) == layer for layer in layers.values())
+    maps = sorted({networks.at_resolution(layer, 100)["h"] for layer in layers.values()}, reverse=True)
+    assert maps == [100, 25, 13, 7, 4, 1]  # stem 100 -> 50 -> pool 25 -> 13 -> 7 -> 4; the classifier stays 1
 
 
 def test_network_data_matches_known_architectures():

@@ -11,6 +11,7 @@ from jcw.__main__ import main
 from jcw.predictor import LatencyPredictor, PredictorError
 from jcw.predictor.evaluation import latencies, predict_rows
 from jcw.predictor.features import as_columns, physical, rows_to_columns
+from jcw.predictor.models import TREE_GROUPINGS, tree_group_keys
 from jcw.profiler.layerspec import LayerBatch, LayerSpec, write_jsonl
 from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
 
@@ -94,13 +95,27 @@ def test_parameters_are_validated_naming_the_parameter(small_rows):
     training, _ = small_rows
     for kwargs, name in ((dict(model="xgboost"), "'model'"), (dict(n_estimators=0), "'n_estimators'"),
                          (dict(learning_rate=2.0), "'learning_rate'"), (dict(loss="huber"), "'loss'"),
-                         (dict(candidates=("linear", "svm")), "'candidates'"), (dict(cv_folds=1), "'cv_folds'")):
+                         (dict(candidates=("linear", "svm")), "'candidates'"), (dict(cv_folds=1), "'cv_folds'"),
+                         (dict(tree_groupings=("impl", "impl")), "'tree_groupings'"),
+                         (dict(tree_groupings=("by_density",)), "'tree_groupings'")):
         with pytest.raises(PredictorError, match=name):
             LatencyPredictor(**kwargs).fit(training)
     with pytest.raises(PredictorError, match="at least 8"):
         LatencyPredictor().fit(training[:5])
     with pytest.raises(PredictorError, match="not fitted"):
         LatencyPredictor().predict([LayerSpec(op="conv", cin=8, cout=8, k=1, h=1, w=1)])
+
+
+def test_every_tree_grouping_has_its_groups_trees_and_the_prediction_is_their_mean(small_rows):
+    training, holdout = small_rows
+    model = LatencyPredictor("hybrid", tree_groupings=TREE_GROUPINGS).fit(training)
+    assert set(model.estimator_) == {key for g in TREE_GROUPINGS for key in tree_group_keys(g)}
+    assert {"dense", "sparse", "op:dwconv/dense", "op_kernel:convkxk/sparse"} <= set(model.estimator_)
+    singles = {g: LatencyPredictor("hybrid", tree_groupings=(g,)).fit(training) for g in TREE_GROUPINGS}
+    columns = rows_to_columns([r for r in training + holdout if r["impl"] == "dense"])
+    logs = [np.log(single.predict_impl(columns, "dense")) for single in singles.values()]
+    assert np.allclose(np.log(model.predict_impl(columns, "dense")), np.mean(logs, axis=0))
+    assert not np.allclose(logs[0], logs[2])  # the groupings really differ
 
 
 def test_auto_picks_the_family_with_the_best_cross_validation(small_rows):
