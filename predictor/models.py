@@ -29,10 +29,11 @@ GROUPS = (("conv", "dense"), ("conv", "sparse"), ("dwconv", "dense"))
 _PHYSICAL_TERMS = ("work", "io_bytes", "weight_bytes", "im2col_bytes", "im2col_rows")
 _MIN_GROUP_ROWS = 6
 #: Ways of splitting the layers among tree models. Each grouping fits the same residual with trees that see
-#: different boundaries (by implementation; by operator; by operator and 1x1 against kxk); the prediction
-#: is their geometric mean, which on layers of unseen architectures was 2-4 points more often within
-#: +-10 % than any one grouping, on three profiles (benchmarks/RESULTS.md, plan version 5).
-TREE_GROUPINGS = ("impl", "op", "op_kernel")
+#: different boundaries (by implementation; by operator; by operator and 1x1 against kxk; by stride); the
+#: prediction is their geometric mean, which on layers of unseen architectures was 3-6 points more often
+#: within +-10 % than one grouping, on three profiles (benchmarks/RESULTS.md, plan version 5). A fourth
+#: grouping by an arbitrary split (odd input channels) added nothing: stride carries information.
+TREE_GROUPINGS = ("impl", "op", "op_kernel", "stride")
 
 
 def tree_group_keys(grouping: str) -> tuple[str, ...]:
@@ -40,6 +41,8 @@ def tree_group_keys(grouping: str) -> tuple[str, ...]:
     saved before the groupings keyed their two tree models."""
     if grouping == "impl":
         return IMPLS
+    if grouping == "stride":
+        return tuple(f"stride:{step}/{impl}" for step in ("s1", "s2") for impl in IMPLS)
     ops = ("conv", "dwconv") if grouping == "op" else ("conv1x1", "convkxk", "dwconv")
     return tuple(f"{grouping}:{op}/{impl}" for op in ops for impl in IMPLS if not (op == "dwconv" and impl != "dense"))
 
@@ -48,6 +51,9 @@ def tree_group_masks(grouping: str, columns: Mapping[str, np.ndarray], impl: str
     """The layers (all with implementation `impl`) of each tree-model key of one grouping, as boolean masks."""
     if grouping == "impl":
         return {impl: np.ones(len(columns["op"]), dtype=bool)}
+    if grouping == "stride":  # s2: stride 2 or more
+        one = np.asarray(columns["stride"]) == 1
+        return {key: mask for key, mask in ((f"stride:s1/{impl}", one), (f"stride:s2/{impl}", ~one)) if mask.any()}
     dw = np.asarray(columns["op"]) == "dwconv"
     if grouping == "op":
         masks = {"conv": ~dw, "dwconv": dw}
@@ -131,7 +137,7 @@ class LatencyPredictor(BaseEstimator):
     Parameters are validated in `fit`: `model` is "auto" (pick by grouped cross-validation among
     `candidates`) or one of MODEL_KINDS; the tree settings are shared by the tree models. The
     defaults were chosen on the sample-efficiency curve (benchmarks/RESULTS.md): enough capacity to
-    reach 95 % within ±10 % on unseen real-network layers; with three tree groupings, 40 trees each at
+    reach 95 % within ±10 % on unseen real-network layers; with the tree groupings, 40 trees each at
     rate 0.4 were as accurate as 60 at 0.3 and predict a third faster.
     """
 
@@ -220,7 +226,7 @@ class LatencyPredictor(BaseEstimator):
                 for key in tree_group_keys(grouping):
                     mask = groups.get(key, np.zeros(len(impl), dtype=bool))
                     if mask.sum() < _MIN_GROUP_ROWS:
-                        mask = impl == key.rpartition("/")[2] if "/" in key else impl == key
+                        mask = impl == key.rpartition("/")[2]  # the group's implementation
                     if mask.sum() < _MIN_GROUP_ROWS:
                         mask = np.ones(len(impl), dtype=bool)
                     self.estimator_[key] = self._make_estimator(int(mask.sum())).fit(x[mask], target[mask])
