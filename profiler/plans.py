@@ -32,6 +32,9 @@ COVERAGE_SHARE = 0.25
 #: 5: real-network layers at the input resolutions users deploy (half of them; the rest at 224 px), random
 #: layers on those resolutions' maps (version 4, coverage maps down to 3 px, was tried and not kept).
 PLAN_VERSION = 5
+#: The first plan version whose transfer plan (`transfer_plan`, held-out sets included) draws what this one
+#: draws: a `jcw profile --prior` profile of any version since extends.
+TRANSFER_PLAN_SINCE = 3
 #: Input sizes users deploy a CNN at; 224 px alone puts every map at 7, 14, 28, 56 or 112 px, and a layer
 #: model trained there misjudges an 8 or 20 px map by 10-20 % (benchmarks/RESULTS.md, plan version 5).
 DEPLOY_RESOLUTIONS = tuple(range(96, 321, 16))

@@ -99,7 +99,8 @@ class ProfileParams:
                 f"profile {directory} was planned with {what}; rerun with the same value to resume or extend it, "
                 f"or choose another --out")
         version = stored.get("plan_version", 1)
-        if version != self.plan_version:  # its layers came from another sampling: extending would mix them
+        same_transfer_plan = self.transfer and stored.get("transfer") and version >= plans.TRANSFER_PLAN_SINCE
+        if version != self.plan_version and not same_transfer_plan:  # another sampling: extending would mix them
             raise ProfileParamsError(
                 f"profile {directory} was planned by an earlier jcw (layer plan version {version}, this one plans "
                 f"version {self.plan_version}); it still trains as it is, but to measure more choose another --out")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jcw.profiler import plans, program_zoo, session, unseen_layers
+from jcw.profiler import networks, plans, program_zoo, session, unseen_layers
 from jcw.profiler.layerspec import LayerSpec
 
 
@@ -113,3 +113,19 @@ def test_a_profile_of_an_earlier_plan_version_is_not_extended():
     assert session.ProfileParams(budget=1600).merge(current, Path("p")).unseen == 320
     with pytest.raises(session.ProfileParamsError, match="--unseen 320 and a rerun may raise it but not lower it"):
         session.ProfileParams(budget=1600, unseen=10).merge(current, Path("p"))
+
+
+def test_a_transfer_profile_extends_across_plan_versions_whose_transfer_plan_is_the_same():
+    stored = {"budget": 100, "seed": 0, "threads": 1, "rounds": 2, "adaptive": False, "holdout": 10, "unseen": 0,
+              "transfer": True, "plan_version": plans.TRANSFER_PLAN_SINCE}
+    params = session.ProfileParams(budget=200, rounds=2, holdout=10, unseen=0, transfer=True)
+    assert params.merge(stored, Path("p")).budget == 200
+    with pytest.raises(session.ProfileParamsError, match="earlier jcw"):
+        params.merge({**stored, "plan_version": plans.TRANSFER_PLAN_SINCE - 1}, Path("p"))
+    with pytest.raises(session.ProfileParamsError, match="earlier jcw"):  # a default plan of version 3 differs
+        session.ProfileParams(budget=200, rounds=2, holdout=10, unseen=0).merge(
+            {**stored, "transfer": False}, Path("p"))
+    # What the versions since draw for a transfer profile: real-network layers at 224 px, the same held-out sets.
+    plan = plans.transfer_plan(60, holdout=10, unseen=5)
+    real = {(layer["op"], layer["k"], layer["stride"], layer["h"]) for layer in networks.real_layers()}
+    assert all((s.op, s.k, s.stride, s.h) in real for s in plan.prior)
