@@ -332,10 +332,12 @@ class LatencyPredictor(BaseEstimator):
         predictor = cls(model, **params)
         predictor.kind_ = state["kind"]
         predictor.physical_ = PhysicalModel()
-        # Saved before the im2col-rows term: that term's coefficient is 0, the constant stays last.
-        predictor.physical_.coef_ = {k: [float(v) for v in c][:len(_PHYSICAL_TERMS) - 1] + [0.0] * (
-            len(c) == len(_PHYSICAL_TERMS)) + [float(v) for v in c][len(_PHYSICAL_TERMS) - 1:]
-            for k, c in state["physical"].items()}
+        predictor.physical_.coef_ = {}
+        for key, saved in state["physical"].items():
+            coef = [float(v) for v in saved]
+            if len(coef) == len(_PHYSICAL_TERMS):  # saved before the im2col-rows term: it weighs 0, the constant last
+                coef.insert(len(_PHYSICAL_TERMS) - 1, 0.0)
+            predictor.physical_.coef_[key] = coef
         predictor.cv_scores_ = dict(state.get("cv_scores", {}))
         predictor.n_training_rows_ = int(state["n_training_rows"])
         predictor.estimator_ = estimator

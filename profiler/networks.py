@@ -149,14 +149,19 @@ def is_classifier(layer: dict[str, Any]) -> bool:
     return layer["name"] == "fc"
 
 
+def halved(size: int, times: int) -> int:
+    """A map of `size` px after `times` stride-2 stages, each rounding up as the networks' own do."""
+    for _ in range(times):
+        size = _down(size, 2)
+    return size
+
+
 def at_resolution(layer: dict[str, Any], resolution: int) -> dict[str, Any]:
-    """The layer as it sits in its network fed `resolution` px instead of INPUT_SIZE: every halving of the
-    map on the way to it rounds up as the network's own does; the classifier's 1x1 map stays."""
+    """The layer as it sits in its network fed `resolution` px instead of INPUT_SIZE; the classifier's 1x1
+    map stays."""
     if layer["h"] <= 1:
         return dict(layer)
-    h = resolution
-    for _ in range(round(math.log2(INPUT_SIZE / layer["h"]))):
-        h = _down(h, 2)
+    h = halved(resolution, round(math.log2(INPUT_SIZE / layer["h"])))
     return {**layer, "h": h, "w": h}
 
 

@@ -69,10 +69,7 @@ class RandomSpace:
 
     def map_size(self, rng: random.Random) -> int:
         """A layer's input map: one of the resolutions, halved (rounding up) as often as a network would."""
-        h = rng.choice(self.resolutions)
-        for _ in range(rng.choice(self.halvings)):
-            h = (h + 1) // 2
-        return h
+        return networks.halved(rng.choice(self.resolutions), rng.choice(self.halvings))
 
 
 DEFAULT_SPACE = RandomSpace()
