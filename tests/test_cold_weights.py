@@ -44,7 +44,7 @@ def test_cold_lines_rotate_past_the_cache_and_agree_with_torch(binary, tmp_path)
     info = header["runner"]
     assert info["weights"] == "cold" and info["cache_bytes"] > 0 and info["cache_source"] in (
         "cpuinfo", "sysfs", "fallback")
-    assert info["version"] == "0.2.1" and runner_series(info["version"]) in COMPATIBLE_RUNNERS  # jcw trains on it
+    assert info["version"] == "0.2.2" and runner_series(info["version"]) in COMPATIBLE_RUNNERS  # jcw trains on it
     for case, result in zip(CASES, results):
         assert "error" not in result, result
         assert result["weights"] == "cold" and 2 <= result["cold_copies"] <= COLD_MAX_COPIES

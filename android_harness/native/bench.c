@@ -46,8 +46,14 @@ static void free_buffers(struct buffers* b) {
   memset(b, 0, sizeof *b);
 }
 
+/* Every operand starts on a cache line, as in the deployed runtime, whose planner aligns each tensor to
+ * XNNPACK's allocation alignment: malloc's 16 bytes made the kernels' vector loads straddle cache lines in
+ * about three rounds of four, and a layer's label depended on which round happened to be aligned (a 3x3
+ * depthwise layer ran 1.4x slower misaligned; benchmarks/RESULTS.md, runner 0.2.2). */
 static int alloc_floats(float** out, double count, const char* what, char* err, size_t errlen) {
-  *out = malloc((size_t) count * sizeof(float) + 64); /* XNNPACK may read a little past the end */
+  void* raw = NULL;
+  /* XNNPACK may read a little past the end */
+  *out = posix_memalign(&raw, BUFFER_ALIGNMENT, (size_t) count * sizeof(float) + 64) == 0 ? raw : NULL;
   if (*out == NULL) {
     snprintf(err, errlen, "could not allocate %.1f MB for the %s", count * 4.0 / 1048576.0, what);
     return -1;

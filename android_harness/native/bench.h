@@ -7,6 +7,9 @@
 #include "builds.h"
 #include "plan.h"
 
+/* Bytes every input, weight and output buffer is aligned to: a cache line (the header reports it). */
+#define BUFFER_ALIGNMENT 64
+
 struct bench_options {
   int warmup;          /* untimed runs before timing ... */
   double warmup_ms;    /* ... cut short once they took this long (at least one runs) */

@@ -20,7 +20,7 @@
 #include "plan.h"
 
 #ifndef CONVBENCH_VERSION
-#define CONVBENCH_VERSION "0.2.1"
+#define CONVBENCH_VERSION "0.2.2"
 #endif
 /* The wheel's build ("executorch-<version>") and, when Debian's libxnnpack0 was there at build
  * time, Debian's ("debian-<package version>"), loaded at run time only if the wheel has no SpMM. */
@@ -169,6 +169,7 @@ static void write_header(const struct bench_options* o, const struct builds* b) 
   const struct cache_size* cache = cold_cache_size();
   printf(", \"weights\": \"%s\", \"cache_bytes\": %zu, \"cache_source\": \"%s\"", o->cold_weights ? "cold" : "warm",
          cache->bytes, cache->source);
+  printf(", \"buffer_alignment\": %d", BUFFER_ALIGNMENT);
   printf(", \"arch\": \"%s\", \"cores\": %u, \"default_threads\": %d, \"timing\": {\"warmup\": %d, \"warmup_ms\": %g, "
          "\"min_reps\": %d, \"min_time_ms\": %g, \"max_reps\": %d, \"max_time_ms\": %g, \"clock\": \"CLOCK_MONOTONIC\"}, "
          "\"tolerance\": %g}}\n",
