@@ -1,9 +1,9 @@
 """Coverage regions of the training plan: layer kinds users bring that the four prior networks never reach.
 
-Owns the drawing of depthwise 3x3 and 5x5 convolutions at every resolution from 7 to 112, stems (3 input
+Owns the drawing of depthwise 3x3 and 5x5 convolutions at every resolution from 3 to 112, stems (3 input
 channels) at 96-320 px, wide 1x1 expansions and projections at small resolutions, dense 3x3 convolutions and
-fully connected layers (classifiers fed by a flatten of up to 25,600 features, squeeze-excitation 1x1s on a
-1x1 map), with channel counts half rounded to multiples of 8 (as real networks are) and half left odd.
+fully connected layers (classifiers fed by a flatten of up to 25,600 features, whose weights cross the
+last-level cache, and squeeze-excitation 1x1s on a 1x1 map), with channel counts half rounded to multiples of 8 (as real networks are) and half left odd.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from jcw.profiler.networks import INPUT_CHANNELS
 #: Region -> share of the coverage layers. Depthwise layers get the most: with channels, kernel, stride
 #: and resolution all free they are the widest region, and they are the cheapest to measure (dense only).
 REGIONS = {"depthwise": 0.33, "stem": 0.10, "expansion": 0.27, "conv3x3": 0.22, "fully_connected": 0.08}
-DEPTHWISE_SIZES = (7, 112)
+#: Maps down to 3 px: a network fed 96 px ends on 3 px maps (plan version 6).
+DEPTHWISE_SIZES = (3, 112)
 STEM_SIZES = (96, 320)
 EXPANSION_SIZES = (3, 56)
 EXPANSIONS = (3, 4, 6, 6)
@@ -25,6 +26,14 @@ MAX_EXPANDED = 1920
 #: Fully connected inputs: a squeeze-excitation's few channels up to VGG's flatten at 320 px (256 x 10 x 10).
 FC_FEATURES = (16, 25_600)
 FC_OUTPUTS = (8, 4096)
+#: Half the fully connected layers are classifiers: wide inputs and outputs, megabytes of weights, where the
+#: latency per weight rises as they outgrow the cache (plan version 6; log-uniform inputs and outputs alone
+#: put few layers between 1 and 10 million weights).
+CLASSIFIER_SHARE = 0.5
+CLASSIFIER_FEATURES = (512, 25_600)
+CLASSIFIER_OUTPUTS = (256, 4096)
+#: Share of dense 3x3s with few outputs (2-48 channels).
+FEW_OUTPUTS_SHARE = 0.35
 #: Real networks keep channels x resolution inside a band (MobileNetV2: 96 x 112, 1152 x 7 ...); drawing
 #: inside a widened band keeps layers realistic without tying them to one network.
 DEPTHWISE_BAND = (200, 32_000)
@@ -76,18 +85,20 @@ def _expansion(rng: random.Random) -> dict:
 
 
 def _conv3x3(rng: random.Random) -> dict:
-    """Dense 3x3s; a quarter with few outputs, as DenseNet's growth layers and narrow pruned layers have, and
+    """Dense 3x3s; a third with few outputs, as DenseNet's growth layers and narrow pruned layers have, and
     inputs down to 2 channels (networks pruned to a tenth of their width)."""
     h = _size(rng, *DEPTHWISE_SIZES)
     cin = _band(rng, h, CONV_BAND, 1024, minimum=2)
-    cout = channels(rng, 2, 48, minimum=2) if rng.random() < 0.25 else _band(rng, h, CONV_BAND, 1024)
+    cout = channels(rng, 2, 48, minimum=2) if rng.random() < FEW_OUTPUTS_SHARE else _band(rng, h, CONV_BAND, 1024)
     return {"op": "conv", "cin": cin, "cout": cout, "k": 3, "h": h, "stride": rng.choice((1, 1, 2))}
 
 
 def _fully_connected(rng: random.Random) -> dict:
     """A linear layer as the runner times it: a 1x1 convolution on a 1x1 map, inputs and outputs log-uniform."""
-    cin = channels(rng, *FC_FEATURES, minimum=FC_FEATURES[0], maximum=FC_FEATURES[1])
-    cout = channels(rng, *FC_OUTPUTS, minimum=FC_OUTPUTS[0], maximum=FC_OUTPUTS[1])
+    features, outputs = (CLASSIFIER_FEATURES, CLASSIFIER_OUTPUTS) if rng.random() < CLASSIFIER_SHARE \
+        else (FC_FEATURES, FC_OUTPUTS)
+    cin = channels(rng, *features, minimum=FC_FEATURES[0], maximum=FC_FEATURES[1])
+    cout = channels(rng, *outputs, minimum=FC_OUTPUTS[0], maximum=FC_OUTPUTS[1])
     return {"op": "conv", "cin": cin, "cout": cout, "k": 1, "h": 1, "stride": 1}
 
 

@@ -31,7 +31,9 @@ COVERAGE_SHARE = 0.25
 #: 3: fully connected layers among the coverage regions, stems down to 2 outputs, dense 3x3s down to 2 inputs.
 #: 5: real-network layers at the input resolutions users deploy (half of them; the rest at 224 px), random
 #: layers on those resolutions' maps (version 4, coverage maps down to 3 px, was tried and not kept).
-PLAN_VERSION = 5
+#: 6: coverage maps down to 3 px (depthwise and dense 3x3), half the fully connected layers classifier-sized,
+#: a third of the dense 3x3s with few outputs; measured first with aligned buffers (runner 0.2.2).
+PLAN_VERSION = 6
 #: The first plan version whose transfer plan (`transfer_plan`, held-out sets included) draws what this one
 #: draws: a `jcw profile --prior` profile of any version since extends.
 TRANSFER_PLAN_SINCE = 3
