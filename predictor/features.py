@@ -14,13 +14,15 @@ from jcw.predictor.errors import PredictorError
 from jcw.profiler.layerspec import BYTES_PER_FLOAT, IMPLS, LayerBatch, LayerSpec, LayerSpecError
 
 #: Bump whenever a feature is added, removed or computed differently: saved predictors record it.
-FEATURE_SCHEMA_VERSION = 3
+FEATURE_SCHEMA_VERSION = 4
 
 #: XNNPACK's microkernels compute output channels in tiles of 4, 8 or 16 lanes and output pixels in
 #: blocks of 8 to 32, depending on the CPU; a partial tile wastes lanes. The phone's tile sizes are
 #: not known in advance, so each candidate size is a feature and the trees pick the ones that matter.
 CHANNEL_TILES = (4, 8, 16)
 PIXEL_TILES = (8, 16, 32)
+#: A wider tile only dense convolutions' GEMM kernels use (AVX-512 here); FEATURE_SCHEMA_VERSION 4.
+DENSE_CONV_TILE = 32
 
 # (name, monotone constraint): +1 where latency cannot fall when the quantity grows and the
 # rest stays equal (more work or more bytes), 0 where the data must decide.
@@ -29,6 +31,7 @@ FEATURES: tuple[tuple[str, int], ...] = (
     ("log_cin", 1), ("log_cout", 1), ("k", 0), ("stride", 0), ("log_h", 1), ("log_out_hw", 1),
     ("density", 1),
     *((f"cout_tile_waste_{tile}", 0) for tile in CHANNEL_TILES),
+    (f"dense_conv_tile_waste_{DENSE_CONV_TILE}", 0),
     ("log_macs", 1), ("log_effective_macs", 1), ("log_nnz", 1), ("log_work", 1),
     ("log_input_bytes", 1), ("log_output_bytes", 1), ("log_weight_bytes", 1), ("log_im2col_bytes", 1),
     ("log_intensity", 0), ("log_reduction", 1), ("log_nnz_per_cout", 1),
@@ -79,6 +82,17 @@ def impl_quantities(phys: Mapping[str, np.ndarray], impl: str) -> dict[str, np.n
             "im2col_rows": rows, "bytes": io_bytes + weight_bytes + extra}
 
 
+def _dense_conv_tile_waste(columns: Mapping[str, np.ndarray], cout: np.ndarray, impl: str) -> np.ndarray:
+    """Lanes a dense (non-depthwise) convolution wastes in output-channel tiles of DENSE_CONV_TILE; 1 elsewhere.
+
+    Wide-vector GEMM kernels step in 32-channel tiles (here a 48-channel 1x1 costs what a 64-channel one does);
+    given to every layer, the same feature let depthwise and sparse trees split on lanes they never use.
+    """
+    if impl != "dense":
+        return np.ones(len(cout))
+    return np.where(columns["op"] == "dwconv", 1.0, np.ceil(cout / DENSE_CONV_TILE) * DENSE_CONV_TILE / cout)
+
+
 def feature_matrix(columns: Mapping[str, np.ndarray], impl: str,
                    phys: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
     """(n, len(FEATURE_NAMES)) float64 matrix for one implementation, columns in FEATURE_NAMES order."""
@@ -97,6 +111,7 @@ def feature_matrix(columns: Mapping[str, np.ndarray], impl: str,
         np.log2(columns["cin"]), np.log2(cout), columns["k"], columns["stride"], np.log2(columns["h"]),
         np.log2(phys["out_hw"]), density,
         *(np.ceil(cout / tile) * tile / cout for tile in CHANNEL_TILES),
+        _dense_conv_tile_waste(columns, cout, impl),
         np.log2(phys["macs"]), np.log2(effective_macs), np.log2(nnz), np.log2(q["work"]),
         np.log2(phys["input_bytes"]), np.log2(phys["output_bytes"]), np.log2(q["weight_bytes"]),
         np.log2(1.0 + q["im2col_bytes"]), np.log2(q["work"] / q["bytes"]), np.log2(phys["weights"] / cout),

@@ -3,7 +3,8 @@
 Owns the drawing of depthwise 3x3 and 5x5 convolutions at every resolution from 3 to 112, stems (3 input
 channels) at 96-320 px, wide 1x1 expansions and projections at small resolutions, dense 3x3 convolutions and
 fully connected layers (classifiers fed by a flatten of up to 25,600 features, whose weights cross the
-last-level cache, and squeeze-excitation 1x1s on a 1x1 map), with channel counts half rounded to multiples of 8 (as real networks are) and half left odd.
+last-level cache, and squeeze-excitation 1x1s on a 1x1 map), with channel counts half rounded to multiples
+of 8 (as real networks are) and half left odd.
 """
 from __future__ import annotations
 

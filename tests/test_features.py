@@ -64,6 +64,18 @@ def test_dense_features_do_not_depend_on_density_and_sparse_ones_do():
     assert len({tuple(row) for row in sparse}) == 3
 
 
+def test_the_32_channel_tile_is_a_feature_of_dense_convolutions_only():
+    layers = [LayerSpec(op="conv", cin=48, cout=48, k=1, h=20, w=20),
+              LayerSpec(op="conv", cin=48, cout=64, k=1, h=20, w=20),
+              LayerSpec(op="dwconv", cin=48, cout=48, k=3, h=20, w=20)]
+    dense = [dict(zip(FEATURE_NAMES, row)) for row in feature_matrix(as_columns(layers), "dense")]
+    # 48 outputs fill two 32-lane tiles a third empty; 64 fill them; a depthwise layer tiles no output channels
+    assert [row["dense_conv_tile_waste_32"] for row in dense] == [pytest.approx(64 / 48), 1.0, 1.0]
+    assert dense[0]["cout_tile_waste_16"] == 1.0
+    sparse = dict(zip(FEATURE_NAMES, feature_matrix(as_columns(layers[:1]), "sparse")[0]))
+    assert sparse["dense_conv_tile_waste_32"] == 1.0
+
+
 def test_one_by_one_sparse_layer_has_no_im2col_and_tile_waste_counts_padding():
     columns = as_columns([LayerSpec(op="conv", cin=16, cout=20, k=1, h=7, w=7, density=0.5)])
     quantities = impl_quantities(physical(columns), "sparse")
