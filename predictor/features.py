@@ -82,6 +82,11 @@ def impl_quantities(phys: Mapping[str, np.ndarray], impl: str) -> dict[str, np.n
             "im2col_rows": rows, "bytes": io_bytes + weight_bytes + extra}
 
 
+def _tile_waste(count: np.ndarray, tile: int) -> np.ndarray:
+    """Lanes computed per useful lane when `count` channels or pixels run in tiles of `tile`."""
+    return np.ceil(count / tile) * tile / count
+
+
 def _dense_conv_tile_waste(columns: Mapping[str, np.ndarray], cout: np.ndarray, impl: str) -> np.ndarray:
     """Lanes a dense (non-depthwise) convolution wastes in output-channel tiles of DENSE_CONV_TILE; 1 elsewhere.
 
@@ -90,7 +95,7 @@ def _dense_conv_tile_waste(columns: Mapping[str, np.ndarray], cout: np.ndarray, 
     """
     if impl != "dense":
         return np.ones(len(cout))
-    return np.where(columns["op"] == "dwconv", 1.0, np.ceil(cout / DENSE_CONV_TILE) * DENSE_CONV_TILE / cout)
+    return np.where(columns["op"] == "dwconv", 1.0, _tile_waste(cout, DENSE_CONV_TILE))
 
 
 def feature_matrix(columns: Mapping[str, np.ndarray], impl: str,
@@ -110,11 +115,11 @@ def feature_matrix(columns: Mapping[str, np.ndarray], impl: str,
         columns["op"] == "dwconv", np.full(n, 1.0 if impl == "sparse" else 0.0),
         np.log2(columns["cin"]), np.log2(cout), columns["k"], columns["stride"], np.log2(columns["h"]),
         np.log2(phys["out_hw"]), density,
-        *(np.ceil(cout / tile) * tile / cout for tile in CHANNEL_TILES),
+        *(_tile_waste(cout, tile) for tile in CHANNEL_TILES),
         _dense_conv_tile_waste(columns, cout, impl),
         np.log2(phys["macs"]), np.log2(effective_macs), np.log2(nnz), np.log2(q["work"]),
         np.log2(phys["input_bytes"]), np.log2(phys["output_bytes"]), np.log2(q["weight_bytes"]),
         np.log2(1.0 + q["im2col_bytes"]), np.log2(q["work"] / q["bytes"]), np.log2(phys["weights"] / cout),
         np.log2(nnz / cout),
-        *(np.ceil(phys["out_hw"] / tile) * tile / phys["out_hw"] for tile in PIXEL_TILES),
+        *(_tile_waste(phys["out_hw"], tile) for tile in PIXEL_TILES),
     )])

@@ -95,7 +95,8 @@ def _conv3x3(rng: random.Random) -> dict:
 
 
 def _fully_connected(rng: random.Random) -> dict:
-    """A linear layer as the runner times it: a 1x1 convolution on a 1x1 map, inputs and outputs log-uniform."""
+    """A linear layer as the runner times it: a 1x1 convolution on a 1x1 map, inputs and outputs log-uniform
+    over the classifier ranges or, otherwise, the whole fully connected ranges."""
     features, outputs = (CLASSIFIER_FEATURES, CLASSIFIER_OUTPUTS) if rng.random() < CLASSIFIER_SHARE \
         else (FC_FEATURES, FC_OUTPUTS)
     cin = channels(rng, *features, minimum=FC_FEATURES[0], maximum=FC_FEATURES[1])
