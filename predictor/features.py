@@ -64,22 +64,25 @@ def physical(columns: LayerBatch | Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def impl_quantities(phys: Mapping[str, np.ndarray], impl: str) -> dict[str, np.ndarray]:
-    """Work, weight bytes, im2col bytes and rows, and total bytes as the given implementation sees them."""
+    """Work, weight bytes, the im2col gather's bytes, rows and row segments, and total bytes as the given
+    implementation sees them."""
+    zeros = np.zeros_like(phys["macs"])
     if impl == "dense":
-        work, weight_bytes, extra = phys["macs"], phys["weight_bytes"], 0.0
-        rows = np.zeros_like(work)
+        work, weight_bytes, extra, strided = phys["macs"], phys["weight_bytes"], zeros, zeros
     elif impl == "sparse":
         # A non-zero costs its value plus its index in XNNPACK's sparse format.
-        work, weight_bytes, extra = phys["effective_macs"], phys["nnz"] * 2 * BYTES_PER_FLOAT, phys["im2col_bytes"]
-        # im2col gathers one row per (channel, ky, kx), each a call with its own bounds: a cost per row that
-        # the bytes miss when maps are small (a 26-channel 3x3 on a 5 px map spends most of 7 us there).
-        rows = extra / (phys["out_hw"] * BYTES_PER_FLOAT)
+        work, weight_bytes = phys["effective_macs"], phys["nnz"] * 2 * BYTES_PER_FLOAT
+        extra, strided = phys["im2col_bytes"], phys["im2col_strided_bytes"]
     else:
         raise PredictorError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    # im2col gathers one row per (channel, ky, kx), each a call with its own bounds, and each row in one
+    # segment per output line (memset the padding, copy the rest): a cost per segment that the bytes miss
+    # when maps are small or channels few (a 3-channel 3x3 on a 128 px map spends most of its time there).
+    rows = extra / (phys["out_hw"] * BYTES_PER_FLOAT)
     io_bytes = phys["input_bytes"] + phys["output_bytes"]
-    return {"work": work, "io_bytes": io_bytes, "weight_bytes": weight_bytes,
-            "im2col_bytes": np.broadcast_to(extra, work.shape).astype(np.float64),
-            "im2col_rows": rows, "bytes": io_bytes + weight_bytes + extra}
+    return {"work": work, "io_bytes": io_bytes, "weight_bytes": weight_bytes, "im2col_bytes": extra,
+            "im2col_rows": rows, "im2col_segments": rows * phys["out_h"], "im2col_strided_bytes": strided,
+            "bytes": io_bytes + weight_bytes + extra}
 
 
 def _tile_waste(count: np.ndarray, tile: int) -> np.ndarray:

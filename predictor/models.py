@@ -26,7 +26,9 @@ from jcw.profiler.layerspec import IMPLS, LayerBatch, LayerSpec
 
 #: (op, impl) pairs the runner can measure; dwconv has no sparse kernel.
 GROUPS = (("conv", "dense"), ("conv", "sparse"), ("dwconv", "dense"))
-_PHYSICAL_TERMS = ("work", "io_bytes", "weight_bytes", "im2col_bytes", "im2col_rows")
+#: Terms are only ever appended: a predictor saved with fewer loads with the missing ones weighing 0.
+_PHYSICAL_TERMS = ("work", "io_bytes", "weight_bytes", "im2col_bytes", "im2col_rows", "im2col_segments",
+                   "im2col_strided_bytes")
 _MIN_GROUP_ROWS = 6
 #: Ways of splitting the layers among tree models. Each grouping fits the same residual with trees that see
 #: different boundaries (by implementation; by operator; by operator and 1x1 against kxk; by stride); the
@@ -64,11 +66,12 @@ def tree_group_masks(grouping: str, columns: Mapping[str, np.ndarray], impl: str
 
 
 class PhysicalModel(BaseEstimator):
-    """latency ≈ a·work + b·io_bytes + c·weight_bytes + d·im2col_bytes + e·im2col_rows + f per (op, impl), all ≥ 0.
+    """latency ≈ a·work + b·io_bytes + c·weight_bytes + d·im2col_bytes + e·im2col_rows + f·im2col_segments
+    + g·im2col_strided_bytes + h per (op, impl), all ≥ 0.
 
     Fitted by non-negative least squares on relative error, so it is monotone in every size
     quantity and extrapolates sensibly to shapes far from the training data. It has no parameters;
-    `coef_` maps "op/impl" to the six coefficients.
+    `coef_` maps "op/impl" to the eight coefficients.
     """
 
     @staticmethod
@@ -335,8 +338,8 @@ class LatencyPredictor(BaseEstimator):
         predictor.physical_.coef_ = {}
         for key, saved in state["physical"].items():
             coef = [float(v) for v in saved]
-            if len(coef) == len(_PHYSICAL_TERMS):  # saved before the im2col-rows term: it weighs 0, the constant last
-                coef.insert(len(_PHYSICAL_TERMS) - 1, 0.0)
+            if 2 <= len(coef) <= len(_PHYSICAL_TERMS):  # saved before the later terms: they weigh 0, the constant last
+                coef[-1:-1] = [0.0] * (len(_PHYSICAL_TERMS) + 1 - len(coef))
             predictor.physical_.coef_[key] = coef
         predictor.cv_scores_ = dict(state.get("cv_scores", {}))
         predictor.n_training_rows_ = int(state["n_training_rows"])

@@ -384,16 +384,19 @@ class LayerBatch:
         weights = cout * np.where(dw, 1.0, cin) * k * k
         nnz = np.maximum(1.0, np.round(self.density * weights))
         macs = out_hw * weights
+        # The sparse path feeds SpMM directly only for an unpadded stride-1 1x1 convolution; every
+        # other layer first gathers an im2col buffer of cin*k*k rows (the runner times it too).
+        im2col_bytes = np.where((self.k == 1) & (self.stride == 1) & (self.pad == 0), 0.0,
+                                cin * k * k * out_hw * BYTES_PER_FLOAT)
         return {
             "out_h": out_h, "out_w": out_w, "out_hw": out_hw, "weights": weights, "nnz": nnz, "macs": macs,
             "effective_macs": macs * self.density,
             "input_bytes": cin * self.h * self.w * BYTES_PER_FLOAT,
             "output_bytes": cout * out_hw * BYTES_PER_FLOAT,
             "weight_bytes": weights * BYTES_PER_FLOAT,
-            # The sparse path feeds SpMM directly only for an unpadded stride-1 1x1 convolution; every
-            # other layer first gathers an im2col buffer of cin*k*k rows (the runner times it too).
-            "im2col_bytes": np.where((self.k == 1) & (self.stride == 1) & (self.pad == 0), 0.0,
-                                     cin * k * k * out_hw * BYTES_PER_FLOAT),
+            "im2col_bytes": im2col_bytes,
+            # At stride 1 a row is copied with memcpy; at stride 2 or more element by element.
+            "im2col_strided_bytes": np.where(self.stride > 1, im2col_bytes, 0.0),
         }
 
 

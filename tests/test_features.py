@@ -83,6 +83,13 @@ def test_one_by_one_sparse_layer_has_no_im2col_and_tile_waste_counts_padding():
     three = impl_quantities(physical(as_columns([LayerSpec(op="conv", cin=26, cout=2, k=3, h=5, w=5, density=0.5)])),
                             "sparse")
     assert three["im2col_rows"][0] == 26 * 3 * 3  # one gathered row per (channel, ky, kx)
+    assert three["im2col_segments"][0] == 26 * 3 * 3 * 5  # each in one segment per output line (padded: 5)
+    assert three["im2col_strided_bytes"][0] == 0.0  # stride 1: rows are copied, not gathered
+    strided = impl_quantities(physical(as_columns([LayerSpec(op="conv", cin=3, cout=8, k=3, stride=2, pad=1, h=9,
+                                                             w=9, density=0.5)])), "sparse")
+    assert strided["im2col_segments"][0] == 3 * 3 * 3 * 5  # a 9 px map at stride 2 has 5 output lines
+    assert strided["im2col_strided_bytes"][0] == strided["im2col_bytes"][0] == 3 * 9 * 25 * 4
+    assert impl_quantities(physical(columns), "dense")["im2col_segments"][0] == 0.0
     row = dict(zip(FEATURE_NAMES, feature_matrix(columns, "sparse")[0]))
     assert row["cout_tile_waste_4"] == 1.0
     assert row["cout_tile_waste_8"] == pytest.approx(24 / 20)

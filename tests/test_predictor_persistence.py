@@ -63,22 +63,24 @@ def test_round_trip_gives_identical_predictions(small_rows, tmp_path, kind):
     assert loaded.card["model"] == kind and loaded.card["feature_schema_version"] >= 1
 
 
-def test_a_predictor_saved_before_the_tree_groupings_and_the_im2col_rows_term_loads(small_rows, tmp_path):
-    """Its state has no tree_groupings (one tree model per implementation) and five physical coefficients."""
+def test_a_predictor_saved_before_the_tree_groupings_and_the_im2col_terms_loads(small_rows, tmp_path):
+    """Its state has no tree_groupings (one tree model per implementation) and five physical terms and the constant."""
     training, holdout = small_rows
     model = LatencyPredictor("hybrid", tree_groupings=("impl",)).fit(training)
     predictor.save(model, tmp_path / "old", {"runner": {"version": "0.2.0"}})
     state = json.loads((tmp_path / "old" / "model.json").read_text())
     del state["params"]["tree_groupings"]
-    # A model fitted without the im2col-rows term: its coefficient is 0, the constant stays last.
-    state["physical"] = {key: coef[:4] + coef[5:] for key, coef in state["physical"].items()}
+    # A model fitted without the im2col rows, segments and strided-bytes terms: they weigh 0, the constant stays last.
+    state["physical"] = {key: coef[:4] + coef[-1:] for key, coef in state["physical"].items()}
     text = json.dumps(state)
     (tmp_path / "old" / "model.json").write_text(text)
     rewrite_card(tmp_path / "old", **{"files": {**json.loads((tmp_path / "old" / "card.json").read_text())["files"],
                                                 "model.json": hashlib.sha256(text.encode()).hexdigest()}})
     loaded = predictor.load(tmp_path / "old")
     assert loaded.model.tree_groupings == ("impl",)
-    assert all(len(c) == 6 and c[4] == 0.0 for c in loaded.model.physical_.coef_.values())
+    assert all(len(c) == 8 and c[4:7] == [0.0] * 3 for c in loaded.model.physical_.coef_.values())
+    saved = json.loads(text)["physical"]
+    assert all(loaded.model.physical_.coef_[key][-1] == coef[-1] for key, coef in saved.items())
     columns = as_columns(rows_to_columns(holdout))
     assert np.all(np.isfinite(loaded.predict(columns)["best_ms"]))
 
