@@ -11,7 +11,7 @@ from jcw.__main__ import main
 from jcw.predictor import LatencyPredictor, PredictorError
 from jcw.predictor.evaluation import latencies, predict_rows
 from jcw.predictor.features import as_columns, physical, rows_to_columns
-from jcw.predictor.models import TREE_GROUPINGS, tree_group_keys
+from jcw.predictor.models import TREE_GROUPINGS, PhysicalModel, tree_group_keys
 from jcw.profiler.layerspec import LayerBatch, LayerSpec, write_jsonl
 from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
 
@@ -183,3 +183,29 @@ def test_jcw_train_on_a_missing_profile_gives_one_sentence(tmp_path, capsys):
     assert main(["train", "--profile", str(tmp_path / "nope"), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "no profile" in err and "Traceback" not in err
+
+
+def test_the_physical_model_recovers_the_im2col_cost_per_row_segment_and_strided_byte():
+    """Sparse k x k layers whose latency is work plus a cost per gathered row segment and per strided byte (as the
+    runner's im2col pays): the non-negative fit finds both costs and predicts shapes it never saw."""
+    rng = np.random.default_rng(0)
+
+    def layers(n):
+        return [LayerSpec(op="conv", cin=int(rng.integers(2, 64)), cout=int(rng.integers(2, 64)), k=3,
+                          stride=int(rng.choice([1, 2])), pad=1, h=int(h), w=int(h),
+                          density=float(rng.choice([0.1, 0.5])))
+                for h in rng.integers(4, 128, n)]
+
+    def latency(columns):
+        phys = physical(columns)
+        rows = phys["im2col_bytes"] / (phys["out_hw"] * 4)
+        return (2e-5 * phys["effective_macs"] + 5e-3 * rows * phys["out_h"] + 4e-5 * phys["im2col_strided_bytes"]
+                + 1e-5 * phys["im2col_bytes"] + 0.05)
+
+    train, unseen = as_columns(layers(300)), as_columns(layers(100))
+    model = PhysicalModel().fit(train, np.full(300, "sparse", dtype=object), latency(train))
+    coef = dict(zip(("work", "io_bytes", "weight_bytes", "im2col_bytes", "im2col_rows", "im2col_segments",
+                     "im2col_strided_bytes", "constant"), model.coef_["conv/sparse"]))
+    assert coef["im2col_segments"] == pytest.approx(5e-3, rel=0.05)
+    assert coef["im2col_strided_bytes"] == pytest.approx(4e-5, rel=0.05)
+    np.testing.assert_allclose(model.predict(unseen, "sparse"), latency(unseen), rtol=0.02)
