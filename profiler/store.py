@@ -26,7 +26,7 @@ from jcw.profiler.store_file import (  # noqa: F401  (the store's errors, import
     StoreDamaged,
     StoreError,
     StoreNotWritable,
-    _guarded,
+    guard_methods,
 )
 
 #: How a configuration's rounds become one latency (see measurements()). On a shared or throttling
@@ -281,10 +281,7 @@ class ProfileStore(ProfileDatabase):
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-for _name, _method in list(vars(ProfileStore).items()):
-    if callable(_method) and (not _name.startswith("_") or _name == "_rows") and _name != "close":
-        setattr(ProfileStore, _name, _guarded(_method))
-del _name, _method
+guard_methods(ProfileStore, "_rows")
 
 
 def _program_row(row: dict[str, Any]) -> dict[str, Any]:

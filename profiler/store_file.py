@@ -343,7 +343,11 @@ class ProfileDatabase:
         return default if row is None else json.loads(row[0])
 
 
-for _name, _method in list(vars(ProfileDatabase).items()):
-    if callable(_method) and not _name.startswith("_") and _name != "close":
-        setattr(ProfileDatabase, _name, _guarded(_method))
-del _name, _method
+def guard_methods(cls: type, *private: str) -> None:
+    """Wrap every public method `cls` defines (and the named private ones) but close() in _guarded."""
+    for name, method in list(vars(cls).items()):
+        if callable(method) and (not name.startswith("_") or name in private) and name != "close":
+            setattr(cls, name, _guarded(method))
+
+
+guard_methods(ProfileDatabase)

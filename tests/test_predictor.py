@@ -11,7 +11,7 @@ from jcw.__main__ import main
 from jcw.predictor import LatencyPredictor, PredictorError
 from jcw.predictor.evaluation import latencies, predict_rows
 from jcw.predictor.features import as_columns, physical, rows_to_columns
-from jcw.predictor.models import TREE_GROUPINGS, PhysicalModel, tree_group_keys
+from jcw.predictor.models import _PHYSICAL_TERMS, TREE_GROUPINGS, PhysicalModel, tree_group_keys
 from jcw.profiler.layerspec import LayerBatch, LayerSpec, write_jsonl
 from predictor_profile import small_profile, small_rows, trained_predictor  # noqa: F401  (fixtures)
 
@@ -204,8 +204,7 @@ def test_the_physical_model_recovers_the_im2col_cost_per_row_segment_and_strided
 
     train, unseen = as_columns(layers(300)), as_columns(layers(100))
     model = PhysicalModel().fit(train, np.full(300, "sparse", dtype=object), latency(train))
-    coef = dict(zip(("work", "io_bytes", "weight_bytes", "im2col_bytes", "im2col_rows", "im2col_segments",
-                     "im2col_strided_bytes", "constant"), model.coef_["conv/sparse"]))
+    coef = dict(zip((*_PHYSICAL_TERMS, "constant"), model.coef_["conv/sparse"], strict=True))
     assert coef["im2col_segments"] == pytest.approx(5e-3, rel=0.05)
     assert coef["im2col_strided_bytes"] == pytest.approx(4e-5, rel=0.05)
     np.testing.assert_allclose(model.predict(unseen, "sparse"), latency(unseen), rtol=0.02)
