@@ -23,6 +23,11 @@ PTEBENCH_LAUNCHER = "ptebench.sh"
 ANDROID_LOADER = "ld-linux-aarch64.so.1"
 MANIFEST_NAME = "manifest.json"
 QEMU_AARCH64 = "qemu-aarch64-static"
+#: The CPU qemu emulates for arm64 runs here: an Armv8.2 phone core with dot product and no SME, like the big
+#: cores of most phones. qemu's default ("max") has SME, which makes ExecuTorch's XNNPACK pick the packed-LHS
+#: SME GEMM for dense convolutions; qemu emulates it 2-20x slower than NEON depending on the host
+#: (benchmarks/RESULTS.md), so timings and test run times would follow the host instead of the phone.
+EMULATED_CPU = "cortex-a76"
 
 
 class RunnerOutputError(DeviceError):
@@ -73,8 +78,10 @@ def bundle_manifest(bundle: str | os.PathLike[str] | None = None) -> dict[str, A
 
 
 def emulated_bundle_command(bundle: str | os.PathLike[str] | None = None,
-                            emulator: str = QEMU_AARCH64, binary: str = "convbench") -> list[str]:
-    """argv that runs the arm64 bundle's `binary` (convbench or ptebench) here under qemu user-mode emulation.
+                            emulator: str = QEMU_AARCH64, binary: str = "convbench", cpu: str = EMULATED_CPU
+                            ) -> list[str]:
+    """argv that runs the arm64 bundle's `binary` (convbench or ptebench) here under qemu user-mode emulation,
+    on qemu's CPU model `cpu`.
 
     Without binfmt_misc the launcher script cannot exec an arm64 loader, so the loader is
     started through qemu directly; the launcher honours CONVBENCH_EMULATOR for the same purpose.
@@ -87,7 +94,7 @@ def emulated_bundle_command(bundle: str | os.PathLike[str] | None = None,
     qemu = shutil.which(emulator)
     if qemu is None:
         raise DeviceError(f"{emulator} is not installed; install the qemu-user-static package.")
-    return [qemu, str(bundle_path / ANDROID_LOADER), "--library-path", str(bundle_path),
+    return [qemu, "-cpu", cpu, str(bundle_path / ANDROID_LOADER), "--library-path", str(bundle_path),
             str(bundle_path / binary)]
 
 

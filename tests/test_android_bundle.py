@@ -100,18 +100,20 @@ def test_launcher_is_posix_sh_and_runs_from_any_directory(bundle: Path, qemu_com
     assert info["version"].startswith("0.2.") and info["default_threads"] >= 1
 
 
-def test_bundle_under_qemu_matches_host_runner_and_torch(qemu_command: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("cpu, has_sme", [(runner.EMULATED_CPU, False), ("max", True)])
+def test_bundle_under_qemu_matches_host_runner_and_torch(bundle: Path, qemu_command: list[str], tmp_path: Path,
+                                                         cpu: str, has_sme: bool) -> None:
     host_dump, arm_dump = tmp_path / "host", tmp_path / "arm64"
     host_dump.mkdir(), arm_dump.mkdir()
     plan = CASES + ['{"id": "broken"', {**CASES[0], "id": "after_broken"}]
     host_info, host_results = run([str(runner.host_binary())], plan, FAST + ["--dump", str(host_dump)])
-    arm_info, arm_results = run(qemu_command, plan, FAST + ["--dump", str(arm_dump)])
+    arm_info, arm_results = run(runner.emulated_bundle_command(bundle, cpu=cpu), plan, FAST + ["--dump", str(arm_dump)])
     # Dense on the same wheel's XNNPACK on both; sparse on the wheel's too on arm64.
     assert arm_info["arch"] == "aarch64" and arm_info["xnnpack"] == host_info["xnnpack"]
     assert arm_info["xnnpack_sparse"] == arm_info["xnnpack"]
-    # Where the (emulated) CPU has SME, dense conv lines run the pf32 operator ExecuTorch picks there;
-    # the torch comparison below checks that path as much as the plain f32 one.
-    assert isinstance(arm_info["xnnpack_pf32"], bool)
+    # Where the CPU has SME (qemu's "max"), dense conv lines run the pf32 operator ExecuTorch picks there, and the
+    # torch comparison below checks that path; the emulated phone's own CPU model has none, as a Pixel 6.
+    assert arm_info["xnnpack_pf32"] is has_sme
     assert [r["id"] for r in arm_results] == [r["id"] for r in host_results]
     assert "error" in arm_results[-2] and "error" not in arm_results[-1]
     for case, result in zip(CASES, arm_results):

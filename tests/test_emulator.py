@@ -184,6 +184,27 @@ def test_arm64_executable_runs_under_qemu_including_a_loader_launcher(tmp_path, 
     device.close()
 
 
+
+SME_PROBE = ('#include <stdio.h>\n#include <sys/auxv.h>\n'
+             'int main(void) { printf("sme=%d\\n", (int) ((getauxval(AT_HWCAP2) >> 23) & 1)); return 0; }\n')
+
+
+@pytest.mark.parametrize("qemu_cpu, sme", [(None, "0"), ("max", "1")])
+def test_programs_run_on_the_described_cpu_model(tmp_path, keys, qemu_cpu, sme):
+    # The default phone has no SME (HWCAP2_SME, bit 23): ExecuTorch's XNNPACK then picks the NEON GEMM a
+    # Pixel 6 runs, not the SME one qemu's default CPU would offer (and emulate many times slower).
+    cross = shutil.which("aarch64-linux-gnu-gcc")
+    assert cross, "gcc-aarch64-linux-gnu is a declared dependency (make setup installs it)"
+    (tmp_path / "probe.c").write_text(SME_PROBE)
+    subprocess.run([cross, "-static", "-O1", "-o", str(tmp_path / "probe"), str(tmp_path / "probe.c")], check=True)
+    description = copy.deepcopy(DEFAULT_DESCRIPTION) | ({"qemu_cpu": qemu_cpu} if qemu_cpu else {})
+    with EmulatedPhone(sandbox=tmp_path / "p", port=0, phone=description) as phone:
+        assert phone.phone.qemu_cpu == (qemu_cpu or "cortex-a76")
+        device = connect(phone, keys["trusted"])
+        device.push(str(tmp_path / "probe"), "/data/local/tmp/probe", st_mode=0o100755)
+        assert device.shell("/data/local/tmp/probe") == f"sme={sme}\n"
+        device.close()
+
 # -- sync -----------------------------------------------------------------------------------------
 def test_push_pull_stat_list_round_trip(tmp_path, keys, phone):
     payload = os.urandom(3 * 1024 * 1024 + 123)
@@ -402,6 +423,10 @@ def test_bad_phone_descriptions_name_the_field(tmp_path):
     path.write_text('{"battery": {"capacity": 101, "status": "Full"}}')
     with pytest.raises(DescriptionError, match="battery.capacity"):
         Phone.load(path)
+    path.write_text('{"qemu_cpu": "max; rm -rf /"}')
+    with pytest.raises(DescriptionError, match="qemu_cpu must be a qemu CPU model name"):
+        Phone.load(path)
+    assert Phone.default().to_dict()["qemu_cpu"] == "cortex-a76"
     with pytest.raises(ValueError, match="loopback"):
         EmulatedPhone(host="0.0.0.0")
 

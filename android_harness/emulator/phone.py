@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..runner import EMULATED_CPU
+
 DEFAULT_DESCRIPTION: dict[str, Any] = {
     "serial": "JCWEMU0001",
     "props": {
@@ -55,10 +57,13 @@ DEFAULT_DESCRIPTION: dict[str, Any] = {
     "kernel": {"machine": "aarch64", "release": "5.10.157-android13-4-00001-g5c0c5e7c2e8f-ab10812345"},
     "data_total_bytes": 118 * 1024 ** 3,
     "data_free_bytes": 64 * 1024 ** 3,
+    # The qemu CPU model its arm64 programs run on (QEMU_CPU); Tensor's big cores are Armv8.2 without SME.
+    "qemu_cpu": EMULATED_CPU,
 }
 
 _PROP_NAME = re.compile(r"^[A-Za-z0-9_.\-:@]+$")
 _GOVERNOR = re.compile(r"^[A-Za-z0-9_\-]+$")
+_QEMU_CPU = re.compile(r"^[a-z0-9][a-z0-9._\-]{0,39}$")
 BATTERY_STATES = ("Charging", "Discharging", "Full", "Not charging", "Unknown")
 
 
@@ -77,6 +82,7 @@ class Phone:
     kernel: dict[str, str]
     data_free_bytes: int
     data_total_bytes: int
+    qemu_cpu: str = EMULATED_CPU
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -166,14 +172,18 @@ class Phone:
             raise DescriptionError("data_total_bytes must be an integer of at least 1 MiB")
         if not isinstance(free, int) or not 0 <= free <= total:
             raise DescriptionError("data_free_bytes must be an integer from 0 to data_total_bytes")
+        qemu_cpu = d.get("qemu_cpu")
+        if not isinstance(qemu_cpu, str) or not _QEMU_CPU.match(qemu_cpu):
+            raise DescriptionError(f"qemu_cpu must be a qemu CPU model name such as {EMULATED_CPU} (see "
+                                   f"`qemu-aarch64-static -cpu help`), not {qemu_cpu!r}")
         return cls(serial, props, [dict(c) for c in cores], [dict(z) for z in zones], dict(battery),
-                   dict(kernel), free, total, {k: v for k, v in d.items() if k not in known})
+                   dict(kernel), free, total, qemu_cpu, {k: v for k, v in d.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:
         return {"serial": self.serial, "props": dict(self.props), "cores": self.cores,
                 "thermal_zones": self.thermal_zones, "battery": self.battery,
                 "kernel": self.kernel, "data_total_bytes": self.data_total_bytes,
-                "data_free_bytes": self.data_free_bytes}
+                "data_free_bytes": self.data_free_bytes, "qemu_cpu": self.qemu_cpu}
 
 
 def _write(path: Path, text: str) -> None:

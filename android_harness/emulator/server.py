@@ -241,6 +241,7 @@ class EmulatedPhone:
         }
         if self._qemu:
             env["JCW_EMU_QEMU"] = self._qemu
+            env["QEMU_CPU"] = self.phone.qemu_cpu
         # Both spellings of the root: command lines use self.root, getcwd() reports the real path.
         roots = [root] if root == str(self._real_root) else [root, str(self._real_root)]
         env["JCW_EMU_READONLY"] = ":".join(f"{r}/{d}" for r in roots for d in ("sys", "proc", "system", ".emu"))
