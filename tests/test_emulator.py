@@ -184,7 +184,6 @@ def test_arm64_executable_runs_under_qemu_including_a_loader_launcher(tmp_path, 
     device.close()
 
 
-
 SME_PROBE = ('#include <stdio.h>\n#include <sys/auxv.h>\n'
              'int main(void) { printf("sme=%d\\n", (int) ((getauxval(AT_HWCAP2) >> 23) & 1)); return 0; }\n')
 
@@ -204,6 +203,7 @@ def test_programs_run_on_the_described_cpu_model(tmp_path, keys, qemu_cpu, sme):
         device.push(str(tmp_path / "probe"), "/data/local/tmp/probe", st_mode=0o100755)
         assert device.shell("/data/local/tmp/probe") == f"sme={sme}\n"
         device.close()
+
 
 # -- sync -----------------------------------------------------------------------------------------
 def test_push_pull_stat_list_round_trip(tmp_path, keys, phone):
