@@ -14,7 +14,7 @@ from jcw.predictor.errors import PredictorError
 from jcw.profiler.layerspec import BYTES_PER_FLOAT, IMPLS, LayerBatch, LayerSpec, LayerSpecError
 
 #: Bump whenever a feature is added, removed or computed differently: saved predictors record it.
-FEATURE_SCHEMA_VERSION = 4
+FEATURE_SCHEMA_VERSION = 5
 
 #: XNNPACK's microkernels compute output channels in tiles of 4, 8 or 16 lanes and output pixels in
 #: blocks of 8 to 32, depending on the CPU; a partial tile wastes lanes. The phone's tile sizes are
@@ -23,6 +23,10 @@ CHANNEL_TILES = (4, 8, 16)
 PIXEL_TILES = (8, 16, 32)
 #: A wider tile only dense convolutions' GEMM kernels use (AVX-512 here); FEATURE_SCHEMA_VERSION 4.
 DENSE_CONV_TILE = 32
+#: Bytes after which an L1 data cache's set index repeats (64 sets of 64-byte lines: x86's 48 KiB 12-way L1d).
+#: Rows of the sparse kernel's input that lie a multiple of it apart compete for one set; FEATURE_SCHEMA_VERSION 5.
+L1_SET_PERIOD = 4096
+CACHE_LINE = 64
 
 # (name, monotone constraint): +1 where latency cannot fall when the quantity grows and the
 # rest stays equal (more work or more bytes), 0 where the data must decide.
@@ -36,6 +40,7 @@ FEATURES: tuple[tuple[str, int], ...] = (
     ("log_input_bytes", 1), ("log_output_bytes", 1), ("log_weight_bytes", 1), ("log_im2col_bytes", 1),
     ("log_intensity", 0), ("log_reduction", 1), ("log_nnz_per_cout", 1),
     *((f"pixel_tile_waste_{tile}", 0) for tile in PIXEL_TILES),
+    ("log_rows_per_l1_set", 1),
 )
 FEATURE_NAMES = tuple(name for name, _ in FEATURES)
 MONOTONE = tuple(sign for _, sign in FEATURES)
@@ -101,28 +106,53 @@ def _dense_conv_tile_waste(columns: Mapping[str, np.ndarray], cout: np.ndarray, 
     return np.where(columns["op"] == "dwconv", 1.0, _tile_waste(cout, DENSE_CONV_TILE))
 
 
+def rows_per_l1_set(rows: np.ndarray, row_bytes: np.ndarray) -> np.ndarray:
+    """Rows per L1 set when `rows` rows lie `row_bytes` apart (1 when each has a set of its own).
+
+    Row i starts at i·row_bytes mod L1_SET_PERIOD; those offsets are the multiples of gcd(row_bytes, period),
+    so at most period / max(gcd, line) sets hold the rows. A 576-row sparse 1x1 on a 64x64 map (16 KiB rows,
+    all in one set) ran 1.8x slower per MAC than on 62x62 or 66x66 maps here (benchmarks/RESULTS.md).
+    """
+    gcd = np.gcd(row_bytes.astype(np.int64), L1_SET_PERIOD)
+    sets = np.minimum(rows, L1_SET_PERIOD / np.maximum(gcd, CACHE_LINE))
+    return rows / sets
+
+
 def feature_matrix(columns: Mapping[str, np.ndarray], impl: str,
                    phys: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-    """(n, len(FEATURE_NAMES)) float64 matrix for one implementation, columns in FEATURE_NAMES order."""
+    """(n, len(FEATURE_NAMES)) float64 matrix for one implementation, columns in FEATURE_NAMES order.
+
+    The sparse kernel is an SpMM over the layer's im2col buffer (its input map when the layer is a plain 1x1):
+    its input channels, map height and input bytes are the SpMM's (cin·k·k rows over the output map), so a
+    k×k layer and the 1x1 of that shape share what the trees learn; FEATURE_SCHEMA_VERSION 5.
+    """
     phys = physical(columns) if phys is None else phys
     q = impl_quantities(phys, impl)
     n = len(columns["op"])
     cout = columns["cout"].astype(np.float64)
     density = columns["density"]
     effective_macs, nnz = phys["effective_macs"], phys["nnz"]
+    cin, height, input_bytes = columns["cin"].astype(np.float64), columns["h"], phys["input_bytes"]
+    aliasing = np.ones(n)
     if impl == "dense":
         # The dense kernel multiplies the zeros too: its latency is that of the unpruned layer, and
         # features of the density would only let the trees fit noise between repeated shapes.
         density, effective_macs, nnz = np.ones(n), phys["macs"], phys["weights"]
+    else:
+        cin = cin * columns["k"] ** 2
+        height = phys["out_h"]
+        input_bytes = np.where(q["im2col_bytes"] > 0, q["im2col_bytes"], input_bytes)
+        aliasing = rows_per_l1_set(cin, phys["out_hw"] * BYTES_PER_FLOAT)
     return np.column_stack([np.asarray(values, dtype=np.float64) for values in (
         columns["op"] == "dwconv", np.full(n, 1.0 if impl == "sparse" else 0.0),
-        np.log2(columns["cin"]), np.log2(cout), columns["k"], columns["stride"], np.log2(columns["h"]),
+        np.log2(cin), np.log2(cout), columns["k"], columns["stride"], np.log2(height),
         np.log2(phys["out_hw"]), density,
         *(_tile_waste(cout, tile) for tile in CHANNEL_TILES),
         _dense_conv_tile_waste(columns, cout, impl),
         np.log2(phys["macs"]), np.log2(effective_macs), np.log2(nnz), np.log2(q["work"]),
-        np.log2(phys["input_bytes"]), np.log2(phys["output_bytes"]), np.log2(q["weight_bytes"]),
+        np.log2(input_bytes), np.log2(phys["output_bytes"]), np.log2(q["weight_bytes"]),
         np.log2(1.0 + q["im2col_bytes"]), np.log2(q["work"] / q["bytes"]), np.log2(phys["weights"] / cout),
         np.log2(nnz / cout),
         *(_tile_waste(phys["out_hw"], tile) for tile in PIXEL_TILES),
+        np.log2(aliasing),
     )])

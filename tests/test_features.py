@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from jcw.predictor.errors import PredictorError
-from jcw.predictor.features import FEATURE_NAMES, MONOTONE, as_columns, feature_matrix, impl_quantities, physical
+from jcw.predictor.features import (
+    FEATURE_NAMES,
+    MONOTONE,
+    as_columns,
+    feature_matrix,
+    impl_quantities,
+    physical,
+    rows_per_l1_set,
+)
 from jcw.profiler.layerspec import LayerBatch, LayerSpec
 
 
@@ -54,6 +62,27 @@ def test_features_of_one_layer_by_hand():
     assert dense["density"] == 1.0 and sparse["density"] == 0.25
     assert dense["log_nnz"] == pytest.approx(np.log2(64 * 32 * 9))
     assert dense["log_effective_macs"] == dense["log_macs"]
+    # The sparse kernel is an SpMM over the im2col buffer: cin·k·k rows over the 14x14 output map.
+    assert dense["log_cin"] == pytest.approx(np.log2(32)) and sparse["log_cin"] == pytest.approx(np.log2(32 * 9))
+    assert dense["log_h"] == pytest.approx(np.log2(28)) and sparse["log_h"] == pytest.approx(np.log2(14))
+    assert dense["log_input_bytes"] == pytest.approx(np.log2(32 * 28 * 28 * 4))
+    assert sparse["log_input_bytes"] == pytest.approx(np.log2(32 * 9 * out_hw * 4))
+
+
+def test_sparse_rows_that_share_an_l1_set_are_counted():
+    # 64x64 maps put 16 KiB between rows: every row starts at the same offset of a 4 KiB set period.
+    assert rows_per_l1_set(np.array([576.0]), np.array([64 * 64 * 4]))[0] == 576
+    # 62x62 (15,376 B, gcd 16 with 4096): 64 sets hold the rows; 10 rows on 16x16 maps (1 KiB) use 4 sets.
+    assert rows_per_l1_set(np.array([576.0]), np.array([62 * 62 * 4]))[0] == 9
+    assert rows_per_l1_set(np.array([10.0]), np.array([16 * 16 * 4]))[0] == 2.5
+    assert rows_per_l1_set(np.array([3.0]), np.array([7 * 7 * 4]))[0] == 1
+    layers = [LayerSpec(op="conv", cin=64, cout=45, k=3, h=64, w=64, density=0.5),
+              LayerSpec(op="conv", cin=64, cout=45, k=3, h=62, w=62, density=0.5)]
+    sparse = [dict(zip(FEATURE_NAMES, row)) for row in feature_matrix(as_columns(layers), "sparse")]
+    dense = [dict(zip(FEATURE_NAMES, row)) for row in feature_matrix(as_columns(layers), "dense")]
+    assert sparse[0]["log_rows_per_l1_set"] == pytest.approx(np.log2(576))  # 576 im2col rows of 64x64 outputs
+    assert sparse[1]["log_rows_per_l1_set"] == pytest.approx(np.log2(9))
+    assert dense[0]["log_rows_per_l1_set"] == dense[1]["log_rows_per_l1_set"] == 0.0
 
 
 def test_dense_features_do_not_depend_on_density_and_sparse_ones_do():
