@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from jcw.profiler import cli, labels, program_measure, session
+from jcw.profiler.cli_display import LazyBar
 from jcw.profiler.layerspec import read_jsonl
 
 
@@ -46,7 +47,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         runner_argv = cli._runner_argv(args.runner_arg) + labels.weights_runner_args(weights)
     except cli._BadRunnerArg as exc:
         return cli._fail("measure", str(exc))
-    with session.open_device(args.device) as device, cli._LazyBar("measuring") as progress:
+    with session.open_device(args.device) as device, LazyBar("measuring") as progress:
         for result in session.measure(device, specs, impl=args.impl, threads=args.threads or 1,
                                       runner_args=runner_argv, progress=progress):
             if args.json:
@@ -83,7 +84,7 @@ def _measure_programs(args: argparse.Namespace) -> int:
         for path in paths:  # before connecting to anything
             program_measure.PROGRAM_FILES[key](path)
         runner_argv = cli._runner_argv(args.runner_arg)
-        with session.open_device(args.device) as device, cli._LazyBar("measuring") as progress:
+        with session.open_device(args.device) as device, LazyBar("measuring") as progress:
             results = session.measure_programs(device, paths, threads=args.threads, rounds=args.rounds,
                                                runner_args=runner_argv, progress=progress, key=key,
                                                sparse_path=args.sparse_path)

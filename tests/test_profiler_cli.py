@@ -205,10 +205,10 @@ def test_devices_lists_local_and_remembers_tcp_phones(tmp_path, capsys, monkeypa
 
 
 def test_a_ctrl_c_is_remembered_even_if_its_exception_is_swallowed():
-    from jcw.profiler.cli import _CtrlC
+    from jcw.profiler.cli_display import CtrlC
 
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever runs pytest
-    with _CtrlC() as ctrl_c:
+    with CtrlC() as ctrl_c:
         ctrl_c.check()  # nothing yet
         try:  # what a garbage-collector finalizer does with an exception: drop it
             os.kill(os.getpid(), signal.SIGINT)
@@ -220,7 +220,7 @@ def test_a_ctrl_c_is_remembered_even_if_its_exception_is_swallowed():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:  # a SIGINT a background script ignores stays ignored
-        with _CtrlC():
+        with CtrlC():
             assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, outer)
