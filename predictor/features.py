@@ -111,7 +111,7 @@ def rows_per_l1_set(rows: np.ndarray, row_bytes: np.ndarray) -> np.ndarray:
 
     Row i starts at i·row_bytes mod L1_SET_PERIOD; those offsets are the multiples of gcd(row_bytes, period),
     so at most period / max(gcd, line) sets hold the rows. A 576-row sparse 1x1 on a 64x64 map (16 KiB rows,
-    all in one set) ran 1.8x slower per MAC than on 62x62 or 66x66 maps here (benchmarks/RESULTS.md).
+    all in one set) ran 1.7x slower per MAC than on 60-68 px maps here (benchmarks/bench_l1_sets.py).
     """
     gcd = np.gcd(row_bytes.astype(np.int64), L1_SET_PERIOD)
     sets = np.minimum(rows, L1_SET_PERIOD / np.maximum(gcd, CACHE_LINE))
