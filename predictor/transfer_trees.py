@@ -15,7 +15,8 @@ from jcw.predictor.models import _one_thread
 #: Output channels modulo these SIMD tile widths: a kernel's remainder path shows in them (on ExecuTorch's
 #: against Debian's XNNPACK, dense convolutions with 5-7 channels past a multiple of 8 keep the old speed).
 REMAINDER_TILES = (8, 16)
-DESIGN = ("k", "stride", "log_cin", "log_cout", "log_out_hw", *(f"cout_mod_{t}" for t in REMAINDER_TILES))
+DESIGN = ("k", "stride", "log_cin", "log_cout", "log_out_hw", *(f"cout_mod_{t}" for t in REMAINDER_TILES),
+          "log_weight_bytes", "log_io_bytes")
 
 
 def group_keys(op: np.ndarray, impl: str | np.ndarray) -> np.ndarray:
@@ -25,13 +26,16 @@ def group_keys(op: np.ndarray, impl: str | np.ndarray) -> np.ndarray:
 
 def design(columns: Mapping[str, np.ndarray], phys: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
     """(n, len(DESIGN)) matrix. Within one group the operator and implementation are fixed; what a different
-    build changes is which microkernel and tile a layer's shape lands on, so only its shape is offered (the
-    full feature set let a few hundred rows split on byte counts that do not carry over to unseen shapes)."""
+    build changes is which microkernel and tile a layer's shape lands on, and what a second thread or another
+    cache changes is which working sets fit, so the shape and two byte counts (weights; input plus output) are
+    offered. The full feature set let a few hundred rows split on byte counts that do not carry over to unseen
+    shapes; these two added 1.9-3.8 points at 200 layers on six profiles of both pairs (benchmarks/RESULTS.md)."""
     phys = physical(columns) if phys is None else phys
     cout = np.asarray(columns["cout"], dtype=np.float64)
     return np.column_stack([np.asarray(columns["k"], dtype=np.float64), np.asarray(columns["stride"], dtype=np.float64),
                             np.log2(columns["cin"]), np.log2(cout), np.log2(phys["out_hw"]),
-                            *(cout % tile for tile in REMAINDER_TILES)])
+                            *(cout % tile for tile in REMAINDER_TILES),
+                            np.log2(phys["weight_bytes"]), np.log2(phys["input_bytes"] + phys["output_bytes"])])
 
 
 def clipped(target: np.ndarray) -> np.ndarray:
