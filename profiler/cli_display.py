@@ -14,7 +14,7 @@ from rich.table import Table
 from jcw.profiler.profile_params import ProfileSummary
 
 
-def progress_bar(console: Console) -> Progress:
+def _progress_bar(console: Console) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("configs"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                     console=console, transient=False)
@@ -67,7 +67,7 @@ class LazyBar:
     """A progress bar that appears with the first progress report, so an early error prints alone."""
 
     def __init__(self, description: str) -> None:
-        self.bar = progress_bar(Console(stderr=True))
+        self.bar = _progress_bar(Console(stderr=True))
         self.description = description
         self.task = None
 
