@@ -7,9 +7,11 @@ from __future__ import annotations
 
 MODEL_KINDS = ("hybrid", "gbm", "rf", "linear")
 #: scale: the prior's latency times a per-operator factor that may change with the layer's size (a robust
-#: line in log space per (op, impl), shrunk toward the pooled one); residual: scale, then small trees per
+#: line in log space per (op, impl), shrunk toward the pooled one); residual: a base per (op, impl), either
+#: the prior times a factor plus a fixed cost per thread-pool dispatch or scale's line, then small trees per
 #: (op, impl) on what is left, split on the layer's shape (kernel, stride, channels and their remainder past
-#: SIMD tiles, output pixels), weighted by how much they help on shapes held out of their fit; feature: the
+#: SIMD tiles, output pixels) and bytes, the base and the trees' weight chosen by how they do on shapes held
+#: out of their fit; feature: the
 #: new device's own physical model and trees, with the prior's log-latency as one more feature.
 TRANSFER_STRATEGIES = ("scale", "residual", "feature")
 #: Chosen on the transfer curve (benchmarks/RESULTS.md, benchmarks/bench_transfer.py): what a

@@ -1,8 +1,9 @@
 """Transfer from a known device: a new device's layer-latency predictor from a small profile plus the saved
 predictor of another device (the prior, predictor.priors).
 
-Owns the transfer strategies (`TransferPredictor`) and the per-operator rescaling they share; the residual
-strategy's per-group trees live in predictor.transfer_trees.
+Owns the transfer strategies (`TransferPredictor`), the per-operator rescaling they share and the residual
+strategy's affine base (a factor plus a fixed cost per thread-pool dispatch); its per-group trees live in
+predictor.transfer_trees.
 """
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ GROUPS = ("conv/dense", "conv/sparse", "dwconv/dense")
 MAX_SLOPE = 0.5
 #: Rows below which an (op, impl) group takes the pooled line.
 _MIN_GROUP_ROWS = 3
+#: The residual strategy's base never takes more than this share of the rescaled prior off for its
+#: per-dispatch term (a negative one, when the new device wakes its threads faster than the prior's).
+MIN_BASE_SHARE = 0.25
+#: The residual strategy's bases, in order of preference: latency ≈ a·prior + b·thread-pool dispatches per
+#: operator group (fit_affine), or the scale strategy's line in log space (fit_scale); grouped
+#: cross-validation picks one with the trees' weight.
+RESIDUAL_BASES = ("affine", "line")
 #: Weights of the residual trees tried by grouped cross-validation (0: the rescaled prior alone).
 TREE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 _TREE_FOLDS = 5
@@ -91,6 +99,64 @@ def apply_scale(scale: Mapping[str, Sequence[float]], op: np.ndarray, impl: str,
     return out
 
 
+def thread_pool_dispatches(columns: Mapping[str, np.ndarray], impl: str | np.ndarray,
+                           phys: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """Thread-pool dispatches one run of each layer makes: its operator's, and for the sparse kernel the im2col
+    gather's before it (every layer but an unpadded stride-1 1x1; the runner parallelises both)."""
+    phys = physical(columns) if phys is None else phys
+    return 1.0 + ((np.asarray(impl) == "sparse") & (phys["im2col_bytes"] > 0))
+
+
+def _robust_affine(prior_us: np.ndarray, dispatches: np.ndarray, latency: np.ndarray, start: Sequence[float],
+                   penalty: float, unit_us: float) -> list[float]:
+    """[a, b] of latency ≈ a·prior + b·dispatches, least squares on the relative error with Huber weights;
+    `penalty` pseudo-rows pull a toward start[0] and b toward start[1] (b measured in a·unit_us, a typical
+    layer's time, so the pull is alike for both)."""
+    x = np.column_stack([prior_us / latency, dispatches / latency])
+    a0, b0 = float(start[0]), float(start[1])
+    pull = penalty * np.array([1.0 / a0 ** 2, 1.0 / (a0 * unit_us) ** 2])
+    weights = np.ones(len(latency))
+    coef = np.array([a0, b0])
+    for _ in range(25):
+        matrix = (x * weights[:, None]).T @ x + np.diag(pull)
+        coef = np.linalg.solve(matrix, (x * weights[:, None]).sum(axis=0) + pull * np.array([a0, b0]))
+        residual = x @ coef - 1.0
+        spread = max(1.4826 * float(np.median(np.abs(residual))), 1e-3)
+        weights = np.minimum(1.0, 1.345 * spread / np.maximum(np.abs(residual), 1e-12))
+    return [float(max(coef[0], 1e-9)), float(coef[1])]
+
+
+def fit_affine(op: np.ndarray, impl: np.ndarray, prior_us: np.ndarray, dispatches: np.ndarray,
+               latency: np.ndarray, shrinkage: float) -> dict[str, list[float]]:
+    """Per (op, impl) group: [a, b] of latency ≈ a·prior + b·thread-pool dispatches, the residual strategy's
+    base. A second thread, or another thread pool, halves or scales the work but not the fixed cost of waking
+    and joining the workers, so small layers gain less than large ones; in log space (the scale strategy's
+    line) that bend is not a line. The pooled fit (a plain rescaling with no fixed cost unless the rows say
+    otherwise) comes first; each group's is shrunk toward it, and a group with too few rows takes it."""
+    unit_us = float(np.median(prior_us))
+    start = [float(np.median(latency / prior_us)), 0.0]
+    pooled = _robust_affine(prior_us, dispatches, latency, start, shrinkage, unit_us)
+    keys = _group_keys(op, impl)
+    out = {}
+    for key in GROUPS:
+        mask = keys == key
+        out[key] = _robust_affine(prior_us[mask], dispatches[mask], latency[mask], pooled, shrinkage, unit_us) \
+            if mask.sum() >= _MIN_GROUP_ROWS else pooled
+    return out
+
+
+def apply_affine(affine: Mapping[str, Sequence[float]], op: np.ndarray, impl: str | np.ndarray,
+                 prior_us: np.ndarray, dispatches: np.ndarray) -> np.ndarray:
+    """The residual strategy's base latency (µs) of each layer; a group without a fit keeps the prior's."""
+    out = np.array(prior_us, dtype=np.float64)
+    keys = _group_keys(op, impl)
+    for key, (a, b) in affine.items():
+        mask = keys == key
+        scaled = a * out[mask]
+        out[mask] = np.maximum(scaled + b * dispatches[mask], MIN_BASE_SHARE * scaled)
+    return out
+
+
 class TransferPredictor(LatencyPredictor):
     """A new device's per-layer latency from a prior (a `Prior` or any fitted model with `predict_impl`)
     and that device's measured rows; `strategy` is one of STRATEGIES.
@@ -99,10 +165,10 @@ class TransferPredictor(LatencyPredictor):
     as `FrozenEstimator(model)` (sklearn.frozen) when the transfer predictor is to be cloned.
 
     Predictions, `predict` and `predict_dense` behave as LatencyPredictor's. Parameters are validated in
-    `fit`: `shrinkage` is how many pseudo-rows pull each operator's line toward the pooled one (and the pooled
-    slope toward a plain rescaling); the tree settings apply to the residual strategy's trees (one model per
-    operator group, predictor.transfer_trees) and the feature strategy's, which are deliberately small: a
-    transfer profile has tens to hundreds of layers.
+    `fit`: `shrinkage` is how many pseudo-rows pull each operator's line (or affine base) toward the pooled
+    one (and the pooled one toward a plain rescaling); the tree settings apply to the residual strategy's
+    trees (one model per operator group, predictor.transfer_trees) and the feature strategy's, which are
+    deliberately small: a transfer profile has tens to hundreds of layers.
     """
 
     def __init__(self, prior: Any = None, strategy: str = DEFAULT_STRATEGY, *, shrinkage: float = 8.0,
@@ -141,12 +207,17 @@ class TransferPredictor(LatencyPredictor):
         log_prior = np.log(prior_us)
         self.scale_ = fit_scale(columns["op"], impl, log_prior, np.log(latency) - log_prior, float(self.shrinkage))
         self.physical_ = None
+        self.affine_ = None
         self.estimator_ = None
         self.tree_weight_ = 1.0
         log_latency = np.log(latency)
         if self.strategy == "residual":
-            base = log_prior + self._log_scale(self.scale_, columns, impl, log_prior)
-            self.tree_weight_ = self._choose_tree_weight(columns, impl, log_prior, log_latency)
+            dispatches = thread_pool_dispatches(columns, impl)
+            base_name, self.tree_weight_ = self._choose_base(columns, impl, prior_us, dispatches, latency)
+            fitted, base = self._log_bases(columns, impl, prior_us, dispatches, latency,
+                                           np.ones(len(impl), dtype=bool))[base_name]
+            if base_name == "affine":
+                self.affine_ = fitted  # else the base is the scale strategy's line, self.scale_
             if self.tree_weight_ > 0:
                 self.estimator_ = self._fit_group_trees(columns, impl, log_latency - base) or None
                 self.tree_weight_ = self.tree_weight_ if self.estimator_ is not None else 0.0
@@ -159,6 +230,16 @@ class TransferPredictor(LatencyPredictor):
         self.n_training_rows_ = len(latency)
         return self
 
+    def _log_bases(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, prior_us: np.ndarray,
+                   dispatches: np.ndarray, latency: np.ndarray, fit: np.ndarray) -> dict[str, tuple[Any, np.ndarray]]:
+        """{base name: (its fit, log base latency of every row)} for each of RESIDUAL_BASES, fitted on `fit`."""
+        op, log_prior = columns["op"], np.log(prior_us)
+        affine = fit_affine(op[fit], impl[fit], prior_us[fit], dispatches[fit], latency[fit], float(self.shrinkage))
+        line = fit_scale(op[fit], impl[fit], log_prior[fit], np.log(latency[fit]) - log_prior[fit],
+                         float(self.shrinkage))
+        return {"affine": (affine, np.log(apply_affine(affine, op, impl, prior_us, dispatches))),
+                "line": (line, log_prior + self._log_scale(line, columns, impl, log_prior))}
+
     @staticmethod
     def _log_scale(scale: Mapping[str, Sequence[float]], columns: Mapping[str, np.ndarray], impl: np.ndarray,
                    log_prior: np.ndarray) -> np.ndarray:
@@ -168,15 +249,19 @@ class TransferPredictor(LatencyPredictor):
             out[mask] = apply_scale(scale, columns["op"][mask], name, log_prior[mask])
         return out
 
-    def _choose_tree_weight(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, log_prior: np.ndarray,
-                            log_latency: np.ndarray) -> float:
-        """The weight of the residual trees with the most rows within ±10 % on shapes held out of the fit (of
-        the rescaling too); ties go to the smaller weight. On noisy labels the trees learn the noise, and this
-        turns them off rather than let them undo the prior."""
+    def _choose_base(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, prior_us: np.ndarray,
+                     dispatches: np.ndarray, latency: np.ndarray) -> tuple[str, float]:
+        """The residual strategy's base (RESIDUAL_BASES) and the weight of its trees with the most rows within
+        ±10 % on shapes held out of the fit (of the base too); ties go to the earlier base and the smaller
+        weight. On noisy labels the trees learn the noise, and this turns them off rather than let them undo
+        the prior; between devices whose latencies are not a rescaling plus a fixed cost (an x86 prior for an
+        arm64 phone), the log-space line is the better base."""
         # The unseen-shape split of predictor.evaluation: (op, k, cin, cout, h) held out whole.
         shapes = [f"{o}/{k}/{a}/{b}/{h}" for o, k, a, b, h in zip(columns["op"], columns["k"], columns["cin"],
                                                                  columns["cout"], columns["h"])]
-        base, trees = np.full(len(impl), np.nan), np.zeros(len(impl))
+        log_latency = np.log(latency)
+        base = {name: np.full(len(impl), np.nan) for name in RESIDUAL_BASES}
+        trees = {name: np.zeros(len(impl)) for name in RESIDUAL_BASES}
         n_shapes = len(set(shapes))
         folds = [] if n_shapes < 2 else GroupKFold(min(_TREE_FOLDS, n_shapes), shuffle=True,
                                                    random_state=self.random_state).split(impl, groups=shapes)
@@ -186,19 +271,19 @@ class TransferPredictor(LatencyPredictor):
             if train.sum() < 8:
                 continue
             sub = {name: values[train] for name, values in columns.items()}
-            scale = fit_scale(sub["op"], impl[train], log_prior[train], log_latency[train] - log_prior[train],
-                              float(self.shrinkage))
-            fold_base = log_prior + self._log_scale(scale, columns, impl, log_prior)
-            model = self._fit_group_trees(sub, impl[train], (log_latency - fold_base)[train])
-            base[test] = fold_base[test]
-            trees[test] = transfer_trees.predict(model, {name: values[test] for name, values in columns.items()},
-                                                 impl[test])
-        scored = ~np.isnan(base)
+            held = {name: values[test] for name, values in columns.items()}
+            for name, (_, fold_base) in self._log_bases(columns, impl, prior_us, dispatches, latency, train).items():
+                model = self._fit_group_trees(sub, impl[train], (log_latency - fold_base)[train])
+                base[name][test] = fold_base[test]
+                trees[name][test] = transfer_trees.predict(model, held, impl[test])
+        scored = ~np.isnan(base[RESIDUAL_BASES[0]])
         if not scored.any():
-            return 0.0
-        shares = [float(np.mean(np.abs(np.exp(log_latency[scored] - base[scored] - w * trees[scored]) - 1.0) <= 0.10))
-                  for w in TREE_WEIGHTS]
-        return TREE_WEIGHTS[int(np.argmax(shares))]  # argmax takes the first, i.e. smallest, of equal shares
+            return RESIDUAL_BASES[0], 0.0
+        scores = [(float(np.mean(np.abs(np.exp(log_latency[scored] - base[name][scored] - w * trees[name][scored])
+                                        - 1.0) <= 0.10)), name, w)
+                  for name in RESIDUAL_BASES for w in TREE_WEIGHTS]
+        best = max(scores, key=lambda score: score[0])  # max keeps the first of equal shares
+        return best[1], best[2]
 
     def _fit_group_trees(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, target: np.ndarray
                          ) -> dict[str, Any]:
@@ -251,7 +336,11 @@ class TransferPredictor(LatencyPredictor):
             with _one_thread():
                 correction = self.estimator_.predict(self._design(columns, impl, log_prior, phys))
             return self.physical_.predict(columns, impl, phys) * np.exp(correction)
-        log_out = log_prior + apply_scale(self.scale_, columns["op"], impl, log_prior)
+        if self.affine_ is not None:
+            log_out = np.log(apply_affine(self.affine_, columns["op"], impl, np.exp(log_prior),
+                                          thread_pool_dispatches(columns, impl, phys)))
+        else:  # the scale strategy, or a residual one saved before its base was affine
+            log_out = log_prior + apply_scale(self.scale_, columns["op"], impl, log_prior)
         if isinstance(self.estimator_, Mapping):  # residual trees, unless cross-validation gave them weight 0
             log_out = log_out + self.tree_weight_ * transfer_trees.predict(self.estimator_, columns, impl, phys)
         elif self.estimator_ is not None:  # one pooled model, as saved by jcw before the per-group trees
@@ -265,7 +354,8 @@ class TransferPredictor(LatencyPredictor):
         self._check_fitted()
         params = self.get_params(deep=False)
         params.pop("prior")  # saved beside it (predictor.priors)
-        return {"kind": self.kind_, "params": params, "scale": self.scale_, "tree_weight": self.tree_weight_,
+        return {"kind": self.kind_, "params": params, "scale": self.scale_, "affine": self.affine_,
+                "tree_weight": self.tree_weight_,
                 "physical": None if self.physical_ is None else self.physical_.coef_,
                 "n_training_rows": self.n_training_rows_, "features": list(FEATURE_NAMES),
                 "residual_design": list(transfer_trees.DESIGN)}
@@ -275,6 +365,9 @@ class TransferPredictor(LatencyPredictor):
         model = cls(prior, **dict(state["params"]))
         model.kind_ = "transfer"
         model.scale_ = {key: [float(v) for v in state["scale"][key]] for key in GROUPS}
+        affine = state.get("affine")  # absent before the residual base was affine: it keeps the log-space line
+        model.affine_ = None if affine is None else {key: [float(a), float(b)] for key, (a, b) in
+                                                     ((key, affine[key]) for key in GROUPS)}
         model.tree_weight_ = float(state.get("tree_weight", 1.0))
         model.physical_ = None
         if state.get("physical") is not None:

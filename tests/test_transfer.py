@@ -13,7 +13,7 @@ from jcw import predictor
 from jcw.__main__ import main
 from jcw.predictor import LatencyPredictor, PredictorError, evaluation, priors
 from jcw.predictor.features import as_columns, rows_to_columns
-from jcw.predictor.transfer import GROUPS, STRATEGIES, TransferPredictor
+from jcw.predictor.transfer import GROUPS, STRATEGIES, TransferPredictor, thread_pool_dispatches
 from jcw.profiler import plans
 from jcw.profiler.store import ProfileStore
 from jcw.profiler.transfer_prior import predictor_sha256
@@ -116,6 +116,52 @@ def test_residual_trees_learn_a_channel_dependent_factor_within_each_operator_gr
     # One line per operator lands between 1.0 and 1.3 for dense convolutions; the trees split on the channels.
     assert shares["residual"] >= 0.95 and shares["residual"] > shares["scale"] + 0.15, shares
     assert model.tree_weight_ > 0 and "conv/dense" in model.estimator_ and set(model.estimator_) <= set(GROUPS)
+
+
+def _second_thread(rows, fixed_us=4.0):
+    """The same device on two threads: the work halves, each thread-pool dispatch costs `fixed_us` (the sparse
+    kernel's im2col gather is a dispatch of its own), so small layers gain little and large ones twice."""
+    prior = _ExactPrior()
+    out = []
+    for r in rows:
+        columns = rows_to_columns([r])
+        dispatches = thread_pool_dispatches(columns, r["impl"])[0]
+        out.append({**r, "latency_us": float(prior.predict_impl(columns, r["impl"])[0]) / 2 + fixed_us * dispatches})
+    return out
+
+
+def test_residual_base_learns_a_second_threads_halved_work_and_fixed_cost_per_dispatch():
+    training = _second_thread(synthetic_layer_rows(n=240, seed=1))
+    held_out = _second_thread(synthetic_layer_rows(n=120, seed=2))
+    assert any(r["impl"] == "sparse" and r["k"] == 3 for r in training)  # two dispatches occur
+    shares, models = {}, {}
+    for strategy in ("scale", "residual"):
+        models[strategy] = TransferPredictor(_ExactPrior(), strategy).fit(training)
+        error = evaluation.predict_rows(models[strategy], held_out) / evaluation.latencies(held_out) - 1.0
+        shares[strategy] = float(np.mean(np.abs(error) <= 0.05))
+    # A line in log space bends one way for the whole group; the affine base is the law itself.
+    assert shares["residual"] >= 0.95 and shares["residual"] > shares["scale"] + 0.15, shares
+    a, b = models["residual"].affine_["conv/sparse"]
+    assert a == pytest.approx(0.5, rel=0.05) and b == pytest.approx(4.0, rel=0.1)
+
+
+def test_a_residual_predictor_saved_with_a_log_space_base_still_loads_and_predicts_as_saved(
+        known_device, small_rows, tmp_path):
+    training, holdout = small_rows
+    model = TransferPredictor(priors.load_prior(known_device), "residual").fit(_wide_dense_slower(training))
+    assert model.affine_ is not None and model.tree_weight_ > 0  # what the saved file would say differently
+    predictor.save(model, tmp_path / "saved", {"runner": {"version": "0.2.0"}})
+    # As jcw saved it before the residual base could be affine: no "affine" in its state, the line's base.
+    state_path, card_path = tmp_path / "saved" / "model.json", tmp_path / "saved" / "card.json"
+    state, card = json.loads(state_path.read_text()), json.loads(card_path.read_text())
+    state_path.write_text(json.dumps({name: value for name, value in state.items() if name != "affine"}))
+    card["files"]["model.json"] = hashlib.sha256(state_path.read_bytes()).hexdigest()
+    card_path.write_text(json.dumps(card))
+    loaded = predictor.load(tmp_path / "saved")
+    assert loaded.model.affine_ is None
+    model.affine_ = None
+    columns = as_columns(rows_to_columns(holdout))
+    np.testing.assert_array_equal(model.predict(columns)["best_ms"], loaded.predict(columns)["best_ms"])
 
 
 def test_per_group_and_pooled_residual_trees_survive_save_and_load(known_device, small_rows, tmp_path):
