@@ -2,13 +2,12 @@
 
 Installs the arm64 runner bundle once (checksummed), pushes each batch as a plan file, runs it
 pinned to the fastest cores with one streaming shell command, and survives dropped links by
-reconnecting and re-running only the plan lines that were not reported yet. The .pte runner's
-side (programs pushed by checksum) lives in adb_programs.ProgramRunner.
+reconnecting and re-running only the plan lines that were not reported yet. Installing the bundle lives in
+adb_bundle.BundleInstaller, the .pte runner's side (programs pushed by checksum) in adb_programs.ProgramRunner.
 """
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shlex
 import time
@@ -16,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from jcw.android_harness import phone_facts, runner
+from jcw.android_harness import phone_facts
+from jcw.android_harness.adb_bundle import LAUNCHER, BundleInstaller, default_bundle_dir
 from jcw.android_harness.adb_errors import (
     ConnectionLost,
     DeviceDirNotWritable,
@@ -33,39 +33,10 @@ from jcw.android_harness.adb_transport import AdbTransport
 from jcw.android_harness.device import Device, DeviceDisconnected, DeviceError, RunnerCrashed
 
 REMOTE_BASE = "/data/local/tmp/jcw"
-LAUNCHER = runner.ANDROID_LAUNCHER
 _STATUS_SCRIPT = "cat /proc/sys/kernel/random/boot_id 2>/dev/null; echo; cat /proc/uptime 2>/dev/null"
 
 
-def default_bundle_dir() -> Path:
-    """The arm64 bundle built by `make -C android_harness/native android` (checked when installing)."""
-    return runner.ANDROID_BUNDLE_DIR
-
-
-def read_manifest(bundle_dir: Path) -> dict[str, str]:
-    """{file name: sha256} of the bundle (runner.bundle_manifest), every name a plain file in it."""
-    files = runner.bundle_manifest(bundle_dir)["files"]
-    for name, digest in files.items():
-        if ("/" in name or name in (".", "..") or not (Path(bundle_dir) / name).is_file()
-                or not isinstance(digest, str) or len(digest) != 64):
-            raise DeviceError(f"The bundle manifest in {bundle_dir} lists {name!r}, which is not a "
-                              f"checksummed file of the bundle; run `make runner-android` again.")
-    if LAUNCHER not in files:
-        raise DeviceError(f"The bundle manifest in {bundle_dir} does not list the launcher "
-                          f"{LAUNCHER}; run `make runner-android` again.")
-    return {name: digest.lower() for name, digest in files.items()}
-
-
-def parse_sha256sum(text: str) -> dict[str, str]:
-    sums = {}
-    for line in text.splitlines():
-        parts = line.strip().split(None, 1)
-        if len(parts) == 2 and len(parts[0]) == 64:
-            sums[parts[1].lstrip("*").removeprefix("./")] = parts[0].lower()
-    return sums
-
-
-class AdbDevice(ProgramRunner, Device):
+class AdbDevice(BundleInstaller, ProgramRunner, Device):
     """A phone reached through one AdbTransport; see the module docstring.
 
     Options: `cpus` (core ids to pin to, e.g. "4-7"; default the fastest cluster; `affinity` is
@@ -244,32 +215,6 @@ class AdbDevice(ProgramRunner, Device):
                 raise DeviceDiskFull(self.address, self._remote_dir)
             raise DeviceDirNotWritable(self.address, self._remote_dir.rsplit("/", 1)[0])
         return "@@taskset" in output.splitlines()
-
-    def _remote_sums(self, names: Iterable[str], directory: str | None = None) -> dict[str, str]:
-        quoted = " ".join(shlex.quote(n) for n in names)
-        _, output = self._transport.shell(
-            f"cd {shlex.quote(directory or self._bundle_remote)} && sha256sum {quoted} 2>/dev/null; true")
-        return parse_sha256sum(output)
-
-    def _ensure_installed(self) -> None:
-        """Push the bundle files whose on-device sha256 differs from the manifest (ConnectionLost passes up)."""
-        if self._installed:
-            return
-        manifest = read_manifest(self._bundle_dir)
-        on_device = self._remote_sums(manifest)
-        stale = [name for name, sha in manifest.items() if on_device.get(name) != sha]
-        for name in stale:
-            local = self._bundle_dir / name
-            mode = 0o755 if os.access(local, os.X_OK) or name == LAUNCHER else 0o644
-            self._transport.push_file(str(local), f"{self._bundle_remote}/{name}", mode)
-            self.pushed_files.append(name)
-        if stale:
-            after = self._remote_sums(stale)
-            broken = [n for n in stale if after.get(n) not in (None, manifest[n])]
-            if broken:
-                raise DeviceError(f"The runner files {', '.join(broken)} arrived corrupted on "
-                                  f"{self.address}; check free space on the phone and try again.")
-        self._installed = True
 
     # -- running -----------------------------------------------------------------------------
     def pinned_cpus(self, threads: int) -> list[int]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jcw.android_harness.adb_device import default_bundle_dir  # noqa: E402
+from jcw.android_harness.adb_bundle import default_bundle_dir  # noqa: E402
 from jcw.android_harness.adb_keys import load_signers  # noqa: E402
 from jcw.android_harness.adb_transport import AdbTransport, tcp_transport_factory  # noqa: E402
 from jcw.android_harness.connect import open_device  # noqa: E402

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from jcw.android_harness import adb_errors
-from jcw.android_harness.adb_device import default_bundle_dir, read_manifest
+from jcw.android_harness.adb_bundle import default_bundle_dir, read_manifest
 from jcw.android_harness.adb_transport import Timeouts
 from jcw.android_harness.connect import open_device
 from jcw.android_harness.device import DeviceDisconnected, DeviceNotFound, RunnerCrashed

@@ -17,7 +17,7 @@ from adb_shell import exceptions as adb_exc
 from adb_shell.transport.base_transport import BaseTransport
 
 from jcw.android_harness import adb_errors, adb_keys, discovery, phone_facts
-from jcw.android_harness.adb_device import parse_sha256sum, read_manifest
+from jcw.android_harness.adb_bundle import parse_sha256sum, read_manifest
 from jcw.android_harness.adb_transport import AdbTransport, ShellStream, TcpLink, Timeouts
 from jcw.android_harness.connect import open_device, parse_address
 from jcw.android_harness.device import DeviceError, DeviceNotFound
