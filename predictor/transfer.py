@@ -28,8 +28,8 @@ GROUPS = ("conv/dense", "conv/sparse", "dwconv/dense")
 MAX_SLOPE = 0.5
 #: Rows below which an (op, impl) group takes the pooled line.
 _MIN_GROUP_ROWS = 3
-#: The residual strategy's base never takes more than this share of the rescaled prior off for its
-#: per-dispatch term (a negative one, when the new device wakes its threads faster than the prior's).
+#: The residual strategy's affine base is at least this share of the rescaled prior: a negative cost per
+#: dispatch (a new device that wakes its threads faster than the prior's) takes no more off a small layer.
 MIN_BASE_SHARE = 0.25
 #: The residual strategy's bases, in order of preference: latency ≈ a·prior + b·thread-pool dispatches per
 #: operator group (fit_affine), or the scale strategy's line in log space (fit_scale); grouped
