@@ -331,13 +331,14 @@ class TransferPredictor(LatencyPredictor):
         """Latency in microseconds of one implementation for every layer of validated columns."""
         self._check_fitted()
         phys = physical(columns) if phys is None else phys
-        log_prior = np.log(_prior_model(self.prior).predict_impl(columns, impl, phys))
+        prior_us = _prior_model(self.prior).predict_impl(columns, impl, phys)
+        log_prior = np.log(prior_us)
         if self.strategy == "feature":
             with _one_thread():
                 correction = self.estimator_.predict(self._design(columns, impl, log_prior, phys))
             return self.physical_.predict(columns, impl, phys) * np.exp(correction)
         if self.affine_ is not None:
-            log_out = np.log(apply_affine(self.affine_, columns["op"], impl, np.exp(log_prior),
+            log_out = np.log(apply_affine(self.affine_, columns["op"], impl, prior_us,
                                           thread_pool_dispatches(columns, impl, phys)))
         else:  # the scale strategy, or a residual one saved before its base was affine
             log_out = log_prior + apply_scale(self.scale_, columns["op"], impl, log_prior)
@@ -366,8 +367,12 @@ class TransferPredictor(LatencyPredictor):
         model.kind_ = "transfer"
         model.scale_ = {key: [float(v) for v in state["scale"][key]] for key in GROUPS}
         affine = state.get("affine")  # absent before the residual base was affine: it keeps the log-space line
-        model.affine_ = None if affine is None else {key: [float(a), float(b)] for key, (a, b) in
-                                                     ((key, affine[key]) for key in GROUPS)}
+        model.affine_ = None
+        if affine is not None:
+            model.affine_ = {}
+            for key in GROUPS:
+                a, b = affine[key]  # exactly [a, b], or the state is malformed
+                model.affine_[key] = [float(a), float(b)]
         model.tree_weight_ = float(state.get("tree_weight", 1.0))
         model.physical_ = None
         if state.get("physical") is not None:
