@@ -46,6 +46,7 @@ from jcw.profiler.store import DB_NAME, ProfileStore  # noqa: E402
 ANCHOR = "no prior, same layers"
 DEFAULT_PLAN = "no prior, default plan"
 AS_IS = "prior as is"
+WITHOUT_LOCAL = "prior + residual, no local correction"
 
 
 def _budgets(text: str) -> list[int]:
@@ -168,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
                     arms.append((DEFAULT_PLAN, LatencyPredictor("auto", random_state=draw), default_rows))
                 arms += [(f"prior + {strategy}", transfer.TransferPredictor(prior, strategy, random_state=draw), rows)
                          for strategy in args.strategies]
+                if args.without_local and "residual" in args.strategies:
+                    arms.append((WITHOUT_LOCAL, transfer.TransferPredictor(prior, "residual", local=False,
+                                                                           random_state=draw), rows))
                 for name, unfitted, arm_rows in arms:
                     started = time.monotonic()
                     model = unfitted.fit(arm_rows)
@@ -215,6 +219,8 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=3, help="subsamples per budget of an existing profile")
     parser.add_argument("--strategies", default=",".join(transfer.STRATEGIES),
                         type=lambda text: [s for s in text.split(",") if s])
+    parser.add_argument("--without-local", action="store_true",
+                        help="also fit the residual strategy without its local correction (predictor.transfer_local)")
     parser.add_argument("--threads", type=int, default=None, help="new device's thread count (--new-device)")
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds of the new device's profile")
     parser.add_argument("--runner-arg", action="append", default=[], help="passed to jcw profile (--new-device)")

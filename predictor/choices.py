@@ -10,8 +10,9 @@ MODEL_KINDS = ("hybrid", "gbm", "rf", "linear")
 #: line in log space per (op, impl), shrunk toward the pooled one); residual: a base per (op, impl), either
 #: the prior times a factor plus a fixed cost per thread-pool dispatch or scale's line, then small trees per
 #: (op, impl) on what is left, split on the layer's shape (kernel, stride, channels and their remainder past
-#: SIMD tiles, output pixels) and bytes, the base and the trees' weight chosen by how they do on shapes held
-#: out of their fit; feature: the
+#: SIMD tiles, output pixels) and bytes, and last what the measured layers still depart by, averaged by a
+#: Gaussian kernel over each layer's nearest measured shapes (predictor.transfer_local); the base and the
+#: trees' weight, then the kernel or none, chosen by how they do on shapes held out of their fit; feature: the
 #: new device's own physical model and trees, with the prior's log-latency as one more feature.
 TRANSFER_STRATEGIES = ("scale", "residual", "feature")
 #: Chosen on the transfer curve (benchmarks/RESULTS.md, benchmarks/bench_transfer.py): what a

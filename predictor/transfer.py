@@ -1,9 +1,9 @@
 """Transfer from a known device: a new device's layer-latency predictor from a small profile plus the saved
 predictor of another device (the prior, predictor.priors).
 
-Owns the transfer strategies (`TransferPredictor`), the per-operator rescaling they share and the residual
-strategy's affine base (a factor plus a fixed cost per thread-pool dispatch); its per-group trees live in
-predictor.transfer_trees.
+Owns the transfer strategies (`TransferPredictor`) and the residual strategy's cross-validated choices. Their
+bases (the per-operator rescaling, the affine base) live in predictor.transfer_bases, the residual trees in
+predictor.transfer_trees, the kernel correction from nearby measured layers in predictor.transfer_local.
 """
 from __future__ import annotations
 
@@ -13,24 +13,24 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import GroupKFold
 
-from jcw.predictor import transfer_trees
+from jcw.predictor import transfer_local, transfer_trees
 from jcw.predictor.choices import DEFAULT_TRANSFER_STRATEGY, TRANSFER_STRATEGIES
 from jcw.predictor.errors import PredictorError
 from jcw.predictor.features import FEATURE_NAMES, feature_matrix, physical
 from jcw.predictor.models import LatencyPredictor, PhysicalModel, _one_thread, check_param, training_arrays
+from jcw.predictor.transfer_bases import (
+    GROUPS,
+    apply_affine,
+    apply_scale,
+    fit_affine,
+    fit_scale,
+    thread_pool_dispatches,
+)
 from jcw.profiler.layerspec import IMPLS
 
 #: The strategies and the default (predictor.choices says what each does).
 STRATEGIES = TRANSFER_STRATEGIES
 DEFAULT_STRATEGY = DEFAULT_TRANSFER_STRATEGY
-GROUPS = ("conv/dense", "conv/sparse", "dwconv/dense")
-#: Slopes of the per-operator line (latency ∝ prior^(1 + slope)); beyond this the data is noise.
-MAX_SLOPE = 0.5
-#: Rows below which an (op, impl) group takes the pooled line.
-_MIN_GROUP_ROWS = 3
-#: The residual strategy's affine base is at least this share of the rescaled prior: a negative cost per
-#: dispatch (a new device that wakes its threads faster than the prior's) takes no more off a small layer.
-MIN_BASE_SHARE = 0.25
 #: The residual strategy's bases, in order of preference: latency ≈ a·prior + b·thread-pool dispatches per
 #: operator group (fit_affine), or the scale strategy's line in log space (fit_scale); grouped
 #: cross-validation picks one with the trees' weight.
@@ -46,117 +46,6 @@ def _prior_model(prior: Any) -> Any:
     return prior.loaded.model if hasattr(prior, "loaded") else prior
 
 
-_group_keys = transfer_trees.group_keys
-
-
-def _robust_line(x: np.ndarray, r: np.ndarray, offset0: float, slope0: float, penalty: float
-                 ) -> tuple[float, float]:
-    """r ≈ a + s·x by Huber-weighted least squares, with `penalty` pseudo-observations pulling a toward
-    offset0 and s toward slope0: a handful of noisy rows cannot tilt the line, many rows decide it."""
-    weights = np.ones(len(x))
-    a, s = offset0, slope0
-    for _ in range(25):
-        sw, swx, swxx = weights.sum(), (weights * x).sum(), (weights * x * x).sum()
-        matrix = np.array([[sw + penalty, swx], [swx, swxx + penalty]])
-        target = np.array([(weights * r).sum() + penalty * offset0, (weights * x * r).sum() + penalty * slope0])
-        a, s = np.linalg.solve(matrix, target)
-        residual = r - a - s * x
-        spread = max(1.4826 * float(np.median(np.abs(residual))), 1e-3)
-        # Labels disturbed by other load are far off; Huber weights stop them from steering the line.
-        weights = np.minimum(1.0, 1.345 * spread / np.maximum(np.abs(residual), 1e-12))
-    return float(a), float(np.clip(s, -MAX_SLOPE, MAX_SLOPE))
-
-
-def fit_scale(op: np.ndarray, impl: np.ndarray, log_prior: np.ndarray, log_ratio: np.ndarray,
-              shrinkage: float) -> dict[str, list[float]]:
-    """Per (op, impl) group: [offset, slope, centre, low, high] of log(measured / prior) against log(prior).
-
-    The pooled line comes first (slope shrunk toward 0: a plain rescaling), each group's is shrunk toward it;
-    a group with too few rows takes it. Prediction clips log(prior) to [low, high]: beyond the data the
-    factor stays constant instead of following the slope.
-    """
-    centre = float(np.median(log_prior))
-    x = log_prior - centre
-    pooled = _robust_line(x, log_ratio, float(np.median(log_ratio)), 0.0, shrinkage)
-    keys = _group_keys(op, impl)
-    out = {}
-    for key in GROUPS:
-        mask = keys == key
-        line = _robust_line(x[mask], log_ratio[mask], *pooled, shrinkage) if mask.sum() >= _MIN_GROUP_ROWS \
-            else pooled
-        out[key] = [line[0], line[1], centre, float(log_prior.min()), float(log_prior.max())]
-    return out
-
-
-def apply_scale(scale: Mapping[str, Sequence[float]], op: np.ndarray, impl: str, log_prior: np.ndarray
-                ) -> np.ndarray:
-    """log(new / prior) for layers of one implementation."""
-    out = np.zeros(len(log_prior))
-    keys = _group_keys(op, impl)
-    for key, (offset, slope, centre, low, high) in scale.items():
-        mask = keys == key
-        out[mask] = offset + slope * (np.clip(log_prior[mask], low, high) - centre)
-    return out
-
-
-def thread_pool_dispatches(columns: Mapping[str, np.ndarray], impl: str | np.ndarray,
-                           phys: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-    """Thread-pool dispatches one run of each layer makes: its operator's, and for the sparse kernel the im2col
-    gather's before it (every layer but an unpadded stride-1 1x1; the runner parallelises both)."""
-    phys = physical(columns) if phys is None else phys
-    return 1.0 + ((np.asarray(impl) == "sparse") & (phys["im2col_bytes"] > 0))
-
-
-def _robust_affine(prior_us: np.ndarray, dispatches: np.ndarray, latency: np.ndarray, start: Sequence[float],
-                   penalty: float, unit_us: float) -> list[float]:
-    """[a, b] of latency ≈ a·prior + b·dispatches, least squares on the relative error with Huber weights;
-    `penalty` pseudo-rows pull a toward start[0] and b toward start[1] (b measured in a·unit_us, a typical
-    layer's time, so the pull is alike for both)."""
-    x = np.column_stack([prior_us / latency, dispatches / latency])
-    a0, b0 = float(start[0]), float(start[1])
-    pull = penalty * np.array([1.0 / a0 ** 2, 1.0 / (a0 * unit_us) ** 2])
-    weights = np.ones(len(latency))
-    coef = np.array([a0, b0])
-    for _ in range(25):
-        matrix = (x * weights[:, None]).T @ x + np.diag(pull)
-        coef = np.linalg.solve(matrix, (x * weights[:, None]).sum(axis=0) + pull * np.array([a0, b0]))
-        residual = x @ coef - 1.0
-        spread = max(1.4826 * float(np.median(np.abs(residual))), 1e-3)
-        weights = np.minimum(1.0, 1.345 * spread / np.maximum(np.abs(residual), 1e-12))
-    return [float(max(coef[0], 1e-9)), float(coef[1])]
-
-
-def fit_affine(op: np.ndarray, impl: np.ndarray, prior_us: np.ndarray, dispatches: np.ndarray,
-               latency: np.ndarray, shrinkage: float) -> dict[str, list[float]]:
-    """Per (op, impl) group: [a, b] of latency ≈ a·prior + b·thread-pool dispatches, the residual strategy's
-    base. A second thread, or another thread pool, halves or scales the work but not the fixed cost of waking
-    and joining the workers, so small layers gain less than large ones; in log space (the scale strategy's
-    line) that bend is not a line. The pooled fit (a plain rescaling with no fixed cost unless the rows say
-    otherwise) comes first; each group's is shrunk toward it, and a group with too few rows takes it."""
-    unit_us = float(np.median(prior_us))
-    start = [float(np.median(latency / prior_us)), 0.0]
-    pooled = _robust_affine(prior_us, dispatches, latency, start, shrinkage, unit_us)
-    keys = _group_keys(op, impl)
-    out = {}
-    for key in GROUPS:
-        mask = keys == key
-        out[key] = _robust_affine(prior_us[mask], dispatches[mask], latency[mask], pooled, shrinkage, unit_us) \
-            if mask.sum() >= _MIN_GROUP_ROWS else pooled
-    return out
-
-
-def apply_affine(affine: Mapping[str, Sequence[float]], op: np.ndarray, impl: str | np.ndarray,
-                 prior_us: np.ndarray, dispatches: np.ndarray) -> np.ndarray:
-    """The residual strategy's base latency (µs) of each layer; a group without a fit keeps the prior's."""
-    out = np.array(prior_us, dtype=np.float64)
-    keys = _group_keys(op, impl)
-    for key, (a, b) in affine.items():
-        mask = keys == key
-        scaled = a * out[mask]
-        out[mask] = np.maximum(scaled + b * dispatches[mask], MIN_BASE_SHARE * scaled)
-    return out
-
-
 class TransferPredictor(LatencyPredictor):
     """A new device's per-layer latency from a prior (a `Prior` or any fitted model with `predict_impl`)
     and that device's measured rows; `strategy` is one of STRATEGIES.
@@ -168,12 +57,13 @@ class TransferPredictor(LatencyPredictor):
     `fit`: `shrinkage` is how many pseudo-rows pull each operator's line (or affine base) toward the pooled
     one (and the pooled one toward a plain rescaling); the tree settings apply to the residual strategy's
     trees (one model per operator group, predictor.transfer_trees) and the feature strategy's, which are
-    deliberately small: a transfer profile has tens to hundreds of layers.
+    deliberately small: a transfer profile has tens to hundreds of layers. `local` lets the residual
+    strategy's cross-validation add a kernel correction from nearby measured layers (predictor.transfer_local).
     """
 
     def __init__(self, prior: Any = None, strategy: str = DEFAULT_STRATEGY, *, shrinkage: float = 8.0,
                  n_estimators: int = 40, max_leaf_nodes: int = 8, learning_rate: float = 0.1,
-                 min_samples_leaf: int = 4, random_state: int = 0) -> None:
+                 min_samples_leaf: int = 4, local: bool = True, random_state: int = 0) -> None:
         self.prior = prior
         self.strategy = strategy
         self.shrinkage = shrinkage
@@ -181,6 +71,7 @@ class TransferPredictor(LatencyPredictor):
         self.max_leaf_nodes = max_leaf_nodes
         self.learning_rate = learning_rate
         self.min_samples_leaf = min_samples_leaf
+        self.local = local
         self.random_state = random_state
 
     def _validate_params(self) -> None:
@@ -194,6 +85,8 @@ class TransferPredictor(LatencyPredictor):
         check_param("max_leaf_nodes", self.max_leaf_nodes, int, 2, 1024)
         check_param("learning_rate", self.learning_rate, float, 1e-4, 1.0)
         check_param("min_samples_leaf", self.min_samples_leaf, int, 1)
+        if not isinstance(self.local, bool):
+            raise PredictorError(f"parameter 'local' must be True or False, got {self.local!r}")
         check_param("random_state", self.random_state, int, 0)
 
     # ---- training ----------------------------------------------------------------------------
@@ -209,11 +102,12 @@ class TransferPredictor(LatencyPredictor):
         self.physical_ = None
         self.affine_ = None
         self.estimator_ = None
+        self.local_ = None
         self.tree_weight_ = 1.0
         log_latency = np.log(latency)
         if self.strategy == "residual":
             dispatches = thread_pool_dispatches(columns, impl)
-            base_name, self.tree_weight_ = self._choose_base(columns, impl, prior_us, dispatches, latency)
+            base_name, self.tree_weight_, local = self._choose_base(columns, impl, prior_us, dispatches, latency)
             fitted, base = self._log_bases(columns, impl, prior_us, dispatches, latency,
                                            np.ones(len(impl), dtype=bool))[base_name]
             if base_name == "affine":
@@ -221,6 +115,12 @@ class TransferPredictor(LatencyPredictor):
             if self.tree_weight_ > 0:
                 self.estimator_ = self._fit_group_trees(columns, impl, log_latency - base) or None
                 self.tree_weight_ = self.tree_weight_ if self.estimator_ is not None else 0.0
+            if local is not None:
+                if self.estimator_ is not None:
+                    base = base + self.tree_weight_ * transfer_trees.predict(self.estimator_, columns, impl)
+                self.local_ = transfer_local.LocalResidual(*local).fit(
+                    transfer_local.design(columns, impl), transfer_trees.group_keys(columns["op"], impl),
+                    log_latency - base)
         elif self.strategy == "feature":
             self.physical_ = PhysicalModel().fit(columns, impl, latency)
             physical_us = self._stacked(columns, impl, lambda cols, name: self.physical_.predict(cols, name))
@@ -250,18 +150,21 @@ class TransferPredictor(LatencyPredictor):
         return out
 
     def _choose_base(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, prior_us: np.ndarray,
-                     dispatches: np.ndarray, latency: np.ndarray) -> tuple[str, float]:
-        """The residual strategy's base (RESIDUAL_BASES) and the weight of its trees with the most rows within
-        ±10 % on shapes held out of the fit (of the base too); ties go to the earlier base and the smaller
-        weight. On noisy labels the trees learn the noise, and this turns them off rather than let them undo
-        the prior; between devices whose latencies are not a rescaling plus a fixed cost (an x86 prior for an
-        arm64 phone), the log-space line is the better base."""
+                     dispatches: np.ndarray, latency: np.ndarray) -> tuple[str, float, tuple[float, float] | None]:
+        """The residual strategy's base (RESIDUAL_BASES) and the weight of its trees, then for them the kernel
+        setting of its local correction (None: none; transfer_local.LOCAL_SETTINGS), each with the most rows
+        within ±10 % on shapes held out of the fit (of the base too); ties go to the earlier base, the smaller
+        weight and no correction. On noisy labels the trees learn the noise, and this turns them off rather
+        than let them undo the prior; between devices whose latencies are not a rescaling plus a fixed cost
+        (an x86 prior for an arm64 phone), the log-space line is the better base."""
         # The unseen-shape split of predictor.evaluation: (op, k, cin, cout, h) held out whole.
         shapes = [f"{o}/{k}/{a}/{b}/{h}" for o, k, a, b, h in zip(columns["op"], columns["k"], columns["cin"],
                                                                  columns["cout"], columns["h"])]
         log_latency = np.log(latency)
-        base = {name: np.full(len(impl), np.nan) for name in RESIDUAL_BASES}
-        trees = {name: np.zeros(len(impl)) for name in RESIDUAL_BASES}
+        settings = (None, *transfer_local.LOCAL_SETTINGS) if self.local else (None,)
+        candidates = [(name, w, setting) for name in RESIDUAL_BASES for w in TREE_WEIGHTS for setting in settings]
+        predicted = {candidate: np.full(len(impl), np.nan) for candidate in candidates}
+        points, groups = transfer_local.design(columns, impl), transfer_trees.group_keys(columns["op"], impl)
         n_shapes = len(set(shapes))
         folds = [] if n_shapes < 2 else GroupKFold(min(_TREE_FOLDS, n_shapes), shuffle=True,
                                                    random_state=self.random_state).split(impl, groups=shapes)
@@ -272,18 +175,29 @@ class TransferPredictor(LatencyPredictor):
                 continue
             sub = {name: values[train] for name, values in columns.items()}
             held = {name: values[test] for name, values in columns.items()}
+            scale = transfer_local.feature_scale(points[train])
             for name, (_, fold_base) in self._log_bases(columns, impl, prior_us, dispatches, latency, train).items():
                 model = self._fit_group_trees(sub, impl[train], (log_latency - fold_base)[train])
-                base[name][test] = fold_base[test]
-                trees[name][test] = transfer_trees.predict(model, held, impl[test])
-        scored = ~np.isnan(base[RESIDUAL_BASES[0]])
+                trees_fit = transfer_trees.predict(model, sub, impl[train])
+                trees_held = transfer_trees.predict(model, held, impl[test])
+                for w in TREE_WEIGHTS:
+                    residual = (log_latency - fold_base)[train] - w * trees_fit
+                    for setting in settings:
+                        out = fold_base[test] + w * trees_held
+                        if setting is not None:
+                            local = transfer_local.LocalResidual(*setting).fit(points[train], groups[train], residual,
+                                                                                scale)
+                            out = out + local.predict(points[test], groups[test])
+                        predicted[(name, w, setting)][test] = out
+        scored = ~np.isnan(predicted[candidates[0]])
         if not scored.any():
-            return RESIDUAL_BASES[0], 0.0
-        scores = [(float(np.mean(np.abs(np.exp(log_latency[scored] - base[name][scored] - w * trees[name][scored])
-                                        - 1.0) <= 0.10)), name, w)
-                  for name in RESIDUAL_BASES for w in TREE_WEIGHTS]
-        best = max(scores, key=lambda score: score[0])  # max keeps the first of equal shares
-        return best[1], best[2]
+            return RESIDUAL_BASES[0], 0.0, None
+        share = {c: float(np.mean(np.abs(np.exp(log_latency[scored] - predicted[c][scored]) - 1.0) <= 0.10))
+                 for c in candidates}
+        # The base and weight first, then the correction for them: chosen jointly, the many combinations let
+        # fold noise pick (on the four pair-B profiles of benchmarks/RESULTS.md, 0.7 points lower at 200 layers).
+        name, w, _ = max((c for c in candidates if c[2] is None), key=share.get)  # max keeps the first of ties
+        return max((c for c in candidates if c[:2] == (name, w)), key=share.get)
 
     def _fit_group_trees(self, columns: Mapping[str, np.ndarray], impl: np.ndarray, target: np.ndarray
                          ) -> dict[str, Any]:
@@ -348,6 +262,9 @@ class TransferPredictor(LatencyPredictor):
             with _one_thread():
                 log_out = log_out + self.tree_weight_ * self.estimator_.predict(
                     self._design(columns, impl, log_prior, phys))
+        if self.local_ is not None:
+            log_out = log_out + self.local_.predict(transfer_local.design(columns, impl, phys),
+                                                    transfer_trees.group_keys(columns["op"], impl))
         return np.exp(log_out)
 
     # ---- state for persistence ---------------------------------------------------------------
@@ -356,7 +273,7 @@ class TransferPredictor(LatencyPredictor):
         params = self.get_params(deep=False)
         params.pop("prior")  # saved beside it (predictor.priors)
         return {"kind": self.kind_, "params": params, "scale": self.scale_, "affine": self.affine_,
-                "tree_weight": self.tree_weight_,
+                "tree_weight": self.tree_weight_, "local": None if self.local_ is None else self.local_.state(),
                 "physical": None if self.physical_ is None else self.physical_.coef_,
                 "n_training_rows": self.n_training_rows_, "features": list(FEATURE_NAMES),
                 "residual_design": list(transfer_trees.DESIGN)}
@@ -374,6 +291,8 @@ class TransferPredictor(LatencyPredictor):
                 a, b = affine[key]  # exactly [a, b], or the state is malformed
                 model.affine_[key] = [float(a), float(b)]
         model.tree_weight_ = float(state.get("tree_weight", 1.0))
+        local = state.get("local")  # absent before the local correction: none
+        model.local_ = None if local is None else transfer_local.LocalResidual.from_state(local, GROUPS)
         model.physical_ = None
         if state.get("physical") is not None:
             model.physical_ = PhysicalModel()
