@@ -182,12 +182,13 @@ class TransferPredictor(LatencyPredictor):
                 trees_held = transfer_trees.predict(model, held, impl[test])
                 for w in TREE_WEIGHTS:
                     residual = (log_latency - fold_base)[train] - w * trees_fit
+                    without = fold_base[test] + w * trees_held
                     for setting in settings:
-                        out = fold_base[test] + w * trees_held
+                        out = without
                         if setting is not None:
                             local = transfer_local.LocalResidual(*setting).fit(points[train], groups[train], residual,
                                                                                 scale)
-                            out = out + local.predict(points[test], groups[test])
+                            out = without + local.predict(points[test], groups[test])
                         predicted[(name, w, setting)][test] = out
         scored = ~np.isnan(predicted[candidates[0]])
         if not scored.any():

@@ -24,6 +24,13 @@ MIN_BASE_SHARE = 0.25
 _group_keys = transfer_trees.group_keys
 
 
+def _huber_weights(residual: np.ndarray) -> np.ndarray:
+    """Huber weights of the residuals at 1.345 robust standard deviations. Labels disturbed by other load are
+    far off; these weights stop them from steering a fit."""
+    spread = max(1.4826 * float(np.median(np.abs(residual))), 1e-3)
+    return np.minimum(1.0, 1.345 * spread / np.maximum(np.abs(residual), 1e-12))
+
+
 def _robust_line(x: np.ndarray, r: np.ndarray, offset0: float, slope0: float, penalty: float
                  ) -> tuple[float, float]:
     """r ≈ a + s·x by Huber-weighted least squares, with `penalty` pseudo-observations pulling a toward
@@ -35,10 +42,7 @@ def _robust_line(x: np.ndarray, r: np.ndarray, offset0: float, slope0: float, pe
         matrix = np.array([[sw + penalty, swx], [swx, swxx + penalty]])
         target = np.array([(weights * r).sum() + penalty * offset0, (weights * x * r).sum() + penalty * slope0])
         a, s = np.linalg.solve(matrix, target)
-        residual = r - a - s * x
-        spread = max(1.4826 * float(np.median(np.abs(residual))), 1e-3)
-        # Labels disturbed by other load are far off; Huber weights stop them from steering the line.
-        weights = np.minimum(1.0, 1.345 * spread / np.maximum(np.abs(residual), 1e-12))
+        weights = _huber_weights(r - a - s * x)
     return float(a), float(np.clip(s, -MAX_SLOPE, MAX_SLOPE))
 
 
@@ -95,9 +99,7 @@ def _robust_affine(prior_us: np.ndarray, dispatches: np.ndarray, latency: np.nda
     for _ in range(25):
         matrix = (x * weights[:, None]).T @ x + np.diag(pull)
         coef = np.linalg.solve(matrix, (x * weights[:, None]).sum(axis=0) + pull * np.array([a0, b0]))
-        residual = x @ coef - 1.0
-        spread = max(1.4826 * float(np.median(np.abs(residual))), 1e-3)
-        weights = np.minimum(1.0, 1.345 * spread / np.maximum(np.abs(residual), 1e-12))
+        weights = _huber_weights(x @ coef - 1.0)
     return [float(max(coef[0], 1e-9)), float(coef[1])]
 
 

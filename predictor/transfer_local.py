@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from jcw.predictor import transfer_trees
 from jcw.predictor.features import physical
 
 #: Kernel settings grouped cross-validation chooses among, (width, shrinkage): the width in standard
@@ -17,21 +18,19 @@ from jcw.predictor.features import physical
 LOCAL_SETTINGS = tuple((width, shrinkage) for width in (0.35, 0.5, 0.7) for shrinkage in (0.1, 0.25, 0.5))
 DESIGN = ("k", "stride", "log_cin", "log_cout", "log_out_hw", "log_weight_bytes", "log_io_bytes",
           "sparse_log_density")
+_FROM_TREES = [transfer_trees.DESIGN.index(name) for name in DESIGN[:-1]]
 _CHUNK = 4096
 
 
 def design(columns: Mapping[str, np.ndarray], impl: str | np.ndarray,
            phys: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-    """(n, len(DESIGN)): the residual trees' shape and byte features without the tile remainders (a distance
-    over them would call 63 and 65 channels far apart), plus log2 density for the sparse kernel, whose cost
-    follows it (0 for the dense kernel, whose cost does not)."""
+    """(n, len(DESIGN)): the residual trees' design (transfer_trees.design) without the tile remainders (a
+    distance over them would call 63 and 65 channels far apart), plus log2 density for the sparse kernel, whose
+    cost follows it (0 for the dense kernel, whose cost does not)."""
     phys = physical(columns) if phys is None else phys
     sparse = np.broadcast_to(np.asarray(impl) == "sparse", (len(columns["op"]),))
-    return np.column_stack([np.asarray(columns["k"], dtype=np.float64), np.asarray(columns["stride"], dtype=np.float64),
-                            np.log2(columns["cin"]), np.log2(np.asarray(columns["cout"], dtype=np.float64)),
-                            np.log2(phys["out_hw"]), np.log2(phys["weight_bytes"]),
-                            np.log2(phys["input_bytes"] + phys["output_bytes"]),
-                            np.where(sparse, np.log2(np.asarray(columns["density"], dtype=np.float64)), 0.0)])
+    density = np.where(sparse, np.log2(np.asarray(columns["density"], dtype=np.float64)), 0.0)
+    return np.column_stack([transfer_trees.design(columns, phys)[:, _FROM_TREES], density])
 
 
 class LocalResidual:
