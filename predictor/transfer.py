@@ -98,7 +98,6 @@ class TransferPredictor(LatencyPredictor):
             raise PredictorError(f"a transfer predictor needs at least 8 measured configurations, got {len(latency)}")
         prior_us = self._stacked(columns, impl, lambda cols, name: _prior_model(self.prior).predict_impl(cols, name))
         log_prior = np.log(prior_us)
-        self.scale_ = fit_scale(columns["op"], impl, log_prior, np.log(latency) - log_prior, float(self.shrinkage))
         self.physical_ = None
         self.affine_ = None
         self.estimator_ = None
@@ -108,8 +107,9 @@ class TransferPredictor(LatencyPredictor):
         if self.strategy == "residual":
             dispatches = thread_pool_dispatches(columns, impl)
             base_name, self.tree_weight_, local = self._choose_base(columns, impl, prior_us, dispatches, latency)
-            fitted, base = self._log_bases(columns, impl, prior_us, dispatches, latency,
-                                           np.ones(len(impl), dtype=bool))[base_name]
+            bases = self._log_bases(columns, impl, prior_us, dispatches, latency, np.ones(len(impl), dtype=bool))
+            self.scale_ = bases["line"][0]
+            fitted, base = bases[base_name]
             if base_name == "affine":
                 self.affine_ = fitted  # else the base is the scale strategy's line, self.scale_
             if self.tree_weight_ > 0:
@@ -121,7 +121,9 @@ class TransferPredictor(LatencyPredictor):
                 self.local_ = transfer_local.LocalResidual(*local).fit(
                     transfer_local.design(columns, impl), transfer_trees.group_keys(columns["op"], impl),
                     log_latency - base)
-        elif self.strategy == "feature":
+        else:
+            self.scale_ = fit_scale(columns["op"], impl, log_prior, log_latency - log_prior, float(self.shrinkage))
+        if self.strategy == "feature":
             self.physical_ = PhysicalModel().fit(columns, impl, latency)
             physical_us = self._stacked(columns, impl, lambda cols, name: self.physical_.predict(cols, name))
             self.estimator_ = self._fit_trees(columns, impl, log_prior, log_latency - np.log(physical_us))
@@ -175,21 +177,23 @@ class TransferPredictor(LatencyPredictor):
                 continue
             sub = {name: values[train] for name, values in columns.items()}
             held = {name: values[test] for name, values in columns.items()}
-            scale = transfer_local.feature_scale(points[train])
+            residuals, corrected = [], []
             for name, (_, fold_base) in self._log_bases(columns, impl, prior_us, dispatches, latency, train).items():
                 model = self._fit_group_trees(sub, impl[train], (log_latency - fold_base)[train])
                 trees_fit = transfer_trees.predict(model, sub, impl[train])
                 trees_held = transfer_trees.predict(model, held, impl[test])
                 for w in TREE_WEIGHTS:
-                    residual = (log_latency - fold_base)[train] - w * trees_fit
-                    without = fold_base[test] + w * trees_held
-                    for setting in settings:
-                        out = without
-                        if setting is not None:
-                            local = transfer_local.LocalResidual(*setting).fit(points[train], groups[train], residual,
-                                                                                scale)
-                            out = without + local.predict(points[test], groups[test])
-                        predicted[(name, w, setting)][test] = out
+                    predicted[(name, w, None)][test] = fold_base[test] + w * trees_held
+                    residuals.append((log_latency - fold_base)[train] - w * trees_fit)
+                    corrected.append((name, w))
+            if not self.local:
+                continue
+            corrections = transfer_local.fold_corrections((points[train], groups[train]), (points[test], groups[test]),
+                                                          transfer_local.feature_scale(points[train]),
+                                                          np.column_stack(residuals))
+            for setting, correction in corrections.items():
+                for column, (name, w) in enumerate(corrected):
+                    predicted[(name, w, setting)][test] = predicted[(name, w, None)][test] + correction[:, column]
         scored = ~np.isnan(predicted[candidates[0]])
         if not scored.any():
             return RESIDUAL_BASES[0], 0.0, None

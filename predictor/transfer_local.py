@@ -100,6 +100,27 @@ class LocalResidual:
         return cls(width, shrinkage).fit(points, np.array(groups, dtype=str), residual, scale)
 
 
+def fold_corrections(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], scale: np.ndarray,
+                     residuals: np.ndarray) -> dict[tuple[float, float], np.ndarray]:
+    """{setting: (n_test, m) corrections} of every LOCAL_SETTINGS kernel fitted on the (points, groups) `train`
+    with each of the m residual columns of `residuals`, at the (points, groups) `test`: what LocalResidual(
+    *setting).fit(...).predict(...) gives, with one distance matrix for all (cross-validation tries 90
+    kernels per fold)."""
+    (train_points, train_groups), (test_points, test_groups) = train, test
+    known, query = train_points / scale, test_points / scale
+    d2 = np.maximum((query ** 2).sum(axis=1)[:, None] + (known ** 2).sum(axis=1)[None, :] - 2.0 * query @ known.T,
+                    0.0)
+    d2[np.asarray(test_groups, dtype=str)[:, None] != np.asarray(train_groups, dtype=str)[None, :]] = np.inf
+    out = {}
+    for width in sorted({width for width, _ in LOCAL_SETTINGS}):
+        weight = np.exp(-d2 / width ** 2)
+        total, weighted = weight.sum(axis=1)[:, None], weight @ residuals
+        for setting in LOCAL_SETTINGS:
+            if setting[0] == width:
+                out[setting] = weighted / (total + setting[1])
+    return out
+
+
 def feature_scale(points: np.ndarray) -> np.ndarray:
     """Each design column's standard deviation (1 for a column that does not vary)."""
     spread = np.asarray(points, dtype=np.float64).std(axis=0)

@@ -148,6 +148,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="time layers with their weights warm (cached after the first run; default) or cold "
                            "(rotating over copies of each layer larger than the last-level cache, as weights come "
                            "from memory inside a network); recorded in the profile, which never mixes the two")
+    prof.add_argument("--cold-bytes", type=_cold_bytes, default=None, metavar="SIZE",
+                      help="with --weights cold: rotate over SIZE bytes (e.g. 4M) instead of past the last-level "
+                           "cache, when that cache holds the whole networks the device runs (a server's hundreds "
+                           "of MB: their layers read weights from it, not from memory); recorded in the profile")
     prof.add_argument("--prior", action="append", default=[], metavar="PREDICTOR_DIR",
                       help="plan for transfer from a known device's predictor (repeatable): only real-network "
                            "layers, spread over conv 1x1, conv kxk and depthwise; then `jcw train --prior`")
@@ -180,6 +184,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="--layers: time each layer with its weights warm (cached after the first run; default) "
                            "or cold (rotating over copies larger than the last-level cache, as `jcw profile "
                            "--weights cold` does); the table's title and every JSON line say which")
+    meas.add_argument("--cold-bytes", type=_cold_bytes, default=None, metavar="SIZE",
+                      help="--layers with --weights cold: rotate over SIZE bytes (e.g. 4M) instead of past the "
+                           "last-level cache, as `jcw profile --cold-bytes` does")
     meas.add_argument("--rounds", type=_rounds, default=1,
                       help="--pte/--net: timing rounds per file; latency_ms is the fastest (default 1)")
     meas.add_argument("--sparse-path", choices=program_measure.SPARSE_PATHS, default="auto",
@@ -197,6 +204,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 class _BadRunnerArg(ValueError):
     """A --runner-arg value the runner would refuse; one sentence."""
+
+
+def _cold_bytes(text: str) -> int:
+    try:
+        return labels.parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size from 1K to 1024G such as 4M, got {text!r}") from None
+_cold_bytes.__name__ = "size"
 
 
 def _runner_argv(flags: list[str]) -> list[str]:
@@ -307,7 +322,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                           programs=session.DEFAULT_PROGRAMS if args.programs is None
                                           else args.programs, program_sizes=args.program_sizes,
                                           runner_args=runner_argv, progress=progress, weights=args.weights,
-                                          settle_cap=args.settle_cap,
+                                          cold_bytes=args.cold_bytes, settle_cap=args.settle_cap,
                                           sparse_programs=_sparse_programs(args),
                                           transfer_priors=[{"path": p["path"], "sha256": p["sha256"]} for p in priors])
                 ctrl_c.check()

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from jcw.profiler import labels
 from jcw.profiler.profile_params import ProfileSummary
 
 
@@ -41,7 +42,8 @@ def summary_table(summary: ProfileSummary) -> Table:
             ("wall time", f"{summary.wall_seconds:.1f} s")):
         table.add_row(what, str(value))
     table.add_row("threads (layers and programs)", str(summary.threads))
-    table.add_row("layer weights", summary.weights)
+    rotated = f" (rotating over {labels.rotation(summary.cold_bytes)})" if summary.weights == "cold" else ""
+    table.add_row("layer weights", summary.weights + rotated)
     settle = summary.settle
     table.add_row(f"settle results this run (cap {summary.settle_cap})", str(summary.settle_results))
     if settle:  # configurations whose two fastest rounds differ by more than labels.SETTLE_TOLERANCE

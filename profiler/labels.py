@@ -10,6 +10,7 @@ configurations, pass after pass, until every one is confirmed or has had `cap` r
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -18,6 +19,11 @@ from jcw.profiler.store import ROUND_AGGREGATE, ROUND_STATISTIC, ProfileStore, S
 
 WEIGHTS_MODES = ("warm", "cold")
 DEFAULT_WEIGHTS = "warm"
+#: The smallest rotation `--cold-bytes` takes (the runner's own floor).
+MIN_COLD_BYTES = 1024
+#: The runner version that first took --cold-bytes.
+COLD_BYTES_RUNNER = (0, 2, 3)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 #: Two rounds agree when the slower is at most this much slower than the faster: the ±5% of the
 #: repeatability target (two independent labels within ±5%).
 SETTLE_TOLERANCE = 0.05
@@ -37,11 +43,30 @@ class LabelModeError(StoreError):
 
 
 # ---- the weights mode -------------------------------------------------------------------------
-def weights_runner_args(mode: str) -> list[str]:
-    """The layer runner's flag for `mode`; warm is the runner's default, so old runners keep working."""
+def parse_size(text: str) -> int:
+    """"4M", "512K", "2097152" -> bytes (K, M, G are powers of 1024), as the runner reads --cold-bytes;
+    ValueError in one sentence for anything else or less than MIN_COLD_BYTES."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMG]?)(?:I?B)?\s*", str(text), re.IGNORECASE)
+    size = float(match[1]) * _SIZE_UNITS[match[2].upper()] if match else 0.0
+    if not MIN_COLD_BYTES <= size <= _SIZE_UNITS["G"] << 10:
+        raise ValueError(f"--cold-bytes needs a size from 1K to 1024G such as 4M, got {text!r}")
+    return int(size)
+
+
+def weights_runner_args(mode: str, cold_bytes: int | None = None) -> list[str]:
+    """The layer runner's flags for `mode` and a cold rotation of `cold_bytes` (None: past the last-level
+    cache); warm is the runner's default, so old runners keep working."""
     if mode not in WEIGHTS_MODES:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS_MODES)}, got {mode!r}")
-    return [] if mode == DEFAULT_WEIGHTS else ["--weights", mode]
+    if cold_bytes is not None and mode != "cold":
+        raise LabelModeError("--cold-bytes sizes the rotation of cold weights; it needs --weights cold")
+    flags = [] if mode == DEFAULT_WEIGHTS else ["--weights", mode]
+    return flags + ([] if cold_bytes is None else ["--cold-bytes", str(int(cold_bytes))])
+
+
+def rotation(cold_bytes: int | None) -> str:
+    """What a cold rotation spans, in words."""
+    return "the last-level cache" if cold_bytes is None else f"{cold_bytes / (1 << 20):g} MiB"
 
 
 def stored_weights(store: ProfileStore) -> str | None:
@@ -53,27 +78,48 @@ def stored_weights(store: ProfileStore) -> str | None:
 
 
 def check_runner_args(runner_args: Iterable[str]) -> None:
-    """Refuse a --weights passed as a runner argument: the profile would not know how its labels were made."""
-    if any(str(arg).split("=")[0] == "--weights" for arg in runner_args):
-        raise LabelModeError("the weights mode is set with --weights warm|cold, not as a runner argument, so that "
-                             "the profile records it")
+    """Refuse --weights or --cold-bytes passed as runner arguments: the profile would not know how its labels
+    were made."""
+    if any(str(arg).split("=")[0] in ("--weights", "--cold-bytes") for arg in runner_args):
+        raise LabelModeError("the weights mode and its rotation are set with --weights warm|cold and --cold-bytes, "
+                             "not as runner arguments, so that the profile records them")
 
 
-def check_weights(store: ProfileStore, mode: str, runner_header: Mapping[str, Any], address: str) -> None:
-    """Record the mode of a new profile; refuse a rerun in the other mode and cold weights on a runner that
-    predates them."""
-    weights_runner_args(mode)  # ValueError for an unknown mode: a caller's bug, the CLI offers a choice
+def _runner_version(header: Mapping[str, Any]) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(header.get("version")).split("."))
+    except ValueError:
+        return ()
+
+
+def check_weights(store: ProfileStore, mode: str, runner_header: Mapping[str, Any], address: str,
+                  cold_bytes: int | None = None) -> None:
+    """Record the mode (and a cold rotation's size) of a new profile; refuse a rerun in another mode or with
+    another rotation, and a mode the runner predates."""
+    weights_runner_args(mode, cold_bytes)  # ValueError for an unknown mode: a caller's bug, the CLI offers a choice
     stored = stored_weights(store)
     if stored is not None and stored != mode:
         raise LabelModeError(f"profile {store.directory} was measured with --weights {stored} and one profile "
                              f"never mixes modes; rerun with --weights {stored} to resume or extend it, or choose "
                              f"another --out for --weights {mode}")
+    stored_bytes = store.get_meta("cold_bytes")
+    if stored is not None and mode == "cold" and stored_bytes != cold_bytes:
+        again = "without --cold-bytes" if stored_bytes is None else f"--cold-bytes {stored_bytes}"
+        raise LabelModeError(f"profile {store.directory} was measured with cold weights rotating over "
+                             f"{rotation(stored_bytes)} and one profile never mixes rotations; rerun {again} to "
+                             f"resume or extend it, or choose another --out")
     if mode != DEFAULT_WEIGHTS and "weights" not in runner_header:
         raise LabelModeError(f"the layer runner on {address} (version {runner_header.get('version')}) cannot time "
                              f"cold weights, which came with runner 0.2.1; rebuild it with `make runner` "
                              f"(a phone gets the new bundle from `make runner-android`)")
+    if cold_bytes is not None and _runner_version(runner_header) < COLD_BYTES_RUNNER:
+        raise LabelModeError(f"the layer runner on {address} (version {runner_header.get('version')}) cannot size "
+                             f"the cold rotation, which came with runner 0.2.3; rebuild it with `make runner` "
+                             f"(a phone gets the new bundle from `make runner-android`)")
     if stored is None:
         store.set_meta("weights", mode)
+        if cold_bytes is not None:
+            store.set_meta("cold_bytes", int(cold_bytes))
 
 
 # ---- settle rounds ----------------------------------------------------------------------------
@@ -161,10 +207,12 @@ def settle(session: Any, cap: int) -> None:
 
 
 def describe(store: ProfileStore) -> dict[str, Any]:
-    """How a profile's labels were made, for `jcw train`'s card: statistic, weights mode and settle record
-    (None when the profile predates settle rounds)."""
+    """How a profile's labels were made, for `jcw train`'s card: statistic, weights mode, the bytes a cold
+    rotation spans (None: past the last-level cache, or warm) and settle record (None when the profile
+    predates settle rounds)."""
     return {"statistic": ROUND_STATISTIC, "aggregate": ROUND_AGGREGATE,
-            "weights": stored_weights(store) or DEFAULT_WEIGHTS, "settle": store.get_meta("settle")}
+            "weights": stored_weights(store) or DEFAULT_WEIGHTS, "cold_bytes": store.get_meta("cold_bytes"),
+            "settle": store.get_meta("settle")}
 
 
 def sentence(record: Mapping[str, Any] | None) -> str:
@@ -179,4 +227,7 @@ def sentence(record: Mapping[str, Any] | None) -> str:
     else:
         settled = (f"settle rounds up to {settle['cap']} ({settle.get('settled_configurations', 0)} configurations "
                    f"settled, {settle.get('still_disagreeing', 0)} still disagree)")
-    return f"labels: {record.get('statistic')} of the fastest round, {record.get('weights')} weights, {settled}"
+    weights = f"{record.get('weights')} weights"
+    if record.get("weights") == "cold":
+        weights += f" (rotating over {rotation(record.get('cold_bytes'))})"
+    return f"labels: {record.get('statistic')} of the fastest round, {weights}, {settled}"

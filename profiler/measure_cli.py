@@ -18,9 +18,9 @@ from jcw.profiler.layerspec import read_jsonl
 
 def cmd_measure(args: argparse.Namespace) -> int:
     """`jcw measure --layers | --pte | --net`: exit 0, 1 when a layer failed, 2 with one sentence on bad input."""
-    if args.weights and not args.layers:
-        return cli._fail("measure", "--weights is how layers are timed (--layers); a whole program (--pte, --net) "
-                                    "reads its weights as it runs, so it has no such choice.")
+    if (args.weights or args.cold_bytes) and not args.layers:
+        return cli._fail("measure", "--weights and --cold-bytes are how layers are timed (--layers); a whole program "
+                                    "(--pte, --net) reads its weights as it runs, so it has no such choice.")
     if (lab_cli := cli._lab(args)) is not None:
         if args.layers:
             return cli._fail("measure", "--layers measures one device at a time; give one --device, or --pte/--net "
@@ -44,8 +44,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     results = []
     weights = args.weights or labels.DEFAULT_WEIGHTS
     try:
-        runner_argv = cli._runner_argv(args.runner_arg) + labels.weights_runner_args(weights)
-    except cli._BadRunnerArg as exc:
+        runner_argv = cli._runner_argv(args.runner_arg) + labels.weights_runner_args(weights, args.cold_bytes)
+    except (cli._BadRunnerArg, labels.LabelModeError) as exc:
         return cli._fail("measure", str(exc))
     with session.open_device(args.device) as device, LazyBar("measuring") as progress:
         for result in session.measure(device, specs, impl=args.impl, threads=args.threads or 1,
@@ -55,7 +55,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
             results.append(result)
     failures = sum(1 for r in results if r.get("error"))
     if not args.json:
-        table = Table(title=f"{len(results)} measurements, {failures} failed ({weights} weights; min us = the "
+        rotated = f" over {labels.rotation(args.cold_bytes)}" if weights == "cold" else ""
+        table = Table(title=f"{len(results)} measurements, {failures} failed ({weights} weights{rotated}; min us = the "
                             f"fastest repetition, the statistic profiles label with)")
         for column in ("id", "layer", "density", "impl", "median us", "min us", "reps", "error"):
             table.add_column(column, justify="right" if column in ("median us", "min us", "reps") else "left")

@@ -117,6 +117,7 @@ class ProfileSummary:
     programs_exported: int = 0   # .pte files exported in this run
     programs_note: str | None = None  # one sentence when programs could not be measured here
     weights: str = labels.DEFAULT_WEIGHTS  # the layer runner's weights mode (profiler.labels)
+    cold_bytes: int | None = None  # bytes a cold rotation spans (None: past the last-level cache)
     settle_cap: int = 0          # extra rounds a configuration whose fastest rounds disagree may get
     settle_results: int = 0      # results of settle rounds measured in this run
     settle: dict[str, int] = field(default_factory=dict)  # labels.settle_counts of the whole profile

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jcw.android_harness.device import Device, DeviceDisconnected
-from jcw.profiler import acquisition, labels, plans, program_session
+from jcw.profiler import acquisition, labels, plans, profile_checks, program_session
 from jcw.profiler.batches import CRASHES_BEFORE_ERROR, SystematicFailure, common_error, run_lines  # noqa: F401  (re-exported)
 from jcw.profiler.layerspec import LayerSpec
 from jcw.profiler.profile_lock import profile_lock
@@ -197,26 +197,6 @@ class _Session:
             self.run_all_rounds()
 
 
-def _check_device(store: ProfileStore, device: Device) -> None:
-    stored = store.get_meta("device_address")
-    if stored is not None and stored != device.address:
-        raise ProfileParamsError(f"profile {store.directory} was measured on {stored}, not {device.address}; "
-                                 f"choose another --out for this device")
-    runner = device.runner_info()
-    old = store.get_meta("runner")
-    if old is not None:
-        for key in ("version", "xnnpack"):
-            if old.get(key) != runner.get(key):
-                raise ProfileParamsError(
-                    f"profile {store.directory} was measured with runner {key} {old.get(key)}, this runner is "
-                    f"{runner.get(key)}; choose another --out")
-    else:
-        store.set_meta("runner", runner)
-    if stored is None:
-        store.set_meta("device_address", device.address)
-        store.set_meta("device_facts", device.facts())
-
-
 def adaptive_target(plan: plans.Plan, adaptive_layers: int) -> int:
     """Configurations the adaptive phase adds: its layers at the base plan's configs-per-layer."""
     base_layers = max(1, len(plan.training))
@@ -228,7 +208,7 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
             threads: int | None = 1, rounds: int = DEFAULT_ROUNDS, adaptive: bool = False,
             holdout: int | None = None, programs: int = 0, program_sizes: Sequence[int] | None = None,
             runner_args: Iterable[str] = (), progress: Progress | None = None, unseen: int | None = None,
-            weights: str = labels.DEFAULT_WEIGHTS,
+            weights: str = labels.DEFAULT_WEIGHTS, cold_bytes: int | None = None,
             settle_cap: int = 0, transfer_priors: Sequence[dict[str, Any]] = (),
             sparse_programs: int = 0) -> ProfileSummary:
     """Plan (or extend) and measure a profile in `out_dir`; resumable by calling it again.
@@ -248,7 +228,8 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
     runner has no engine. `threads` None means ExecuTorch's default on the device (a rerun keeps the
     profile's own count); layers and programs are measured at that count. `transfer_priors` (known devices'
     predictors, {"path", "sha256"}) plan for transfer instead (plans.transfer_plan) and are recorded.
-    `weights` (warm or cold) is how the layer runner times (profiler.labels; one profile never mixes them).
+    `weights` (warm or cold) is how the layer runner times, `cold_bytes` the bytes a cold rotation spans (None:
+    past the last-level cache; profiler.labels; one profile never mixes either).
     `settle_cap` > 0 adds settle rounds after the layer rounds (labels.settle; `jcw profile` defaults to
     labels.DEFAULT_SETTLE_CAP).
     """
@@ -257,8 +238,9 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
             return profile(opened, out_dir, budget=budget, seed=seed, threads=threads, rounds=rounds,
                            adaptive=adaptive, holdout=holdout, programs=programs, program_sizes=program_sizes,
                            runner_args=runner_args, progress=progress, unseen=unseen, weights=weights,
-                           settle_cap=settle_cap, transfer_priors=transfer_priors, sparse_programs=sparse_programs)
-    labels.weights_runner_args(weights)
+                           cold_bytes=cold_bytes, settle_cap=settle_cap, transfer_priors=transfer_priors,
+                           sparse_programs=sparse_programs)
+    labels.weights_runner_args(weights, cold_bytes)
     runner_args = list(runner_args)
     labels.check_runner_args(runner_args)
     if isinstance(settle_cap, bool) or not isinstance(settle_cap, int) or not 0 <= settle_cap <= labels.MAX_SETTLE_CAP:
@@ -275,8 +257,9 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
     with profile_lock(out_dir):  # a second `jcw profile` into the same directory is refused, naming this one
         return _profile_locked(device, out_dir, params, threads=threads, budget=budget, seed=seed, rounds=rounds,
                                adaptive=adaptive, programs=programs, program_sizes=program_sizes,
-                               runner_args=runner_args, progress=progress, chooser=chooser, weights=weights,
-                               settle_cap=settle_cap, transfer_priors=transfer_priors, sparse_programs=sparse_programs)
+                               runner_args=runner_args, progress=progress, chooser=chooser,
+                               weights=(weights, cold_bytes), settle_cap=settle_cap, transfer_priors=transfer_priors,
+                               sparse_programs=sparse_programs)
 
 
 def check_profile_dir(out_dir: str | Path) -> None:
@@ -290,10 +273,11 @@ def check_profile_dir(out_dir: str | Path) -> None:
 def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, threads: int | None, budget: int,
                     seed: int, rounds: int, adaptive: bool, programs: int, program_sizes: Sequence[int] | None,
                     runner_args: Iterable[str],
-                    progress: Progress | None, chooser: Any, weights: str, settle_cap: int,
+                    progress: Progress | None, chooser: Any, weights: tuple[str, int | None], settle_cap: int,
                     transfer_priors: Sequence[dict[str, Any]] = (), sparse_programs: int = 0) -> ProfileSummary:
     started = time.monotonic()
-    summary = ProfileSummary(out_dir=str(out_dir), rounds=rounds, weights=weights, settle_cap=settle_cap)
+    summary = ProfileSummary(out_dir=str(out_dir), rounds=rounds, weights=weights[0], cold_bytes=weights[1],
+                             settle_cap=settle_cap)
     with ProfileStore(out_dir, create=True) as store:
         stored = store.get_meta("plan_params")
         header, unavailable = program_session.program_runner_header(device)
@@ -301,9 +285,9 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
             threads = stored["threads"] if stored else program_session.default_threads(device, header)
             params = replace(params, threads=threads)
         params = params.merge(stored, out_dir)
-        _check_device(store, device)
-        labels.check_weights(store, weights, store.get_meta("runner") or {}, device.address)
-        sizes = _check_programs(store, header, programs, program_sizes, out_dir, sparse_programs)
+        profile_checks.check_device(store, device)
+        labels.check_weights(store, weights[0], store.get_meta("runner") or {}, device.address, weights[1])
+        sizes = profile_checks.check_programs(store, header, programs, program_sizes, out_dir, sparse_programs)
         base_budget = budget - budget // 2 if adaptive else budget
         plan = plans.transfer_plan(base_budget, seed, holdout=params.holdout, unseen=params.unseen) if params.transfer \
             else plans.make_plan(base_budget, seed, holdout=params.holdout, unseen=params.unseen)
@@ -314,7 +298,7 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
         store.set_meta("threads", threads)
         store.set_meta("runtime", program_session.RUNTIME)
         summary.threads = threads
-        session = _Session(device, store, params, [*runner_args, *labels.weights_runner_args(weights)], progress,
+        session = _Session(device, store, params, [*runner_args, *labels.weights_runner_args(*weights)], progress,
                            summary)
         runtimes, summary.sparse_note = runtimes_to_measure(device.address, header, programs, sparse_programs)
         phase = program_session.ProgramPhase(device, store, threads=threads, rounds=rounds, seed=seed,
@@ -346,48 +330,6 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
             _fill_counts(store, summary)
             summary.settle = labels.settle_counts(store, params.rounds)
     return summary
-
-
-def _check_programs(store: ProfileStore, header: dict[str, Any] | None, programs: int,
-                    sizes: Sequence[int] | None, out_dir: Path, sparse: int = 0) -> list[int] | None:
-    """Record the .pte runner's header and the program counts; refuse a rerun that would mix ExecuTorch
-    versions, lower --programs or --sparse-programs or change --program-sizes. Returns the program input
-    sizes in force."""
-    if header is not None:
-        old = store.get_meta("program_runner")
-        if old is not None and old.get("executorch") != header.get("executorch"):
-            raise ProfileParamsError(
-                f"profile {out_dir} timed its programs with ExecuTorch {old.get('executorch')}, this runner has "
-                f"{header.get('executorch')}; choose another --out")
-        if old is None:
-            store.set_meta("program_runner", header)
-    if programs or sparse:
-        old = store.get_meta("program_params") or {}
-        for flag, asked, stored in (("--programs", programs, old.get("programs", 0)),
-                                    ("--sparse-programs", sparse, old.get("sparse", 0))):
-            if asked and asked < stored:
-                raise ProfileParamsError(
-                    f"profile {out_dir} was planned with {flag} {stored} and a rerun may raise it but not lower it "
-                    f"(you asked for {asked}; {flag} 0 skips them); rerun with the same value to resume or "
-                    f"extend it, or choose another --out")
-        stored_sizes = old.get("sizes")
-        sizes = sorted(int(v) for v in sizes) if sizes else None
-        if (old.get("programs") or old.get("sparse")) and sizes != stored_sizes:
-            raise ProfileParamsError(
-                f"profile {out_dir} was planned with --program-sizes {_sizes_text(stored_sizes)}, not "
-                f"{_sizes_text(sizes)}; rerun with the same sizes or choose another --out")
-        train, held, unseen = program_session.program_counts(programs or old.get("programs", 0))
-        params = {"programs": train, "holdout": held, "unseen": unseen,
-                  "operator": program_session.operator_count(train), "sizes": sizes}
-        if sparse or old.get("sparse"):  # a profile without sparse programs keeps the params it always had
-            params["sparse"] = sparse or old["sparse"]
-        store.set_meta("program_params", params)
-        return sizes
-    return (store.get_meta("program_params") or {}).get("sizes")
-
-
-def _sizes_text(sizes: Sequence[int] | None) -> str:
-    return "(default)" if not sizes else ",".join(map(str, sizes))
 
 
 def _fill_counts(store: ProfileStore, summary: ProfileSummary) -> None:

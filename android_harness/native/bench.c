@@ -191,8 +191,8 @@ int bench_run(const struct plan_line* L, const struct bench_options* opt, const 
   if (bytes > opt->max_mb * 1048576.0) {
     if (copies > 1)
       snprintf(err, errlen, "layer needs about %.0f MB with cold weights (%zu copies, to exceed the %.0f MB "
-               "last-level cache), more than the --max-mb limit of %.0f MB", bytes / 1048576.0, copies,
-               (double) cold_cache_size()->bytes / 1048576.0, opt->max_mb);
+               "of the rotation, from %s), more than the --max-mb limit of %.0f MB", bytes / 1048576.0, copies,
+               (double) cold_cache_size()->bytes / 1048576.0, cold_cache_size()->source, opt->max_mb);
     else
       snprintf(err, errlen, "layer needs about %.0f MB, more than the --max-mb limit of %.0f MB", bytes / 1048576.0,
                opt->max_mb);

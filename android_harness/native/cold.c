@@ -10,8 +10,7 @@
 
 #define SYSFS_CACHE_DIR "/sys/devices/system/cpu/cpu0/cache"
 
-/* "32768K", "1M", "524288" -> bytes; 0 when unreadable. */
-static size_t parse_size(const char* text) {
+size_t cold_parse_size(const char* text) {
   char* end;
   const double value = strtod(text, &end);
   if (end == text || !(value > 0)) return 0;
@@ -19,6 +18,8 @@ static size_t parse_size(const char* text) {
   if (*end == 'K' || *end == 'k') scale = 1024.0;
   else if (*end == 'M' || *end == 'm') scale = 1024.0 * 1024.0;
   else if (*end == 'G' || *end == 'g') scale = 1024.0 * 1024.0 * 1024.0;
+  if (scale != 1.0) end++;
+  if (*end != '\0') return 0;
   return (size_t) (value * scale);
 }
 
@@ -45,7 +46,7 @@ static size_t sysfs_last_level_cache(void) {
     if (read_line(path, text, sizeof text) == 0 && strcmp(text, "Instruction") == 0) continue;
     snprintf(path, sizeof path, SYSFS_CACHE_DIR "/index%d/size", index);
     if (read_line(path, text, sizeof text) != 0) continue;
-    const size_t size = parse_size(text);
+    const size_t size = cold_parse_size(text);
     if (size > 0 && (level > best_level || (level == best_level && size > best))) {
       best = size;
       best_level = level;
@@ -54,8 +55,14 @@ static size_t sysfs_last_level_cache(void) {
   return best;
 }
 
+static struct cache_size cached;
+
+void cold_set_cache_size(size_t bytes) {
+  cached.bytes = bytes;
+  cached.source = "--cold-bytes";
+}
+
 const struct cache_size* cold_cache_size(void) {
-  static struct cache_size cached;
   if (cached.bytes != 0) return &cached;
   if (cpuinfo_initialize() && cpuinfo_get_max_cache_size() > 0) {
     cached.bytes = cpuinfo_get_max_cache_size();

@@ -21,6 +21,14 @@ struct cache_size {
  * DynamIQ L3; 128 MB elsewhere, the largest Intel eDRAM). Computed once. */
 const struct cache_size* cold_cache_size(void);
 
+/* Rotate over `bytes` instead (--cold-bytes; source "--cold-bytes"): a host whose last-level cache holds every
+ * network it runs (a server's hundreds of MB) serves a layer's weights from that cache, not from memory, and
+ * a rotation past it costs minutes per profile for a latency no network there pays. Call before any timing. */
+void cold_set_cache_size(size_t bytes);
+
+/* "4M", "512K", "2097152" -> bytes (K, M, G are powers of 1024); 0 when not a positive size. */
+size_t cold_parse_size(const char* text);
+
 /* Copies to rotate over: 1 + ceil(cache / bytes_per_copy) (XNNPACK's formula: the other copies alone
  * exceed the cache), at most COLD_MAX_COPIES. bytes_per_copy is what one run touches that no other copy
  * touches (packed weights and output), counted low so that the rotation never falls short of the cache. */

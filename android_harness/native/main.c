@@ -20,7 +20,7 @@
 #include "plan.h"
 
 #ifndef CONVBENCH_VERSION
-#define CONVBENCH_VERSION "0.2.2"
+#define CONVBENCH_VERSION "0.2.3"
 #endif
 /* The wheel's build ("executorch-<version>") and, when Debian's libxnnpack0 was there at build
  * time, Debian's ("debian-<package version>"), loaded at run time only if the wheel has no SpMM. */
@@ -51,6 +51,9 @@ static const char usage[] =
   "                       (rotate over copies of the operator, each with its own weights and output,\n"
   "                       until together they exceed the last-level cache: each timed run reads\n"
   "                       weights from memory, as a layer inside a network does)\n"
+  "  --cold-bytes SIZE    with cold weights, rotate over SIZE bytes (e.g. 4M) instead of the last-level\n"
+  "                       cache: on a host whose cache holds whole networks, their layers read weights\n"
+  "                       from it, not from memory\n"
   "  --warmup N           untimed runs before timing (default 2) ...\n"
   "  --warmup-ms X        ... but no more once they took X ms; at least one runs (default 5)\n"
   "  --min-reps N         timed runs at least (default 5)\n"
@@ -269,6 +272,11 @@ int main(int argc, char** argv) {
       if (strcmp(v, "cold") == 0) o.cold_weights = 1;
       else if (strcmp(v, "warm") == 0) o.cold_weights = 0;
       else return usage_error("--weights needs warm or cold, got \"%s\"", v);
+    }
+    else if (strcmp(a, "--cold-bytes") == 0) {
+      const size_t bytes = cold_parse_size(v);
+      if (bytes < 1024) return usage_error("--cold-bytes needs a size of at least 1K (e.g. 4M), got \"%s\"", v);
+      cold_set_cache_size(bytes);
     }
     else if (strcmp(a, "--affinity") == 0) {
       const int rc = set_affinity(v);
