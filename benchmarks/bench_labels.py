@@ -17,6 +17,7 @@ Every comparison uses us_min of the fastest round on both sides, on the same dev
 Reproduce (quiet machine, ~40 min at the defaults here):
     .venv/bin/python benchmarks/bench_labels.py [--budget 400] [--programs 40] [--cold-bytes 4M] [--keep DIR]
 Smoke check (a few minutes): .venv/bin/python benchmarks/bench_labels.py --budget 40 --programs 4 --program-sizes 32,48
+Kept (b) runs judged together (seconds): .venv/bin/python benchmarks/bench_labels.py --rejudge DIR --rejudge DIR2
 """
 from __future__ import annotations
 
@@ -122,8 +123,61 @@ def repeatability(args: argparse.Namespace, work: Path) -> None:
 def program_errors(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     ratio = predicted / measured
     rel = np.abs(ratio - 1.0)
+    bias = float(np.median(ratio))
+    # Within ±10 % once the median bias is divided out: how well the predictions follow the programs one to
+    # another, which a machine that drifts between speeds (this profile's programs timed in its slow hour)
+    # cannot move.
+    unbiased = np.abs(ratio / bias - 1.0)
     return {"n": len(rel), "within10": float(np.mean(rel <= 0.10)), "median": float(np.median(rel)),
-            "p90": float(np.percentile(rel, 90)), "bias": float(np.median(ratio))}
+            "p90": float(np.percentile(rel, 90)), "bias": bias, "within10_unbiased": float(np.mean(unbiased <= 0.10))}
+
+
+def print_program_table(rows: list[tuple[str, str, str, dict[str, float]]]) -> None:
+    """rows of (labels, judged against, predictor, program_errors); the first row of each (judge, predictor) is
+    the anchor of the last column."""
+    print("| labels | judged against | predictor | programs | within ±10% | median |err| | p90 |err| | "
+          "median pred/meas | within ±10% after that bias | median |err| vs anchor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    anchors: dict[tuple[str, str], float] = {}
+    for arm, judge, name, e in rows:
+        anchor = anchors.setdefault((judge, name), e["median"])
+        ratio = e["median"] / anchor if anchor else float("nan")
+        print(f"| {arm} | {judge} | {name} | {e['n']} | {pct(e['within10'])} | {pct(e['median'])} | {pct(e['p90'])} "
+              f"| {e['bias']:.3f} | {pct(e['within10_unbiased'])} | {ratio:.2f}× |")
+
+
+def rejudge(directories: list[str]) -> None:
+    """Judge the kept (b) profiles of several runs together (no measuring): every `weights-*` profile with its
+    predictor, against the fastest measurement of each program over all of them."""
+    from jcw import predictor
+
+    found = {f"{Path(d).name}/{p.name}": p for d in directories for p in sorted(Path(d).glob("weights-*"))
+             if p.is_dir() and not p.name.endswith("-predictor") and (p.parent / f"{p.name}-predictor").is_dir()}
+    found = dict(sorted(found.items(), key=lambda item: not item[0].endswith("/weights-warm")))  # warm: the anchor
+    if len(found) < 2:
+        sys.exit("bench_labels: --rejudge needs at least two kept (b) profiles with their predictors "
+                 "(DIR/weights-*, DIR/weights-*-predictor)")
+    measured = {}
+    for name, directory in found.items():
+        with ProfileStore(directory, readonly=True) as store:
+            measured[name] = {p["program_id"]: p for p in store.program_measurements()}
+    programs = sorted(set.intersection(*(set(m) for m in measured.values())))
+    first = measured[next(iter(found))]
+    fastest = np.array([min(measured[name][p]["latency_us"] for name in found) for p in programs]) / 1e3
+    specs = [first[p]["spec"] for p in programs]
+    held = np.array([first[p]["sample"] != "train" for p in programs])
+    print(f"(b) rejudged: {len(found)} profiles, {len(programs)} programs all of them measured; truth: each program's "
+          f"fastest us_min over all of them")
+    rows = []
+    for name, directory in found.items():
+        predicted = predictor.load(directory.parent / f"{directory.name}-predictor").predict_programs(specs)
+        own = np.array([measured[name][p]["latency_us"] for p in programs]) / 1e3
+        print(f"  {name}: its own measurements of the programs / the fastest: {np.median(own / fastest):.3f}")
+        rows.append((name, "fastest of all", "sum of dense layers",
+                     program_errors(predicted["layers_dense_ms"], fastest)))
+        rows.append((name, "fastest of all", "program model (held-out + unseen)",
+                     program_errors(predicted["latency_ms"][held], fastest[held])))
+    print_program_table(sorted(rows, key=lambda row: row[2]))
 
 
 def label_arms(args: argparse.Namespace) -> dict[str, tuple[str, int | None]]:
@@ -182,10 +236,7 @@ def warm_vs_cold(args: argparse.Namespace, work: Path) -> None:
     # Two judges: the fastest measurement of each program over all profiles (one statistic for every arm), and
     # each profile's own measurements, made in the same hour as its layer labels (a machine that drifts
     # between speeds moves both together).
-    print("| labels | judged against | predictor | programs | within ±10% | median |err| | p90 |err| | "
-          "median pred/meas | median |err| vs warm |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    anchors: dict[tuple[str, str], float] = {}
+    rows = []
     for arm in arms:
         out = work / f"weights-{arm}-predictor"
         pipeline.train(dirs[arm], out, seed=args.seed)
@@ -195,13 +246,9 @@ def warm_vs_cold(args: argparse.Namespace, work: Path) -> None:
             for name, values, mask in (("sum of dense layers", predicted["layers_dense_ms"],
                                         np.ones(len(held), bool)),
                                        ("program model (held-out + unseen)", predicted["latency_ms"], held)):
-                if not mask.any():
-                    continue
-                e = program_errors(values[mask], truth[mask])
-                anchors.setdefault((judge, name), e["median"])
-                ratio = e["median"] / anchors[(judge, name)] if anchors[(judge, name)] else float("nan")
-                print(f"| {arm} | {judge} | {name} | {e['n']} | {pct(e['within10'])} | {pct(e['median'])} | "
-                      f"{pct(e['p90'])} | {e['bias']:.3f} | {ratio:.2f}× |")
+                if mask.any():
+                    rows.append((arm, judge, name, program_errors(values[mask], truth[mask])))
+    print_program_table(rows)
     print("truth: each .pte's us_min of the fastest round (of all profiles, or of the profile itself); "
           "anchor: warm labels")
 
@@ -223,6 +270,8 @@ def main() -> int:
                         help="(b) also a cold profile whose rotation spans SIZE (e.g. 4M; repeatable)")
     parser.add_argument("--no-llc-cold", action="store_true",
                         help="(b) without the cold profile past the last-level cache (hours where that is 480 MB)")
+    parser.add_argument("--rejudge", action="append", default=[], metavar="DIR",
+                        help="measure nothing: judge the (b) profiles kept in each DIR together (repeatable)")
     parser.add_argument("--keep", metavar="DIR", help="keep the profiles in DIR (must be empty or absent)")
     args = parser.parse_args()
     if args.budget < 8 or args.programs < 0 or not 0 <= args.settle_cap <= labels.MAX_SETTLE_CAP:
@@ -239,6 +288,10 @@ def main() -> int:
     args.runner_arg = [token for flag in args.runner_arg
                        for token in (flag.split("=", 1) if "=" in flag else [flag])]  # the runner's own tokens
     reproduce = " ".join(sys.argv[1:])
+    if args.rejudge:
+        print(f"bench_labels; reproduce with: .venv/bin/python benchmarks/bench_labels.py {reproduce}", flush=True)
+        rejudge(args.rejudge)
+        return 0
     print(f"bench_labels on {LocalDevice().runner_info().get('cpu')}; reproduce with: "
           f".venv/bin/python benchmarks/bench_labels.py {reproduce}".rstrip(), flush=True)
     started = time.monotonic()

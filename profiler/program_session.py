@@ -317,12 +317,15 @@ class ProgramPhase:
 
     def run_rounds(self) -> None:
         for round_index in range(self.rounds):
-            pending = [r for r in self.store.pending_programs(round_index)
-                       if self.runnable(r) and self.path(r).exists()]
-            random.Random(f"programs:{self.seed}:{round_index}:{len(pending)}").shuffle(pending)
-            while pending:
-                batch, pending = pending[:self.batch_size], pending[self.batch_size:]
-                self.run_batch(batch, round_index)
+            self.run_round(round_index)
+
+    def run_round(self, round_index: int) -> None:
+        """Measure every exported program still missing a result in this round, reshuffled."""
+        pending = [r for r in self.store.pending_programs(round_index) if self.runnable(r) and self.path(r).exists()]
+        random.Random(f"programs:{self.seed}:{round_index}:{len(pending)}").shuffle(pending)
+        while pending:
+            batch, pending = pending[:self.batch_size], pending[self.batch_size:]
+            self.run_batch(batch, round_index)
         self._store_held()  # too few, or too different, to be the setup's: the programs' own failures
 
     def _store_held(self) -> None:
@@ -396,6 +399,17 @@ def plan_programs(phase: ProgramPhase, n_train: int, n_sparse: int = 0) -> str |
         except ImportError as exc:
             raise ProgramsUnavailable(f"whole programs cannot be planned on this host ({exc})") from None
     return _guarded(phase, step)
+
+
+def export_programs(phase: ProgramPhase) -> str | None:
+    """Export the planned programs still to measure; one sentence when programs cannot be measured here."""
+    return _guarded(phase, phase.export_missing)
+
+
+def run_program_round(phase: ProgramPhase, round_index: int) -> str | None:
+    """Measure one round of the exported programs (profile.session runs it after the layers' round of the same
+    index); one sentence when programs cannot be measured here."""
+    return _guarded(phase, lambda: phase.run_round(round_index))
 
 
 def run_program_phase(phase: ProgramPhase) -> str | None:

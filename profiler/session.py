@@ -1,7 +1,7 @@
 """Running a plan on a device: batches, rounds, drift references, crash recovery, resume.
 
-Owns `profile(...)` (the engine behind `jcw profile`: layers, then whole programs through
-profiler.program_session) and `measure(...)` (behind `jcw measure --layers`); `measure_programs`
+Owns `profile(...)` (the engine behind `jcw profile`: layers, each round followed by that round of the whole
+programs, profiler.program_session) and `measure(...)` (behind `jcw measure --layers`); `measure_programs`
 (behind `jcw measure --pte/--net`, profiler.program_measure) is re-exported here. Every result is committed
 to the store the moment the runner reports it; a rerun of the same command measures only what is missing.
 """
@@ -170,9 +170,11 @@ class _Session:
         baseline = statistics.median(baseline_values)
         return max(abs(value / baseline - 1.0) for value in references)
 
-    def run_all_rounds(self) -> None:
+    def run_all_rounds(self, after_round: Callable[[int], None] | None = None) -> None:
         for round_index in range(self.params.rounds):
             self.run_round(round_index)
+            if after_round is not None:
+                after_round(round_index)
 
     def adapt(self, chooser: acquisition.Chooser, target: int) -> None:
         """Spend `target` configurations in ADAPTIVE_STEPS steps on what the plug-in chooses."""
@@ -218,9 +220,10 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
     real-network layers (sample "holdout") is measured too. With `adaptive`, the second half of
     the budget is chosen by the `jcw.acquisition` plug-in. `holdout` overrides the held-out set's
     size (default max(50, budget // 5) layers; 0 for none); `unseen` the size of the second held-out set,
-    layers of architectures no plan is drawn from (sample "unseen"; default as many as `holdout`). After the
+    layers of architectures no plan is drawn from (sample "unseen"; default as many as `holdout`). Besides the
     layers, `programs` whole training programs (plus program_session.program_counts' held-out and unseen
-    ones) are exported on the host and timed as .pte files in the same rounds; 0 skips them (`jcw profile` defaults to
+    ones) are exported on the host first and timed as .pte files, each round right after the layers' round of
+    the same index; 0 skips them (`jcw profile` defaults to
     DEFAULT_PROGRAMS); `program_sizes` bounds their input resolutions (default 128-224; small sizes keep an
     emulated phone fast) and is fixed when the programs are first planned. `sparse_programs` whole training
     programs for the sparse engine (profiler.sparse_programs, plus their held-out ones) are exported as network
@@ -315,11 +318,20 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
             summary.programs_note = unavailable
         session.report(phase="start")
         try:
-            session.run_all_rounds()
+            if runtimes and summary.programs_note is None:
+                summary.programs_note = program_session.export_programs(phase)
+
+            def programs_round(round_index: int) -> None:
+                # Each program round right after the layers' round of the same index: the programs' fastest
+                # round then comes from the same minutes as the layers' (a machine that switches between two
+                # speeds every minute or so timed every program of a final block slow; benchmarks/RESULTS.md).
+                if runtimes and summary.programs_note is None:
+                    summary.programs_note = program_session.run_program_round(phase, round_index)
+            session.run_all_rounds(after_round=programs_round)
             if chooser is not None:
                 session.adapt(chooser, adaptive_target(plan, budget // 2))
             labels.settle(session, settle_cap)
-            if runtimes and summary.programs_note is None:
+            if runtimes and summary.programs_note is None:  # what a profile resumed past its rounds still lacks
                 summary.programs_note = program_session.run_program_phase(phase)
         except DeviceDisconnected as exc:
             raise DeviceDisconnected(

@@ -128,6 +128,12 @@ def test_profile_exports_each_program_once_and_times_it_in_every_round(tmp_path,
                     or p.name.startswith(".")]
         measured = store.program_measurements()
         assert len(measured) == 4 and all(m["rounds"] == 2 and m["latency_us"] > 0 for m in measured)
+        # exported before the layers; each program round between the layers' round of its index and the next
+        layers = [[r["measured_at"] for r in store.rounds() if r["round"] == i] for i in range(2)]
+        timed = [[r["measured_at"] for r in store.program_rounds() if r["round"] == i] for i in range(2)]
+        exported = max(p.stat().st_mtime for p in (tmp_path / "p" / "programs").iterdir())
+        assert exported < min(layers[0]) and max(layers[0]) < min(timed[0])
+        assert max(timed[0]) < min(layers[1]) and max(layers[1]) < min(timed[1])
         threads = store.get_meta("threads")
         assert store.get_meta("runtime") == "executorch" and store.get_meta("program_runner")["name"] == "ptebench"
         assert store.get_meta("program_params") == {"programs": 2, "holdout": 1, "unseen": 1, "operator": 0,
@@ -171,15 +177,16 @@ def test_interrupted_program_round_resumes_with_each_result_exactly_once(tmp_pat
         profile(Dropping(), tmp_path / "p", programs=3)
     with ProfileStore(tmp_path / "p") as store:
         first = {(r["program_id"], r["round"]): r["measured_at"] for r in store.program_rounds()}
-        assert len(first) == 3 and len(store.measurements()) == len(store.plan())  # layers were all done
-        assert len(store.programs()) == 5
+        # the drop came in the first program round, right after the layers' first round and before their second
+        assert len(first) == 3 and {r["round"] for r in store.rounds()} == {0}
+        assert len(store.measurements()) == len(store.plan()) and len(store.programs()) == 5
     Dropping.left = 10 ** 6
     resumed = profile(Dropping(), tmp_path / "p", programs=3)
     with ProfileStore(tmp_path / "p") as store:
         assert_programs_once_per_round(store, 2)
         kept = {(r["program_id"], r["round"]): r["measured_at"] for r in store.program_rounds()}
         assert all(kept[k] == v for k, v in first.items())  # what was committed was not measured again
-        assert resumed.program_new_results == 2 * 5 - 3 and resumed.new_results == 0
+        assert resumed.program_new_results == 2 * 5 - 3 and resumed.new_results == len(store.plan())  # round 1
 
 
 def test_ctrl_c_during_export_loses_no_finished_file(tmp_path, tiny_plan, monkeypatch):
