@@ -222,8 +222,8 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
     size (default max(50, budget // 5) layers; 0 for none); `unseen` the size of the second held-out set,
     layers of architectures no plan is drawn from (sample "unseen"; default as many as `holdout`). Besides the
     layers, `programs` whole training programs (plus program_session.program_counts' held-out and unseen
-    ones) are exported on the host first and timed as .pte files, each round right after the layers' round of
-    the same index; 0 skips them (`jcw profile` defaults to
+    ones) are exported on the host after the layers' first round and timed as .pte files, each round right
+    after the layers' round of the same index; 0 skips them (`jcw profile` defaults to
     DEFAULT_PROGRAMS); `program_sizes` bounds their input resolutions (default 128-224; small sizes keep an
     emulated phone fast) and is fixed when the programs are first planned. `sparse_programs` whole training
     programs for the sparse engine (profiler.sparse_programs, plus their held-out ones) are exported as network
@@ -318,15 +318,15 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
             summary.programs_note = unavailable
         session.report(phase="start")
         try:
-            if runtimes and summary.programs_note is None:
-                summary.programs_note = program_session.export_programs(phase)
-
             def programs_round(round_index: int) -> None:
                 # Each program round right after the layers' round of the same index: the programs' fastest
                 # round then comes from the same minutes as the layers' (a machine that switches between two
                 # speeds every minute or so timed every program of a final block slow; benchmarks/RESULTS.md).
+                # The export waits for the layers' first round: a runner that cannot run says so at once, not
+                # after minutes of export.
                 if runtimes and summary.programs_note is None:
-                    summary.programs_note = program_session.run_program_round(phase, round_index)
+                    summary.programs_note = (program_session.export_programs(phase)
+                                             or program_session.run_program_round(phase, round_index))
             session.run_all_rounds(after_round=programs_round)
             if chooser is not None:
                 session.adapt(chooser, adaptive_target(plan, budget // 2))
