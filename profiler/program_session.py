@@ -1,6 +1,6 @@
 """Whole ExecuTorch programs on a device: the program phase of `jcw profile` (plan, export each program
-once on the host, time it in rounds, commit each result as it arrives), plus the .pte file check and
-thread defaults; timing given files (`jcw measure --pte/--net`) is profiler.program_measure's.
+once on the host, time it round by round between the layer rounds, commit each result as it arrives), plus the
+.pte file check and thread defaults; timing given files (`jcw measure --pte/--net`) is profiler.program_measure's.
 """
 from __future__ import annotations
 
@@ -66,8 +66,9 @@ def _export_one(spec: dict[str, Any], temp: str, runtime: str = RUNTIME) -> dict
 def _exported(jobs: list[tuple[dict[str, Any], Path, Path]]):
     """Yield (job, result) as each export finishes; an OSError propagates.
 
-    Exports are single-threaded Python and run before anything is timed, so one worker process per
-    core (at most EXPORT_WORKERS) cuts the host's share of a profile without disturbing a measurement.
+    Exports are single-threaded Python and run while nothing is timed (after the first layer round, before
+    the first program round), so one worker process per core (at most EXPORT_WORKERS) cuts the host's share
+    of a profile without disturbing a measurement.
     Ctrl-C cancels what has not started; finished exports are already renamed into place.
     """
     workers = max(1, min(EXPORT_WORKERS, len(os.sched_getaffinity(0)), len(jobs)))
