@@ -68,13 +68,10 @@ class LocalResidual:
             if not mine.any():
                 continue
             ref, res = known[mine], self.residual_[mine]
-            ref_norm = (ref ** 2).sum(axis=1)
             index = np.flatnonzero(groups == key)
             for low in range(0, len(index), _CHUNK):  # bounds the distance matrix of a large search population
                 rows = index[low:low + _CHUNK]
-                query = points[rows]
-                d2 = np.maximum((query ** 2).sum(axis=1)[:, None] + ref_norm[None, :] - 2.0 * query @ ref.T, 0.0)
-                weight = np.exp(-d2 / self.width ** 2)
+                weight = np.exp(-_squared_distances(points[rows], ref) / self.width ** 2)
                 out[rows] = (weight @ res) / (weight.sum(axis=1) + self.shrinkage)
         return out
 
@@ -107,9 +104,7 @@ def fold_corrections(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarra
     *setting).fit(...).predict(...) gives, with one distance matrix for all (cross-validation tries 90
     kernels per fold)."""
     (train_points, train_groups), (test_points, test_groups) = train, test
-    known, query = train_points / scale, test_points / scale
-    d2 = np.maximum((query ** 2).sum(axis=1)[:, None] + (known ** 2).sum(axis=1)[None, :] - 2.0 * query @ known.T,
-                    0.0)
+    d2 = _squared_distances(test_points / scale, train_points / scale)
     d2[np.asarray(test_groups, dtype=str)[:, None] != np.asarray(train_groups, dtype=str)[None, :]] = np.inf
     out = {}
     for width in sorted({width for width, _ in LOCAL_SETTINGS}):
@@ -119,6 +114,12 @@ def fold_corrections(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarra
             if setting[0] == width:
                 out[setting] = weighted / (total + setting[1])
     return out
+
+
+def _squared_distances(query: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """(len(query), len(known)) squared Euclidean distances, never below 0 (rounding)."""
+    return np.maximum((query ** 2).sum(axis=1)[:, None] + (known ** 2).sum(axis=1)[None, :] - 2.0 * query @ known.T,
+                      0.0)
 
 
 def feature_scale(points: np.ndarray) -> np.ndarray:

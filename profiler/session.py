@@ -260,8 +260,8 @@ def profile(device: Device | str, out_dir: str | Path, *, budget: int = plans.DE
     with profile_lock(out_dir):  # a second `jcw profile` into the same directory is refused, naming this one
         return _profile_locked(device, out_dir, params, threads=threads, budget=budget, seed=seed, rounds=rounds,
                                adaptive=adaptive, programs=programs, program_sizes=program_sizes,
-                               runner_args=runner_args, progress=progress, chooser=chooser,
-                               weights=(weights, cold_bytes), settle_cap=settle_cap, transfer_priors=transfer_priors,
+                               runner_args=runner_args, progress=progress, chooser=chooser, weights=weights,
+                               cold_bytes=cold_bytes, settle_cap=settle_cap, transfer_priors=transfer_priors,
                                sparse_programs=sparse_programs)
 
 
@@ -276,10 +276,10 @@ def check_profile_dir(out_dir: str | Path) -> None:
 def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, threads: int | None, budget: int,
                     seed: int, rounds: int, adaptive: bool, programs: int, program_sizes: Sequence[int] | None,
                     runner_args: Iterable[str],
-                    progress: Progress | None, chooser: Any, weights: tuple[str, int | None], settle_cap: int,
+                    progress: Progress | None, chooser: Any, weights: str, cold_bytes: int | None, settle_cap: int,
                     transfer_priors: Sequence[dict[str, Any]] = (), sparse_programs: int = 0) -> ProfileSummary:
     started = time.monotonic()
-    summary = ProfileSummary(out_dir=str(out_dir), rounds=rounds, weights=weights[0], cold_bytes=weights[1],
+    summary = ProfileSummary(out_dir=str(out_dir), rounds=rounds, weights=weights, cold_bytes=cold_bytes,
                              settle_cap=settle_cap)
     with ProfileStore(out_dir, create=True) as store:
         stored = store.get_meta("plan_params")
@@ -289,7 +289,7 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
             params = replace(params, threads=threads)
         params = params.merge(stored, out_dir)
         profile_checks.check_device(store, device)
-        labels.check_weights(store, weights[0], store.get_meta("runner") or {}, device.address, weights[1])
+        labels.check_weights(store, weights, store.get_meta("runner") or {}, device.address, cold_bytes)
         sizes = profile_checks.check_programs(store, header, programs, program_sizes, out_dir, sparse_programs)
         base_budget = budget - budget // 2 if adaptive else budget
         plan = plans.transfer_plan(base_budget, seed, holdout=params.holdout, unseen=params.unseen) if params.transfer \
@@ -301,8 +301,8 @@ def _profile_locked(device: Device, out_dir: Path, params: ProfileParams, *, thr
         store.set_meta("threads", threads)
         store.set_meta("runtime", program_session.RUNTIME)
         summary.threads = threads
-        session = _Session(device, store, params, [*runner_args, *labels.weights_runner_args(*weights)], progress,
-                           summary)
+        session = _Session(device, store, params, [*runner_args, *labels.weights_runner_args(weights, cold_bytes)],
+                           progress, summary)
         runtimes, summary.sparse_note = runtimes_to_measure(device.address, header, programs, sparse_programs)
         phase = program_session.ProgramPhase(device, store, threads=threads, rounds=rounds, seed=seed,
                                              runner_args=program_session.shared_runner_args(runner_args),
