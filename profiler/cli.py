@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from jcw.profiler import labels, plans, program_measure, program_session, session, sparse_programs
+from jcw.profiler import labels, plans, program_export, program_measure, program_session, session, sparse_programs
 from jcw.profiler.acquisition import AcquisitionError, load_chooser
 from jcw.profiler.cli_display import CtrlC, LazyBar, summary_table
 from jcw.profiler.cliargs import (
@@ -298,12 +298,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return _fail("profile", str(exc))
     budget = args.budget or (plans.TRANSFER_BUDGET if priors else plans.DEFAULT_BUDGET)
     try:
-        absent = program_session.export_modules_missing()
+        absent = program_export.export_modules_missing()
         asked = [f"{flag} {n}" for flag, n in (("--programs", args.programs),
                                                  ("--sparse-programs", args.sparse_programs)) if n]
         if asked and absent:  # asked for explicitly: refused, where the default is skipped with a note
             layers_only = "--programs 0" + (" --sparse-programs 0" if args.sparse_programs else "")  # sparse follows
-            return _fail("profile", f"{' and '.join(asked)}: {program_session.export_unavailable_sentence(absent)}"
+            return _fail("profile", f"{' and '.join(asked)}: {program_export.export_unavailable_sentence(absent)}"
                                     f", or pass {layers_only} to profile layers only.")
         if args.adaptive:
             load_chooser()  # fail before connecting to anything

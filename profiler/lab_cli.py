@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from jcw.profiler import cli, lab, labels, plans, program_measure, program_session, session
+from jcw.profiler import cli, lab, labels, plans, program_export, program_measure, session
 from jcw.profiler.cliargs import check_output_dir, int_between, threads_arg
 from jcw.profiler.lab import LabUsageError, PhoneJob, PhoneOutcome
 
@@ -211,9 +211,9 @@ def profile_options(args: argparse.Namespace) -> dict[str, Any]:
         runner_argv = cli._runner_argv(args.runner_arg)
     except cli._BadRunnerArg as exc:
         raise LabUsageError(str(exc)) from None
-    absent = program_session.export_modules_missing()
+    absent = program_export.export_modules_missing()
     if absent and (args.programs or args.sparse_programs):
-        raise LabUsageError(f"--programs: {program_session.export_unavailable_sentence(absent)}, or pass "
+        raise LabUsageError(f"--programs: {program_export.export_unavailable_sentence(absent)}, or pass "
                             f"--programs 0 to profile layers only.")
     return {"budget": args.budget or plans.DEFAULT_BUDGET, "seed": args.seed, "threads": args.threads,
             "rounds": args.rounds, "holdout": args.holdout, "unseen": args.unseen,

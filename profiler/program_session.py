@@ -1,21 +1,19 @@
-"""Whole ExecuTorch programs on a device: the program phase of `jcw profile` (plan, export each program
-once on the host, time it round by round between the layer rounds, commit each result as it arrives), plus the
-.pte file check and thread defaults; timing given files (`jcw measure --pte/--net`) is profiler.program_measure's.
+"""Whole ExecuTorch programs on a device: the program phase of `jcw profile` (plan, export each program once
+on the host through profiler.program_export, time it round by round between the layer rounds, commit each
+result as it arrives), plus the .pte file check and thread defaults; timing given files (`jcw measure
+--pte/--net`) is profiler.program_measure's.
 """
 from __future__ import annotations
 
-import importlib.util
-import multiprocessing
 import os
 import random
 import time
 from collections.abc import Callable, Iterable
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 from jcw.android_harness.device import Device, DeviceDisconnected, DeviceError
-from jcw.profiler import programs
+from jcw.profiler import program_export, programs
 from jcw.profiler.batches import SystematicFailure, common_error, run_lines, same_failure
 from jcw.profiler.store import ProfileStore
 
@@ -36,8 +34,6 @@ MIN_EVAL_PROGRAMS = 10
 FIRST_PROGRAM_BATCH = 2
 MAX_PROGRAM_BATCH = 16
 TARGET_PROGRAM_BATCH_SECONDS = 3.0
-#: Parallel host exports at most (each worker holds its own torch, ~1.5 GB).
-EXPORT_WORKERS = 4
 #: Training programs a profile may plan at most (held-out and unseen ones come on top): each is a .pte
 #: file of up to ~100 MB and minutes of host export.
 MAX_PROGRAMS = 1000
@@ -48,41 +44,6 @@ Progress = Callable[[int, int, dict[str, Any]], None]
 #: Layer-runner timing flags the .pte runner takes too: `jcw profile --runner-arg` passes only these on.
 SHARED_RUNNER_FLAGS = ("--warmup", "--min-reps", "--min-time-ms", "--max-reps", "--max-time-ms")
 
-
-def _export_one(spec: dict[str, Any], temp: str, runtime: str = RUNTIME) -> dict[str, Any]:
-    """One host export (in a worker process): a .pte (or, for the sparse runtime, a .jcwnet) and the
-    delegation facts, or {"error": sentence}."""
-    from jcw.profiler import program_build, program_net
-    try:
-        if runtime == program_net.RUNTIME:
-            program_net.export_net(spec, temp, seed=0)
-            return {}
-        built = program_build.export_pte(spec, temp, seed=0)
-    except program_build.ProgramBuildError as exc:
-        return {"error": str(exc)}
-    return {"partitions": built.get("partitions"), "undelegated_ops": built.get("undelegated_ops")}
-
-
-def _exported(jobs: list[tuple[dict[str, Any], Path, Path]]):
-    """Yield (job, result) as each export finishes; an OSError propagates.
-
-    Exports are single-threaded Python and run while nothing is timed (after the first layer round, before
-    the first program round), so one worker process per core (at most EXPORT_WORKERS) cuts the host's share
-    of a profile without disturbing a measurement.
-    Ctrl-C cancels what has not started; finished exports are already renamed into place.
-    """
-    workers = max(1, min(EXPORT_WORKERS, len(os.sched_getaffinity(0)), len(jobs)))
-    if workers == 1:
-        for job in jobs:
-            yield job, _export_one(job[0]["spec"], str(job[1]), job[0]["runtime"])
-        return
-    pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        pending = {pool.submit(_export_one, job[0]["spec"], str(job[1]), job[0]["runtime"]): job for job in jobs}
-        for done in futures.as_completed(pending):
-            yield pending[done], done.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 def shared_runner_args(runner_args: Iterable[str]) -> list[str]:
     """The timing flags of layer-runner arguments that mean the same to the .pte runner (others dropped)."""
@@ -104,20 +65,6 @@ class PteError(DeviceError):
 
 class ProgramsUnavailable(Exception):
     """Whole programs cannot be measured here (no torch/executorch, or a device without the .pte runner)."""
-
-
-#: What exporting a whole program needs on the host: the `search` extra of the kit (`jcw[search]`).
-EXPORT_MODULES = ("torch", "executorch")
-
-
-def export_modules_missing() -> list[str]:
-    """The export modules this installation lacks; a profiling-only install (`pip install jcw`) lacks both."""
-    return [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
-
-
-def export_unavailable_sentence(absent: list[str]) -> str:
-    return (f"this installation has no {' or '.join(absent)}, so whole programs cannot be exported here; install "
-            f"the search extra (`pip install 'jcw[search]'`, or `make setup` in a checkout)")
 
 
 def operator_count(n_train: int) -> int:
@@ -253,9 +200,9 @@ class ProgramPhase:
                    if r["program_id"] in pending and self.runnable(r) and not self.path(r).exists()]
         if not missing:
             return
-        absent = export_modules_missing()
+        absent = program_export.export_modules_missing()
         if absent:
-            raise ProgramsUnavailable(export_unavailable_sentence(absent))
+            raise ProgramsUnavailable(program_export.export_unavailable_sentence(absent))
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -266,7 +213,7 @@ class ProgramPhase:
         for row in missing:
             final = self.path(row)
             jobs.append((row, final.with_name(f".{final.stem}.{os.getpid()}.tmp{final.suffix}"), final))
-        results = _exported(jobs)
+        results = program_export.exported(jobs)
         held: list[tuple[dict[str, Any], str]] = []  # export failures before the first success of this run
         exported_any = False
         try:

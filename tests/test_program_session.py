@@ -9,7 +9,7 @@ import pytest
 from jcw.android_harness.device import DeviceDisconnected, DeviceError
 from jcw.android_harness.local import LocalDevice
 from jcw.android_harness.runner import HOST_BINARY
-from jcw.profiler import program_build, program_session, program_zoo, programs, session
+from jcw.profiler import program_build, program_export, program_session, program_zoo, programs, session
 from jcw.profiler.store import ProfileStore
 
 FAST = ["--warmup", "0", "--min-reps", "2", "--min-time-ms", "0", "--check-samples", "4"]
@@ -47,7 +47,7 @@ def export_once_per_module(monkeypatch):
         return {**_EXPORTED[key][1], "path": Path(path)}
 
     monkeypatch.setattr(program_build, "export_pte", export)
-    monkeypatch.setattr(program_session, "EXPORT_WORKERS", 1)  # in-process, so the patch above applies
+    monkeypatch.setattr(program_export, "EXPORT_WORKERS", 1)  # in-process, so the patch above applies
 
 
 def tiny(index, samples=("train", "holdout", "unseen")):
@@ -327,7 +327,7 @@ def test_jcw_profile_on_a_device_without_programs_says_so_and_keeps_layers(tmp_p
 
 @pytest.mark.slow
 def test_exports_run_in_parallel_worker_processes_and_each_lands_once(tmp_path, tiny_plan, monkeypatch):
-    monkeypatch.setattr(program_session, "EXPORT_WORKERS", 2)
+    monkeypatch.setattr(program_export, "EXPORT_WORKERS", 2)
     summary = profile(PteDevice(), tmp_path / "p", rounds=1)  # real exports, in two spawned workers
     with ProfileStore(tmp_path / "p") as store:
         rows = store.program_measurements()

@@ -200,11 +200,11 @@ def _tiny_program(index):
 @pytest.fixture
 def fake_programs(monkeypatch):
     """Tiny programs whose host export only writes a stand-in file (nothing is timed for real here)."""
-    from jcw.profiler import program_build, program_session, program_zoo
+    from jcw.profiler import program_build, program_export, program_session, program_zoo
     monkeypatch.setattr(program_zoo, "program_plan",
                         lambda n, h, u, seed=0, resolutions=None, n_operator=0: [_tiny_program(i) for i in range(n)])
     monkeypatch.setattr(program_session, "program_counts", lambda n: (n, 0, 0))
-    monkeypatch.setattr(program_session, "EXPORT_WORKERS", 1)
+    monkeypatch.setattr(program_export, "EXPORT_WORKERS", 1)
     state = {"fail_export": None}
 
     def export(spec, path, seed=0):

@@ -8,7 +8,7 @@ import pytest
 from jcw.__main__ import main
 from jcw.android_harness.device import DeviceDisconnected
 from jcw.android_harness.local import LocalDevice
-from jcw.profiler import program_session, program_zoo, programs, session, sparse_programs
+from jcw.profiler import program_export, program_session, program_zoo, programs, session, sparse_programs
 from jcw.profiler.store import ProfileStore
 from test_program_session import FAST, runners_built  # noqa: F401  (runners_built: an autouse fixture)
 
@@ -16,7 +16,7 @@ from test_program_session import FAST, runners_built  # noqa: F401  (runners_bui
 @pytest.fixture(autouse=True)
 def quick(monkeypatch):
     monkeypatch.setattr(session, "DRIFT_THRESHOLD", 10.0)
-    monkeypatch.setattr(program_session, "EXPORT_WORKERS", 1)  # in-process: the plans patched below apply
+    monkeypatch.setattr(program_export, "EXPORT_WORKERS", 1)  # in-process: the plans patched below apply
 
 
 def tiny(index, density):
