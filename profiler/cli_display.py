@@ -47,7 +47,7 @@ def summary_table(summary: ProfileSummary) -> Table:
     settle = summary.settle
     table.add_row(f"settle results this run (cap {summary.settle_cap})", str(summary.settle_results))
     if settle:  # configurations whose two fastest rounds differ by more than labels.SETTLE_TOLERANCE
-        table.add_row("disagreed / settled / still disagree",
+        table.add_row("disagreed / re-measured (extra rounds) / still disagree",
                       f"{settle['disagreeing_base']} / {settle['settled_configurations']} "
                       f"({settle['extra_rounds']} rounds) / {settle['still_disagreeing']}")
     planned = [(f"whole programs planned ({name})", count, ", ".join(f"{k} {v}" for k, v in sorted(samples.items())))

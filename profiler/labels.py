@@ -226,7 +226,7 @@ def sentence(record: Mapping[str, Any] | None) -> str:
         settled = "settle rounds off"
     else:
         settled = (f"settle rounds up to {settle['cap']} ({settle.get('settled_configurations', 0)} configurations "
-                   f"settled, {settle.get('still_disagreeing', 0)} still disagree)")
+                   f"re-measured, {settle.get('still_disagreeing', 0)} still disagree)")
     weights = f"{record.get('weights')} weights"
     if record.get("weights") == "cold":
         weights += f" (rotating over {rotation(record.get('cold_bytes'))})"
