@@ -65,6 +65,8 @@ def main() -> int:
     if want("predictor"):
         curve = ["--curve", "100,200"] if args.quick else []
         step("bench_predictor", [PY, "benchmarks/bench_predictor.py", "--profile", str(profile), *curve])
+        # issue 11: would more layers, or half of the unseen layers themselves, lift the unseen-architecture figure
+        step("bench_unseen_ceiling", [PY, "benchmarks/bench_unseen_ceiling.py", "--profile", str(profile)])
     if want("search"):
         small = ["--seeds", "1", "--gens", "16"] if args.quick else []
         step("bench_search", [PY, "benchmarks/bench_search.py", "--predictor", str(predictor), *small])
