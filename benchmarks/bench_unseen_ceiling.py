@@ -18,7 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jcw.predictor import evaluation, pipeline  # noqa: E402
+from jcw.predictor.errors import PredictorError  # noqa: E402
 from jcw.predictor.models import LatencyPredictor  # noqa: E402
+from jcw.profiler.store import StoreError  # noqa: E402
 
 SHARES = (0.5, 0.75)
 
@@ -87,7 +89,11 @@ def main() -> int:
     args = parser.parse_args()
     print("reproduce: .venv/bin/python benchmarks/bench_unseen_ceiling.py " + " ".join(sys.argv[1:]), flush=True)
     for profile in args.profile:
-        run(profile, max(1, args.splits))
+        try:
+            run(profile, max(1, args.splits))
+        except (StoreError, PredictorError) as exc:
+            print(f"bench_unseen_ceiling: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
