@@ -1,4 +1,5 @@
-"""Labels of issue 11 on the local device: (a) repeatability, settle rounds against more rounds everywhere;
+"""Labels of issue 11 on one device (this machine unless --device says otherwise): (a) repeatability,
+settle rounds against more rounds everywhere;
 (b) warm against cold weights, judged by whole-program (.pte) latency.
 
 (a) Two independent profiles, A and B, of the same plan (same seed), one after the other. Each is measured
@@ -16,6 +17,8 @@ Every comparison uses us_min of the fastest round on both sides, on the same dev
 
 Reproduce (quiet machine, ~40 min at the defaults here):
     .venv/bin/python benchmarks/bench_labels.py [--budget 400] [--programs 40] [--cold-bytes 4M] [--keep DIR]
+On a phone (the question this host cannot settle: warm or cold labels where the last-level cache is smaller
+than the networks): .venv/bin/python benchmarks/bench_labels.py --device usb:SERIAL --only b --keep DIR
 Smoke check (a few minutes): .venv/bin/python benchmarks/bench_labels.py --budget 40 --programs 4 --program-sizes 32,48
 Kept (b) runs judged together (seconds): .venv/bin/python benchmarks/bench_labels.py --rejudge DIR --rejudge DIR2
 """
@@ -34,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from jcw.android_harness.local import LocalDevice  # noqa: E402
+from jcw.android_harness.device import DeviceError  # noqa: E402
 from jcw.profiler import labels, session  # noqa: E402
 from jcw.profiler.store import ProfileStore  # noqa: E402
 
@@ -68,7 +71,7 @@ def label_map(directory: Path, max_round: int | None = None) -> dict[str, float]
 
 
 def profile(directory: Path, args: argparse.Namespace, **kw) -> session.ProfileSummary:
-    return session.profile(LocalDevice(), directory, budget=args.budget, seed=args.seed, threads=args.threads,
+    return session.profile(args.device_handle, directory, budget=args.budget, seed=args.seed, threads=args.threads,
                            runner_args=args.runner_arg, **kw)
 
 
@@ -95,7 +98,7 @@ def repeatability(args: argparse.Namespace, work: Path) -> None:
         print(f"  profile {replica}: {first.configurations} configurations, 5 rounds in {first.wall_seconds:.0f} s; "
               f"settle {step.wall_seconds:.0f} s ({step.settle_results} results: {step.settle}); "
               f"rounds 6-{MORE_ROUNDS} {extended.wall_seconds:.0f} s", flush=True)
-    print(f"\n(a) repeatability on {LocalDevice().address}, threads {args.threads}, budget {args.budget}: two "
+    print(f"\n(a) repeatability on {args.device_handle.address}, threads {args.threads}, budget {args.budget}: two "
           f"profiles A and B of the same plan, labels within ±{TOLERANCE:.0%}")
     print("| setting | configurations | within ±5% | p90 |diff| | profile time (A, B) | within ±5% vs anchor "
           "| time vs anchor |")
@@ -214,7 +217,7 @@ def warm_vs_cold(args: argparse.Namespace, work: Path) -> None:
     measured = {arm: {p["program_id"]: p for p in store.program_measurements()} for arm, store in stores.items()}
     for store in stores.values():
         store.close()
-    print(f"\n(b) layer labels by weights mode on {LocalDevice().address}, threads {args.threads}, budget "
+    print(f"\n(b) layer labels by weights mode on {args.device_handle.address}, threads {args.threads}, budget "
           f"{args.budget}, programs {args.programs}; profile time " + ", ".join(
               f"{arm} {seconds[arm]:.0f} s ({seconds[arm] / seconds['warm']:.2f}× warm)" for arm in arms))
     for arm in arms:
@@ -255,6 +258,8 @@ def warm_vs_cold(args: argparse.Namespace, work: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="local",
+                        help="the device to profile: local (default), usb:SERIAL, a bare serial or tcp:HOST:PORT")
     parser.add_argument("--budget", type=int, default=400, help="training layers per profile (default 400)")
     parser.add_argument("--programs", type=int, default=session.DEFAULT_PROGRAMS,
                         help=f"training programs of the (b) profiles (default {session.DEFAULT_PROGRAMS})")
@@ -292,10 +297,15 @@ def main() -> int:
         print(f"bench_labels; reproduce with: .venv/bin/python benchmarks/bench_labels.py {reproduce}", flush=True)
         rejudge(args.rejudge)
         return 0
-    print(f"bench_labels on {LocalDevice().runner_info().get('cpu')}; reproduce with: "
+    try:
+        args.device_handle = session.open_device(args.device)
+        cpu = args.device_handle.runner_info().get("cpu")
+    except DeviceError as exc:
+        sys.exit(f"bench_labels: {str(exc).rstrip('.')}.")
+    print(f"bench_labels on {args.device_handle.address} ({cpu}); reproduce with: "
           f".venv/bin/python benchmarks/bench_labels.py {reproduce}".rstrip(), flush=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-labels-") as tmp:
+    with args.device_handle, tempfile.TemporaryDirectory(prefix="bench-labels-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         if args.keep and work.exists() and any(work.iterdir()):
             sys.exit(f"bench_labels: --keep {work} is not empty; the benchmark needs fresh profiles.")
