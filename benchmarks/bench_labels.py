@@ -3,9 +3,9 @@ settle rounds against more rounds everywhere;
 (b) warm against cold weights, judged by whole-program (.pte) latency.
 
 (a) Two independent profiles, A and B, of the same plan (same seed), one after the other. Each is measured
-    in 5 rounds without settling (the anchor: the profile default before settle rounds); a copy of it then
-    settles (`--settle-cap`), another copy is extended to 8 rounds. For each setting: the share of
-    configurations whose labels (us_min of the fastest clean round) in A and B agree within ±5%, their
+    in --base-rounds rounds (default 5) without settling; copies of it then settle (`--settle-cap`), are
+    extended to 8 rounds and, with fewer base rounds, to the default 5 (the anchor). For each setting: the share
+    of configurations whose labels (us_min of the fastest clean round) in A and B agree within ±5%, their
     p90 difference, and the profile time the setting cost (wall seconds: its base rounds plus its own step).
 (b) Profiles with whole programs, layers timed with warm and with cold weights (past the last-level cache,
     and over each --cold-bytes size; same seed, same plan, same exported programs), each trained into a
@@ -76,35 +76,40 @@ def profile(directory: Path, args: argparse.Namespace, **kw) -> session.ProfileS
 
 
 def repeatability(args: argparse.Namespace, work: Path) -> None:
-    settings = {"5 rounds (anchor)": {}, f"5 rounds + settle (cap {args.settle_cap})": {},
-                f"{MORE_ROUNDS} rounds": {}}
-    base_name, settle_name, more_name = settings
-    costs: dict[str, list[float]] = {name: [] for name in settings}
+    few = args.base_rounds
+    anchor_name = f"{BASE_ROUNDS} rounds (anchor: the default)"
+    names = ([f"{few} rounds"] if few != BASE_ROUNDS else []) + \
+        [anchor_name, f"{few} rounds + settle (cap {args.settle_cap})", f"{MORE_ROUNDS} rounds"]
+    few_name, settle_name, more_name = names[0], names[-2], names[-1]
+    settings: dict[str, dict[str, dict[str, float]]] = {name: {} for name in names}
+    costs: dict[str, list[float]] = {name: [] for name in names}
     settle_counts: list[dict[str, int]] = []
     for replica in "AB":
-        base, settled, more = (work / f"repeat-{replica}-{s}" for s in ("5", "settle", str(MORE_ROUNDS)))
-        first = profile(base, args, rounds=BASE_ROUNDS, settle_cap=0)
-        shutil.copytree(base, settled)
-        shutil.copytree(base, more)
-        step = profile(settled, args, rounds=BASE_ROUNDS, settle_cap=args.settle_cap)
-        extended = profile(more, args, rounds=MORE_ROUNDS, settle_cap=0)
-        costs[base_name].append(first.wall_seconds)
-        costs[settle_name].append(first.wall_seconds + step.wall_seconds)
-        costs[more_name].append(first.wall_seconds + extended.wall_seconds)
-        settle_counts.append(step.settle)
-        settings[base_name][replica] = label_map(base)
-        settings[settle_name][replica] = label_map(settled)
-        settings[more_name][replica] = label_map(more)
-        print(f"  profile {replica}: {first.configurations} configurations, 5 rounds in {first.wall_seconds:.0f} s; "
-              f"settle {step.wall_seconds:.0f} s ({step.settle_results} results: {step.settle}); "
-              f"rounds 6-{MORE_ROUNDS} {extended.wall_seconds:.0f} s", flush=True)
+        paths = {name: work / f"repeat-{replica}-{i}" for i, name in enumerate(names)}
+        first = profile(paths[few_name], args, rounds=few, settle_cap=0)
+        for name in names[1:]:
+            shutil.copytree(paths[few_name], paths[name])
+        # every other setting continues the same first rounds: its cost is theirs plus its own step
+        steps = {few_name: None}
+        if few != BASE_ROUNDS:
+            steps[anchor_name] = profile(paths[anchor_name], args, rounds=BASE_ROUNDS, settle_cap=0)
+        steps[settle_name] = profile(paths[settle_name], args, rounds=few, settle_cap=args.settle_cap)
+        steps[more_name] = profile(paths[more_name], args, rounds=MORE_ROUNDS, settle_cap=0)
+        for name in names:
+            costs[name].append(first.wall_seconds + (steps[name].wall_seconds if steps.get(name) else 0.0))
+            settings[name][replica] = label_map(paths[name])
+        settle_counts.append(steps[settle_name].settle)
+        extra = "; ".join(f"{name} +{step.wall_seconds:.0f} s" for name, step in steps.items() if step)
+        print(f"  profile {replica}: {first.configurations} configurations, {few} rounds in {first.wall_seconds:.0f} "
+              f"s; {extra} (settle: {steps[settle_name].settle_results} results, {steps[settle_name].settle})",
+              flush=True)
     print(f"\n(a) repeatability on {args.device_handle.address}, threads {args.threads}, budget {args.budget}: two "
           f"profiles A and B of the same plan, labels within ±{TOLERANCE:.0%}")
     print("| setting | configurations | within ±5% | p90 |diff| | profile time (A, B) | within ±5% vs anchor "
           "| time vs anchor |")
     print("|---|---|---|---|---|---|---|")
-    anchor = agreement(settings[base_name]["A"], settings[base_name]["B"])
-    anchor_time = statistics.mean(costs[base_name])
+    anchor = agreement(settings[anchor_name]["A"], settings[anchor_name]["B"])
+    anchor_time = statistics.mean(costs[anchor_name])
     for name, maps in settings.items():
         result = agreement(maps["A"], maps["B"])
         ratio = result["within5"] / anchor["within5"] if anchor["within5"] else float("nan")
@@ -112,13 +117,13 @@ def repeatability(args: argparse.Namespace, work: Path) -> None:
         print(f"| {name} | {result['n']} | {pct(result['within5'])} | {pct(result['p90'])} | "
               f"{', '.join(f'{c:.0f} s' for c in costs[name])} | {ratio:.3f}× | {seconds / anchor_time:.2f}× |")
     for replica, counts in zip("AB", settle_counts):
-        print(f"settle, profile {replica}: {counts.get('disagreeing_base')} configurations disagreed after 5 rounds, "
-              f"{counts.get('settled_configurations')} settled with {counts.get('extra_rounds')} extra rounds, "
-              f"{counts.get('still_disagreeing')} still disagree at the cap")
+        print(f"settle, profile {replica}: {counts.get('disagreeing_base')} configurations disagreed after {few} "
+              f"rounds, {counts.get('settled_configurations')} re-measured with {counts.get('extra_rounds')} extra "
+              f"rounds, {counts.get('still_disagreeing')} still disagree at the cap")
     # The same data read as fewer rounds: what each round buys, for free.
     for rounds in range(2, MORE_ROUNDS + 1):
-        result = agreement(label_map(work / f"repeat-A-{MORE_ROUNDS}", rounds),
-                           label_map(work / f"repeat-B-{MORE_ROUNDS}", rounds))
+        result = agreement(label_map(work / f"repeat-A-{len(names) - 1}", rounds),
+                           label_map(work / f"repeat-B-{len(names) - 1}", rounds))
         print(f"  first {rounds} rounds of the {MORE_ROUNDS}-round profiles: {pct(result['within5'])} within ±5%")
     print("target: ≥ 98% within ±5%")
 
@@ -266,6 +271,9 @@ def main() -> int:
     parser.add_argument("--program-sizes", default=None, metavar="R,R",
                         help="program input sizes (default the profile's 128-224; 32,48 for a quick check)")
     parser.add_argument("--settle-cap", type=int, default=labels.DEFAULT_SETTLE_CAP)
+    parser.add_argument("--base-rounds", type=int, default=BASE_ROUNDS,
+                        help=f"(a): rounds before settling, 2 to {BASE_ROUNDS} (default {BASE_ROUNDS}; fewer adds "
+                             f"that setting beside the {BASE_ROUNDS}-round anchor)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("a", "b"), default=None, help="run one part only")
@@ -282,6 +290,8 @@ def main() -> int:
     if args.budget < 8 or args.programs < 0 or not 0 <= args.settle_cap <= labels.MAX_SETTLE_CAP:
         parser.error("--budget must be at least 8, --programs at least 0, --settle-cap from 0 to "
                      f"{labels.MAX_SETTLE_CAP}")
+    if not 2 <= args.base_rounds <= BASE_ROUNDS:
+        parser.error(f"--base-rounds must be from 2 to {BASE_ROUNDS}, got {args.base_rounds}")
     try:
         args.program_sizes = [int(v) for v in args.program_sizes.split(",")] if args.program_sizes else None
     except ValueError:
