@@ -10,13 +10,13 @@ Reproduce (a profile from `jcw profile --device local --out DIR`, which measures
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_predictor import subsample  # noqa: E402
 from jcw.predictor import evaluation, pipeline  # noqa: E402
 from jcw.predictor.errors import PredictorError  # noqa: E402
 from jcw.predictor.models import LatencyPredictor  # noqa: E402
@@ -29,28 +29,15 @@ def within10(model: LatencyPredictor, rows: list[dict]) -> float:
     return evaluation.metrics(evaluation.predict_rows(model, rows), evaluation.latencies(rows))["within10"]
 
 
-def by_layer(rows: list[dict]) -> dict[tuple, list[dict]]:
-    grouped: dict[tuple, list[dict]] = {}
-    for row in rows:
-        grouped.setdefault(evaluation.layer_key(row), []).append(row)
-    return grouped
+def layer_count(rows: list[dict]) -> int:
+    return len({evaluation.layer_key(r) for r in rows})
 
 
 def halves(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     """The rows split in two by layer (a layer's dense and sparse rows stay together)."""
-    grouped = by_layer(rows)
-    keys = sorted(grouped, key=repr)
-    chosen = set(random.Random(f"unseen-half:{seed}").sample(range(len(keys)), len(keys) // 2))
-    first = [r for i, key in enumerate(keys) if i in chosen for r in grouped[key]]
-    second = [r for i, key in enumerate(keys) if i not in chosen for r in grouped[key]]
-    return first, second
-
-
-def share_of(rows: list[dict], share: float, seed: int) -> list[dict]:
-    grouped = by_layer(rows)
-    keys = sorted(grouped, key=repr)
-    chosen = random.Random(f"train-share:{seed}").sample(keys, int(round(share * len(keys))))
-    return [r for key in chosen for r in grouped[key]]
+    first = subsample(rows, layer_count(rows) // 2, seed)
+    chosen = {evaluation.layer_key(r) for r in first}
+    return first, [r for r in rows if evaluation.layer_key(r) not in chosen]
 
 
 def run(profile: Path, splits: int) -> None:
@@ -63,7 +50,7 @@ def run(profile: Path, splits: int) -> None:
     anchor = LatencyPredictor("hybrid").fit(training)
     floor = evaluation.label_floor(unseen)["within10"]
     base = within10(anchor, unseen)
-    print(f"\n== {profile}: {len(by_layer(training))} training layers, {len(unseen)} unseen-architecture "
+    print(f"\n== {profile}: {layer_count(training)} training layers, {len(unseen)} unseen-architecture "
           f"configurations (label floor ±10 % {100 * floor:.1f} %)")
     print("| arm | scored on | ±10 % | anchor on the same rows | ratio |")
     print("|---|---|---:|---:|---:|")
@@ -75,7 +62,7 @@ def run(profile: Path, splits: int) -> None:
         print(f"| + half of the unseen layers themselves (split {seed}) | the other half | {100 * ours:.1f} % | "
               f"{100 * theirs:.1f} % | {ours / theirs:.2f} |")
     for share in SHARES:
-        model = LatencyPredictor("hybrid").fit(share_of(training, share, 0))
+        model = LatencyPredictor("hybrid").fit(subsample(training, round(share * layer_count(training)), 0))
         ours = within10(model, unseen)
         print(f"| {100 * share:.0f} % of the training layers | all unseen | {100 * ours:.1f} % | {100 * base:.1f} % | "
               f"{ours / base:.2f} |")
