@@ -81,6 +81,9 @@ def main() -> int:
                                       "--predictor", str(predictor)])
         step("bench_same_kernel", [PY, "benchmarks/bench_same_kernel.py", "--threads", "1",
                                    *(["--shapes", "4"] if args.quick else [])])
+        # issue 11: the sparse engine runs a pruned k×k layer's gather + SpMM as fast as convbench measured it
+        step("bench_same_kernel_sparse", [PY, "benchmarks/bench_same_kernel.py", "--sparse", "--threads", "1",
+                                          *(["--shapes", "4"] if args.quick else [])])
     if want("bad-input"):
         step("bench_bad_input", [PY, "benchmarks/bench_bad_input.py"])
     if want("sparse"):  # issue 10: the sparse engine against the dense .pte, local then the emulated phone

@@ -45,7 +45,9 @@ def test_cold_lines_rotate_past_the_cache_and_agree_with_torch(binary, tmp_path)
     info = header["runner"]
     assert info["weights"] == "cold" and info["cache_bytes"] > 0 and info["cache_source"] in (
         "cpuinfo", "sysfs", "fallback")
-    assert info["version"] == "0.2.3" and runner_series(info["version"]) in COMPATIBLE_RUNNERS  # jcw trains on it
+    # --cold-bytes came with 0.2.3; the series is one jcw trains on
+    assert tuple(map(int, info["version"].split("."))) >= (0, 2, 3)
+    assert runner_series(info["version"]) in COMPATIBLE_RUNNERS
     for case, result in zip(CASES, results):
         assert "error" not in result, result
         assert result["weights"] == "cold" and 2 <= result["cold_copies"] <= COLD_MAX_COPIES

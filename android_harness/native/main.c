@@ -20,7 +20,7 @@
 #include "plan.h"
 
 #ifndef CONVBENCH_VERSION
-#define CONVBENCH_VERSION "0.2.3"
+#define CONVBENCH_VERSION "0.2.4"
 #endif
 /* The wheel's build ("executorch-<version>") and, when Debian's libxnnpack0 was there at build
  * time, Debian's ("debian-<package version>"), loaded at run time only if the wheel has no SpMM. */

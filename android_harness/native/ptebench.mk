@@ -3,7 +3,7 @@
 # cross-builds build/arm64/ptebench against the same release's aarch64 wheel for the bundle (android.mk).
 # The engine reuses convbench's builds.c (the wheel's XNNPACK, and on the host Debian's 2022 one through
 # dlmopen for NCHW convolutions), tensors.c (im2col, layout helpers) and json.c, compiled as C.
-PTEBENCH_VERSION := 0.3.0
+PTEBENCH_VERSION := 0.3.1
 PTE_SOURCES      := ptebench.cpp pte_plan.cpp pte_isolate.cpp net_file.cpp net_engine.cpp net_ops.cpp net_cluster.cpp
 PTE_HEADERS      := pte_plan.h pte_isolate.h pte_profile.h net_file.h net_engine.h net_ops.h net_cluster.h json.h builds.h tensors.h \
                     plan.h xnn_api.h
