@@ -76,7 +76,7 @@ struct im2col_context {
 
 /* Aligned so that every runner build (convbench and ptebench, host and arm64) lays the gather's loops out alike:
  * the same code at 32 bytes past a 64-byte boundary ran gather-bound sparse layers up to 1.66x slower on an Intel
- * Xeon, and the engine had it there while the layer runner did not, so the engine ran such layers up to 1.48x
+ * Xeon, and the engine had it there while the layer runner did not, so the engine ran such layers 1.3-1.6x
  * slower than the profile measured them (benchmarks/RESULTS.md, issue 11). */
 __attribute__((aligned(64))) static void im2col_row(void* opaque, size_t row) {
   const struct im2col_context* ctx = opaque;
