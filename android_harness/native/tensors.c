@@ -74,6 +74,30 @@ struct im2col_context {
   float* columns;
 };
 
+/* One row (c, ky, kx) of a stride-1 layer whose output is as wide as its input (padding (k-1)/2): output pixel j
+ * reads input pixel j + dy*w + dx of the same plane, so the row is one copy of the plane shifted by that offset,
+ * then zeros where the window leaves the plane: whole rows above and below, |dx| columns at one edge of each row.
+ * Per output line that is one store instead of three libc calls (memset, memcpy, memset), which cost about 6 ns
+ * whatever the line's length and made most of a pruned 3x3's time on maps up to 16 px (benchmarks/RESULTS.md). */
+static inline __attribute__((always_inline)) void same_padding_row(const float* plane, float* dst, int64_t h, int64_t w,
+                                                                   int64_t dy, int64_t dx) {
+  const int64_t first = dy < 0 ? -dy : 0, last = dy > 0 ? h - dy : h; /* output rows [first, last) read the plane */
+  if (last <= first || (dx < 0 ? -dx : dx) >= w) { /* the window never meets the plane */
+    memset(dst, 0, (size_t) (h * w) * sizeof(float));
+    return;
+  }
+  memset(dst, 0, (size_t) (first * w) * sizeof(float));
+  memset(dst + last * w, 0, (size_t) ((h - last) * w) * sizeof(float));
+  /* The copy skips the |dx| pixels at its start (dx < 0) or end (dx > 0) that would read outside the plane; they
+   * are edge columns, zeroed below with the others. */
+  const int64_t begin = first * w + (dx < 0 ? -dx : 0), end = last * w - (dx > 0 ? dx : 0);
+  memcpy(dst + begin, plane + begin + dy * w + dx, (size_t) (end - begin) * sizeof(float));
+  if (dx == 0) return;
+  const int64_t edge = dx < 0 ? 0 : w - dx, width = dx < 0 ? -dx : dx;
+  for (int64_t y = first; y < last; y++)
+    for (int64_t x = 0; x < width; x++) dst[y * w + edge + x] = 0.0f;
+}
+
 /* Aligned so that every runner build (convbench and ptebench, host and arm64) lays the gather's loops out alike:
  * the same code at 32 bytes past a 64-byte boundary ran gather-bound sparse layers up to 1.66x slower on an Intel
  * Xeon, and the engine had it there while the layer runner did not, so the engine ran such layers 1.3-1.6x
@@ -86,6 +110,10 @@ __attribute__((aligned(64))) static void im2col_row(void* opaque, size_t row) {
   const int64_t c = (int64_t) row / (k * k), ky = ((int64_t) row / k) % k, kx = (int64_t) row % k;
   const float* plane = ctx->input + c * h * w;
   float* dst = ctx->columns + (int64_t) row * oh * ow;
+  if (s == 1 && ow == w) {
+    same_padding_row(plane, dst, h, w, ky - pad, kx - pad);
+    return;
+  }
   /* Output columns whose input column ix = ox*s - pad + kx lies inside [0, w). */
   int64_t lo = pad - kx > 0 ? (pad - kx + s - 1) / s : 0;
   int64_t hi = w + pad - kx > 0 ? (w + pad - kx + s - 1) / s : 0;
