@@ -58,6 +58,14 @@ def program_of(spec: LayerSpec) -> dict:
     return programs.validate({"name": "single", "input": [1, spec.cin, spec.h, spec.w], "nodes": [node]})
 
 
+def export_each(specs: list[LayerSpec], directory: Path, suffix: str, export) -> list[Path]:
+    """Each layer as a one-layer program file (`export(spec, path)`: a .pte or a .jcwnet) in `directory`."""
+    paths = [directory / f"conv{i}{suffix}" for i in range(len(specs))]
+    for spec, path in zip(specs, paths):
+        export(program_of(spec), path)
+    return paths
+
+
 def fastest(results: list[dict]) -> float:
     bad = [r for r in results if "error" in r]
     if bad:
@@ -95,11 +103,7 @@ def main() -> int:
           f"{args.rounds} rounds, statistic us_min of the fastest round", flush=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        ptes = []
-        for i, spec in enumerate(specs):
-            path = Path(tmp) / f"conv{i}.pte"
-            program_build.export_pte(program_of(spec), path)
-            ptes.append(path)
+        ptes = export_each(specs, Path(tmp), ".pte", program_build.export_pte)
         rows = []
         for i, (spec, pte) in enumerate(zip(specs, ptes)):
             conv_line = {"id": f"c{i}", **spec.to_dict(), "impl": "dense", "threads": threads}
@@ -138,11 +142,7 @@ def sparse_main(args: argparse.Namespace, device) -> int:
     started = time.monotonic()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        nets = []
-        for i, spec in enumerate(specs):
-            path = Path(tmp) / f"conv{i}.jcwnet"
-            program_net.export_net(program_of(spec), path)
-            nets.append(path)
+        nets = export_each(specs, Path(tmp), ".jcwnet", program_net.export_net)
         for i, (spec, net) in enumerate(zip(specs, nets)):
             conv_line = {"id": f"c{i}", **spec.to_dict(), "impl": "sparse", "threads": threads}
             net_line = {"id": f"n{i}", "net": str(net), "threads": threads, "sparse_path": "segments"}

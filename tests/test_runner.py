@@ -72,6 +72,11 @@ TORCH_CASES = [
     layer("sparse_k1_wide", cin=64, cout=48, k=1, h=14, w=14, density=0.1, impl="sparse"),
     layer("sparse_k1_dense_weights", cin=40, cout=36, k=1, h=9, w=10, density=1.0, impl="sparse"),
     layer("sparse_k3_wide_threads2", cin=24, cout=32, k=3, h=13, w=12, density=0.25, impl="sparse", threads=2),
+    # Stride 1 with padding (k-1)/2: the gather copies whole shifted planes (runner 0.2.4); these windows miss the
+    # plane by columns (w below the shift), by rows (h below it) or both.
+    layer("sparse_k5_same_narrow", cin=3, cout=4, k=5, h=6, w=2, density=0.5, impl="sparse"),
+    layer("sparse_k7_same_short", cin=2, cout=3, k=7, h=2, w=9, density=0.6, impl="sparse", threads=2),
+    layer("sparse_k3_same_1px", cin=4, cout=5, k=3, h=1, w=1, density=0.7, impl="sparse"),
 ]
 
 
