@@ -19,15 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_same_kernel import fastest  # noqa: E402
 from jcw.android_harness.device import DeviceError  # noqa: E402
 from jcw.android_harness.local import LocalDevice  # noqa: E402
-
-
-def fastest(results: list[dict], net: Path) -> float:
-    bad = [r for r in results if "error" in r]
-    if bad:
-        raise DeviceError(f"{net}: {bad[0]['error']}")
-    return min(r["us_min"] for r in results)
 
 
 def main() -> int:
@@ -57,7 +51,7 @@ def main() -> int:
     print("|---|---:|---:|---:|")
     ratios = []
     for i, net in enumerate(args.net):
-        old, new = (fastest(results[(name, str(i))], net) / 1000 for name in ("anchor", "current"))
+        old, new = (fastest(results[(name, str(i))]) / 1000 for name in ("anchor", "current"))
         ratios.append(new / old)
         print(f"| {net.name} | {old:.2f} | {new:.2f} | {new / old:.3f}× |")
     print(f"\nmedian current / anchor: {statistics.median(ratios):.3f}×; took {time.monotonic() - started:.0f} s")

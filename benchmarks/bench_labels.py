@@ -84,8 +84,12 @@ def repeatability(args: argparse.Namespace, work: Path) -> None:
     settings: dict[str, dict[str, dict[str, float]]] = {name: {} for name in names}
     costs: dict[str, list[float]] = {name: [] for name in names}
     settle_counts: list[dict[str, int]] = []
+
+    def setting_dir(replica: str, name: str) -> Path:
+        return work / f"repeat-{replica}-{names.index(name)}"
+
     for replica in "AB":
-        paths = {name: work / f"repeat-{replica}-{i}" for i, name in enumerate(names)}
+        paths = {name: setting_dir(replica, name) for name in names}
         first = profile(paths[few_name], args, rounds=few, settle_cap=0)
         for name in names[1:]:
             shutil.copytree(paths[few_name], paths[name])
@@ -122,8 +126,7 @@ def repeatability(args: argparse.Namespace, work: Path) -> None:
               f"rounds, {counts.get('still_disagreeing')} still disagree at the cap")
     # The same data read as fewer rounds: what each round buys, for free.
     for rounds in range(2, MORE_ROUNDS + 1):
-        result = agreement(label_map(work / f"repeat-A-{len(names) - 1}", rounds),
-                           label_map(work / f"repeat-B-{len(names) - 1}", rounds))
+        result = agreement(*(label_map(setting_dir(replica, more_name), rounds) for replica in "AB"))
         print(f"  first {rounds} rounds of the {MORE_ROUNDS}-round profiles: {pct(result['within5'])} within ±5%")
     print("target: ≥ 98% within ±5%")
 
